@@ -1,0 +1,248 @@
+//! Knowledge-store operations of the engine.
+
+use super::{Engine, Output};
+use crate::core::error::EngineError;
+use crate::core::ids::Millis;
+use crate::core::knowledge::{canonical_json, changed_since, KvEntry, Policy, Version};
+use crate::core::state::{Delta, PolicyMarker};
+use crdts::{CvRDT, LWWReg};
+
+/// The namespace Shoal keeps its own cluster settings in (the default
+/// placement strategy). Users can read it; only the engine writes it.
+pub const RESERVED_NS: &str = "_shoal";
+
+/// Longest namespace or key, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// A resolved knowledge entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KvItem {
+    /// Namespace.
+    pub ns: String,
+    /// Key.
+    pub key: String,
+    /// The namespace's policy.
+    pub policy: Policy,
+    /// The resolved value (JSON text).
+    pub value: String,
+    /// Concurrent values (JSON text).
+    pub siblings: Vec<String>,
+    /// The entry's version vector.
+    pub version: Version,
+    /// The entry's blake3 digest (hex).
+    pub digest: String,
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(EngineError::Invalid(format!(
+            "{what} must be 1 to {MAX_NAME_LEN} bytes"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(EngineError::Invalid(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_writable(ns: &str, key: &str) -> Result<(), EngineError> {
+    check_name("namespace", ns)?;
+    check_name("key", key)?;
+    if ns == RESERVED_NS {
+        return Err(EngineError::Invalid(format!(
+            "namespace `{RESERVED_NS}` is reserved for cluster settings"
+        )));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// The conflict policy of a namespace (lww when never set).
+    pub fn policy(&self, ns: &str) -> Policy {
+        self.state
+            .namespaces
+            .get(ns)
+            .map(|n| n.policy())
+            .unwrap_or_default()
+    }
+
+    /// Sets a namespace's conflict policy.
+    pub fn set_policy(&mut self, now: Millis, ns: &str, policy: Policy) -> Result<(), EngineError> {
+        check_writable(ns, "policy")?;
+        let namespace = self.state.namespaces.entry(ns.to_owned()).or_default();
+        let marker: PolicyMarker = (
+            now.max(namespace.policy.marker.0.plus(1)),
+            self.cfg.node.clone(),
+        );
+        namespace.policy.merge(LWWReg {
+            val: policy,
+            marker,
+        });
+        let delta = Delta::Policy {
+            ns: ns.to_owned(),
+            policy: namespace.policy.clone(),
+        };
+        self.emit(Output::Changed(delta));
+        Ok(())
+    }
+
+    /// Writes a value.
+    pub fn kv_put(
+        &mut self,
+        now: Millis,
+        ns: &str,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<KvItem, EngineError> {
+        check_writable(ns, key)?;
+        self.write_entry(now, ns, key, |entry, policy, me, counter| {
+            entry.put(policy, canonical_json(value), me, now, counter)
+        })
+    }
+
+    /// Deletes a key. Deleting a key that does not exist is `NotFound`.
+    pub fn kv_del(&mut self, now: Millis, ns: &str, key: &str) -> Result<(), EngineError> {
+        check_writable(ns, key)?;
+        self.kv_get(ns, key)?;
+        let me = self.cfg.node.clone();
+        let policy = self.policy(ns);
+        let counter = self.next_counter(ns);
+        let entry = self.entry_mut(ns, key);
+        entry.delete(policy, &me, now, counter);
+        let entry = entry.clone();
+        self.note_version(ns, &entry);
+        self.emit(Output::Changed(Delta::Kv {
+            ns: ns.to_owned(),
+            key: key.to_owned(),
+            entry,
+        }));
+        Ok(())
+    }
+
+    /// Sets the cluster's default placement strategy.
+    pub fn set_default_strategy(
+        &mut self,
+        now: Millis,
+        strategy: crate::core::placement::Strategy,
+    ) {
+        let value = serde_json::Value::String(strategy.as_str().to_owned());
+        // The reserved namespace is written only here, so this cannot fail.
+        let _ = self.write_entry(
+            now,
+            RESERVED_NS,
+            "strategy",
+            |entry, policy, me, counter| {
+                entry.put(policy, canonical_json(&value), me, now, counter)
+            },
+        );
+        self.pending_dirty = true;
+    }
+
+    fn next_counter(&self, ns: &str) -> u64 {
+        self.state
+            .namespaces
+            .get(ns)
+            .map(|n| n.clock.get(&self.cfg.node))
+            .unwrap_or(0)
+            + 1
+    }
+
+    fn note_version(&mut self, ns: &str, entry: &KvEntry) {
+        if let Some(n) = self.state.namespaces.get_mut(ns) {
+            n.clock.merge(entry.version().clone());
+        }
+    }
+
+    fn entry_mut(&mut self, ns: &str, key: &str) -> &mut KvEntry {
+        self.state
+            .namespaces
+            .entry(ns.to_owned())
+            .or_default()
+            .entries
+            .entry(key.to_owned())
+            .or_default()
+    }
+
+    fn write_entry(
+        &mut self,
+        _now: Millis,
+        ns: &str,
+        key: &str,
+        write: impl FnOnce(&mut KvEntry, Policy, &crate::core::ids::NodeId, u64),
+    ) -> Result<KvItem, EngineError> {
+        let me = self.cfg.node.clone();
+        let policy = self.policy(ns);
+        let counter = self.next_counter(ns);
+        let entry = self.entry_mut(ns, key);
+        write(entry, policy, &me, counter);
+        let entry = entry.clone();
+        self.note_version(ns, &entry);
+        let item = resolve(ns, key, policy, &entry)
+            .ok_or_else(|| EngineError::Invalid("write produced no value".into()))?;
+        self.emit(Output::Changed(Delta::Kv {
+            ns: ns.to_owned(),
+            key: key.to_owned(),
+            entry,
+        }));
+        Ok(item)
+    }
+
+    /// Reads a key.
+    pub fn kv_get(&self, ns: &str, key: &str) -> Result<KvItem, EngineError> {
+        let not_found = || EngineError::NotFound {
+            what: "key",
+            id: format!("{ns}/{key}"),
+        };
+        let namespace = self.state.namespaces.get(ns).ok_or_else(not_found)?;
+        let entry = namespace.entries.get(key).ok_or_else(not_found)?;
+        resolve(ns, key, namespace.policy(), entry).ok_or_else(not_found)
+    }
+
+    /// Live entries of a namespace changed since `since` (all when `None`),
+    /// with the namespace's version vector and digest.
+    pub fn kv_list(&self, ns: &str, since: Option<&Version>) -> (Vec<KvItem>, Version, String) {
+        let Some(namespace) = self.state.namespaces.get(ns) else {
+            return (
+                Vec::new(),
+                Version::new(),
+                hex::encode(crate::core::state::Namespace::default().digest().as_bytes()),
+            );
+        };
+        let policy = namespace.policy();
+        let version = namespace.clock.clone();
+        let mut items = Vec::new();
+        for (key, entry) in &namespace.entries {
+            if since.is_some_and(|s| !changed_since(entry.version(), s)) {
+                continue;
+            }
+            if let Some(item) = resolve(ns, key, policy, entry) {
+                items.push(item);
+            }
+        }
+        (items, version, hex::encode(namespace.digest().as_bytes()))
+    }
+
+    /// Names of the namespaces, with their policies and entry counts.
+    pub fn namespaces(&self) -> Vec<(String, Policy, usize)> {
+        self.state
+            .namespaces
+            .iter()
+            .map(|(name, n)| (name.clone(), n.policy(), n.entries.len()))
+            .collect()
+    }
+}
+
+fn resolve(ns: &str, key: &str, policy: Policy, entry: &KvEntry) -> Option<KvItem> {
+    let read = entry.read(policy)?;
+    Some(KvItem {
+        ns: ns.to_owned(),
+        key: key.to_owned(),
+        policy,
+        value: read.value,
+        siblings: read.siblings,
+        version: entry.version().clone(),
+        digest: hex::encode(entry.digest().as_bytes()),
+    })
+}

@@ -1,0 +1,339 @@
+//! The engine: one node's decisions, with no IO and no clock.
+//!
+//! The runtime calls the engine's methods with the current time and reads
+//! back [`Output`]s with [`Engine::take_outputs`]: deltas to persist (and, in
+//! a federation, to publish), tasks to start or abort, events and audit
+//! records. The runtime must make every [`Output::Changed`] durable before it
+//! acknowledges the call that produced it.
+
+mod kv;
+mod tasks;
+
+pub use kv::{KvItem, RESERVED_NS};
+pub use tasks::{Claimed, Outcome, SubmitRequest};
+
+use crate::core::event::{AuditRecord, Event};
+use crate::core::ids::{Fence, Millis, NodeId, TaskId, Term};
+use crate::core::member::{MemberEntry, MemberRecord, MemberStatus};
+use crate::core::placement::Strategy;
+use crate::core::rng::Rng;
+use crate::core::state::{Delta, ReplicatedState};
+use crate::core::task::{TaskEntry, TaskStatus};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What the engine needs to know about its node.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// This node.
+    pub node: NodeId,
+    /// This node's self-description (incarnation is taken from the state).
+    pub record: MemberRecord,
+    /// Capabilities this node runs with handlers (embedded or commands); the
+    /// rest of `record.capabilities` is served by external workers.
+    pub handlers: BTreeSet<String>,
+    /// How long a worker's claim lives without a heartbeat, in ms.
+    pub claim_ttl_ms: u64,
+}
+
+/// What the runtime must carry out.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A change to the replicated state: persist it (before acknowledging)
+    /// and spread it.
+    Changed(Delta),
+    /// Run a task with a handler.
+    Start(StartTask),
+    /// Stop a running handler: the task was cancelled, timed out or re-fenced.
+    Abort {
+        /// The task.
+        task: TaskId,
+        /// The fence of the run to stop.
+        fence: Fence,
+    },
+    /// An event for the stream.
+    Event(Event),
+    /// A record for the audit log.
+    Audit(AuditRecord),
+    /// Tasks are waiting for external workers: wake long-polling claims.
+    WorkAvailable,
+}
+
+/// A task the runtime should run with a handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartTask {
+    /// The task.
+    pub id: TaskId,
+    /// Which handler.
+    pub capability: String,
+    /// Payload as JSON text.
+    pub payload: String,
+    /// The fence to report the outcome under.
+    pub fence: Fence,
+    /// The attempt number.
+    pub attempt: u32,
+    /// Timeout in seconds.
+    pub timeout_secs: u64,
+}
+
+/// A task executing on this node.
+#[derive(Clone, Debug)]
+struct LocalRun {
+    fence: Fence,
+    deadline: Millis,
+    /// For worker-claimed tasks: the worker and when its claim lapses.
+    claim: Option<(String, Millis)>,
+}
+
+/// One node's engine.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    state: ReplicatedState,
+    rng: Rng,
+    term: Term,
+    cursor: u64,
+    seq: u64,
+    outputs: Vec<Output>,
+    // Indexes derived from `state`, kept in step by `put_task`.
+    keys: HashMap<String, TaskId>,
+    active: HashMap<NodeId, u32>,
+    pending: BTreeSet<(Millis, TaskId)>,
+    queued: BTreeSet<(Millis, TaskId)>,
+    local: BTreeMap<TaskId, LocalRun>,
+    pending_dirty: bool,
+}
+
+impl Engine {
+    /// An engine over `state` (as loaded from disk), seeded with `seed`.
+    pub fn new(cfg: EngineConfig, state: ReplicatedState, seed: u64) -> Self {
+        let mut engine = Engine {
+            cfg,
+            state: ReplicatedState::default(),
+            rng: Rng::new(seed),
+            term: Term(0),
+            cursor: 0,
+            seq: 0,
+            outputs: Vec::new(),
+            keys: HashMap::new(),
+            active: HashMap::new(),
+            pending: BTreeSet::new(),
+            queued: BTreeSet::new(),
+            local: BTreeMap::new(),
+            pending_dirty: true,
+        };
+        engine.state.members = state.members;
+        engine.state.namespaces = state.namespaces;
+        for ns in engine.state.namespaces.values_mut() {
+            ns.clock = ns.entries.values().fold(Default::default(), |mut c, e| {
+                crdts::CvRDT::merge(&mut c, e.version().clone());
+                c
+            });
+        }
+        for (id, entry) in state.tasks {
+            engine.index(&id, &entry);
+            engine.state.tasks.insert(id, entry);
+        }
+        engine
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.cfg.node
+    }
+
+    /// The replicated state (read only).
+    pub fn state(&self) -> &ReplicatedState {
+        &self.state
+    }
+
+    /// Takes the outputs produced since the last call.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    fn emit(&mut self, out: Output) {
+        self.outputs.push(out);
+    }
+
+    /// Announces this node: a new incarnation of its membership record.
+    /// Tasks that were running here when the node stopped are taken up
+    /// again as a new attempt (their handlers died with the process).
+    pub fn start(&mut self, now: Millis) {
+        let me = self.cfg.node.clone();
+        let mut entry = self.state.members.get(&me).cloned().unwrap_or_default();
+        let mut record = self.cfg.record.clone();
+        record.incarnation = entry.marker().incarnation + 1;
+        record.status = MemberStatus::Alive;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me.clone(), entry);
+        self.emit(Output::Event(Event::MemberJoined { node: me }));
+        self.recover_interrupted(now);
+        self.pending_dirty = true;
+        self.tick(now);
+    }
+
+    fn put_member(&mut self, id: NodeId, entry: MemberEntry) {
+        self.state.apply(Delta::Member(id.clone(), entry.clone()));
+        self.emit(Output::Changed(Delta::Member(id, entry)));
+    }
+
+    /// Marks this node as draining: it takes no new tasks and finishes what
+    /// it has.
+    pub fn drain(&mut self, now: Millis, node: &NodeId) -> Result<(), crate::core::EngineError> {
+        if node != &self.cfg.node {
+            return Err(crate::core::EngineError::Invalid(
+                "only the local node can be drained through this node until federation is enabled"
+                    .into(),
+            ));
+        }
+        let me = self.cfg.node.clone();
+        let mut entry = self.state.members.get(&me).cloned().unwrap_or_default();
+        let mut record = entry.record().clone();
+        if record.status == MemberStatus::Draining {
+            return Ok(());
+        }
+        record.status = MemberStatus::Draining;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me.clone(), entry);
+        self.emit(Output::Event(Event::MemberDraining { node: me.clone() }));
+        self.emit(Output::Audit(AuditRecord {
+            at: now,
+            by: me.clone(),
+            action: "node_drained".into(),
+            subject: me.to_string(),
+            detail: "drain requested".into(),
+        }));
+        Ok(())
+    }
+
+    /// Records this node's current load in its membership record.
+    pub fn report_load(&mut self, now: Millis, cpu: f32, memory: f32, disk: f32) {
+        let me = self.cfg.node.clone();
+        let Some(mut entry) = self.state.members.get(&me).cloned() else {
+            return;
+        };
+        let mut record = entry.record().clone();
+        record.load.running = self.active.get(&me).copied().unwrap_or(0);
+        record.load.cpu = cpu;
+        record.load.memory = memory;
+        record.load.disk = disk;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me, entry);
+    }
+
+    /// Merges a delta that came from another node.
+    pub fn apply_remote(&mut self, now: Millis, delta: Delta) {
+        match delta {
+            Delta::Task(id, entry) => {
+                let mut merged = self
+                    .state
+                    .tasks
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| TaskEntry::new(entry.spec().clone()));
+                merged.merge(entry);
+                self.put_task(now, id, merged, false);
+            }
+            other => self.state.apply(other),
+        }
+        self.pending_dirty = true;
+    }
+
+    /// The current lease term (0 while no lease holder exists).
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Periodic work: expire claims and timeouts, start queued tasks, place
+    /// pending ones.
+    pub fn tick(&mut self, now: Millis) {
+        self.expire_local(now);
+        self.start_queued(now);
+        if self.pending_dirty {
+            self.pending_dirty = false;
+            self.place_pending(now);
+        }
+    }
+
+    /// Tasks assigned to or running on `node`.
+    pub fn active_on(&self, node: &NodeId) -> u32 {
+        self.active.get(node).copied().unwrap_or(0)
+    }
+
+    /// The cluster's default placement strategy.
+    pub fn default_strategy(&self) -> Strategy {
+        self.kv_get(RESERVED_NS, "strategy")
+            .ok()
+            .and_then(|item| serde_json::from_str::<Strategy>(&item.value).ok())
+            .unwrap_or_default()
+    }
+
+    // ---- index upkeep ----------------------------------------------------
+
+    fn index(&mut self, id: &TaskId, entry: &TaskEntry) {
+        let st = entry.state();
+        if let Some(key) = &entry.spec().key {
+            self.keys.entry(key.clone()).or_insert_with(|| id.clone());
+        }
+        let at = entry.spec().submitted_at;
+        match st.status {
+            TaskStatus::Pending => {
+                self.pending.insert((at, id.clone()));
+            }
+            TaskStatus::Assigned | TaskStatus::Running => {
+                if let Some(node) = &st.node {
+                    *self.active.entry(node.clone()).or_default() += 1;
+                    if node == &self.cfg.node && st.status == TaskStatus::Assigned {
+                        self.queued.insert((at, id.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn unindex(&mut self, id: &TaskId, entry: &TaskEntry) {
+        let st = entry.state();
+        let at = entry.spec().submitted_at;
+        match st.status {
+            TaskStatus::Pending => {
+                self.pending.remove(&(at, id.clone()));
+            }
+            TaskStatus::Assigned | TaskStatus::Running => {
+                if let Some(node) = &st.node {
+                    if let Some(n) = self.active.get_mut(node) {
+                        *n = n.saturating_sub(1);
+                    }
+                    self.queued.remove(&(at, id.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Stores a task's new entry, keeps the indexes in step, emits the delta
+    /// when the change is local, and reacts to what changed for this node.
+    fn put_task(&mut self, now: Millis, id: TaskId, entry: TaskEntry, local: bool) {
+        if let Some(old) = self.state.tasks.remove(&id) {
+            self.unindex(&id, &old);
+        }
+        self.index(&id, &entry);
+        if local {
+            self.emit(Output::Changed(Delta::Task(id.clone(), entry.clone())));
+        }
+        let st = entry.state().clone();
+        self.state.tasks.insert(id.clone(), entry);
+        self.react(now, &id, &st);
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,603 @@
+//! Task operations of the engine: submit, place, run, claim, complete,
+//! retry, cancel.
+
+use super::{Engine, LocalRun, Output, StartTask};
+use crate::core::error::EngineError;
+use crate::core::event::Event;
+use crate::core::ids::{Fence, Millis, NodeId, TaskId};
+use crate::core::knowledge::canonical_json;
+use crate::core::member::MemberStatus;
+use crate::core::placement::{self, Candidate, Draw, Strategy};
+use crate::core::task::{TaskEntry, TaskSpec, TaskState, TaskStatus};
+
+/// Largest accepted `max_attempts`.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Largest accepted per-attempt timeout (one day), in seconds.
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+
+/// A submission.
+#[derive(Clone, Debug, Default)]
+pub struct SubmitRequest {
+    /// Required capability.
+    pub capability: String,
+    /// Payload.
+    pub payload: serde_json::Value,
+    /// Idempotency key.
+    pub key: Option<String>,
+    /// Strategy override.
+    pub strategy: Option<Strategy>,
+    /// Affinity key for `hash`.
+    pub affinity: Option<String>,
+    /// Attempts before failing (default 3).
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout in seconds (default 300).
+    pub timeout_secs: Option<u64>,
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// With a result (JSON text).
+    Success(String),
+    /// With an error message.
+    Failure(String),
+}
+
+/// A task handed to an external worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    /// The task.
+    pub id: TaskId,
+    /// Its capability.
+    pub capability: String,
+    /// Payload JSON text.
+    pub payload: String,
+    /// The fence to report under.
+    pub fence: Fence,
+    /// The attempt.
+    pub attempt: u32,
+    /// How long the claim lives without a heartbeat, in ms.
+    pub claim_ttl_ms: u64,
+}
+
+impl Engine {
+    /// Accepts a task. Returns its id and whether it was created (false when
+    /// the idempotency key named an existing task).
+    pub fn submit(
+        &mut self,
+        now: Millis,
+        req: SubmitRequest,
+    ) -> Result<(TaskId, bool), EngineError> {
+        let spec = self.validate_submit(now, req)?;
+        if let Some(key) = &spec.key {
+            if let Some(existing) = self.keys.get(key) {
+                return Ok((existing.clone(), false));
+            }
+        }
+        let id = TaskId(format!(
+            "{:016x}{:06x}",
+            self.rng.next_u64(),
+            self.next_seq() & 0xff_ffff
+        ));
+        let mut entry = TaskEntry::new(spec);
+        let placed = self.placement(&id, &entry, None);
+        let me = self.cfg.node.clone();
+        let state = match placed {
+            Ok(node) => assigned_state(
+                now,
+                node,
+                1,
+                Fence {
+                    term: self.term,
+                    seq: 1,
+                },
+            ),
+            Err(reason) => TaskState {
+                status: TaskStatus::Pending,
+                reason: Some(reason),
+                updated_at: now,
+                ..TaskState::default()
+            },
+        };
+        entry.transition(state.clone(), "submitted", &me);
+        self.announce_placement(&id, &state);
+        self.put_task(now, id.clone(), entry, true);
+        Ok((id, true))
+    }
+
+    fn validate_submit(&self, now: Millis, req: SubmitRequest) -> Result<TaskSpec, EngineError> {
+        let invalid = |m: &str| Err(EngineError::Invalid(m.to_owned()));
+        if req.capability.trim().is_empty() {
+            return invalid("capability must not be empty");
+        }
+        if req.capability.len() > 128 {
+            return invalid("capability is longer than 128 bytes");
+        }
+        let max_attempts = req.max_attempts.unwrap_or(3);
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+            return invalid("max_attempts must be between 1 and 100");
+        }
+        let timeout_secs = req.timeout_secs.unwrap_or(300);
+        if !(1..=MAX_TIMEOUT_SECS).contains(&timeout_secs) {
+            return invalid("timeout_secs must be between 1 and 86400");
+        }
+        if matches!(&req.key, Some(k) if k.is_empty() || k.len() > 256) {
+            return invalid("key must be 1 to 256 bytes");
+        }
+        Ok(TaskSpec {
+            capability: req.capability,
+            payload: canonical_json(&req.payload),
+            key: req.key,
+            strategy: req.strategy.map(|s| s.as_str().to_owned()),
+            affinity: req.affinity,
+            max_attempts,
+            timeout_secs,
+            submitted_by: self.cfg.node.clone(),
+            submitted_at: now,
+        })
+    }
+
+    /// Chooses a node for a task, or says why none can take it.
+    fn placement(
+        &mut self,
+        id: &TaskId,
+        entry: &TaskEntry,
+        exclude: Option<&NodeId>,
+    ) -> Result<NodeId, String> {
+        let spec = entry.spec();
+        let mut capable = 0;
+        let mut candidates = Vec::new();
+        for (node, member) in &self.state.members {
+            let rec = member.record();
+            if rec.status != MemberStatus::Alive || !rec.capabilities.contains(&spec.capability) {
+                continue;
+            }
+            capable += 1;
+            let running = self.active.get(node).copied().unwrap_or(0);
+            if running >= rec.capacity || Some(node) == exclude {
+                continue;
+            }
+            candidates.push(Candidate {
+                id: node.clone(),
+                capacity: rec.capacity,
+                running,
+                cpu: rec.load.cpu,
+                memory: rec.load.memory,
+            });
+        }
+        if candidates.is_empty() {
+            return Err(if capable == 0 {
+                format!("no alive node offers capability `{}`", spec.capability)
+            } else {
+                format!(
+                    "all {capable} node(s) offering `{}` are full",
+                    spec.capability
+                )
+            });
+        }
+        let strategy = spec
+            .strategy
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| self.default_strategy());
+        self.cursor = self.cursor.wrapping_add(1);
+        let draw = Draw {
+            cursor: self.cursor,
+            random: self.rng.next_u64(),
+            key: spec.affinity.as_deref().unwrap_or(id.as_str()),
+        };
+        let pick = placement::choose(strategy, &candidates, draw).unwrap_or(0);
+        Ok(candidates.swap_remove(pick).id)
+    }
+
+    fn announce_placement(&mut self, id: &TaskId, state: &TaskState) {
+        let event = match (&state.status, &state.node) {
+            (TaskStatus::Assigned, Some(node)) => Event::TaskPlaced {
+                task: id.clone(),
+                node: node.clone(),
+                fence: state.fence,
+            },
+            _ => Event::TaskPending {
+                task: id.clone(),
+                reason: state.reason.clone().unwrap_or_default(),
+            },
+        };
+        self.emit(Output::Event(event));
+    }
+
+    /// What this node does when a task's state changed: start it, queue it
+    /// for workers, or stop a run whose fence is gone.
+    pub(super) fn react(&mut self, now: Millis, id: &TaskId, st: &TaskState) {
+        if let Some(run) = self.local.get(id) {
+            let still_ours = st.status == TaskStatus::Running
+                && st.fence == run.fence
+                && st.node.as_ref() == Some(&self.cfg.node);
+            if !still_ours {
+                let fence = run.fence;
+                self.local.remove(id);
+                if !matches!(st.status, TaskStatus::Succeeded | TaskStatus::Failed)
+                    || st.fence != fence
+                {
+                    self.emit(Output::Abort {
+                        task: id.clone(),
+                        fence,
+                    });
+                }
+            }
+        }
+        if st.status.is_terminal() || st.status == TaskStatus::Assigned {
+            self.pending_dirty = true;
+        }
+        if st.status == TaskStatus::Assigned && st.node.as_ref() == Some(&self.cfg.node) {
+            self.start_queued(now);
+        }
+    }
+
+    /// Starts queued tasks that a handler runs, while handler slots are free,
+    /// and wakes workers for the rest.
+    pub(super) fn start_queued(&mut self, now: Millis) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let capacity = self.cfg.record.capacity as usize;
+        let queued: Vec<(Millis, TaskId)> = self.queued.iter().cloned().collect();
+        let mut for_workers = false;
+        for (_, id) in queued {
+            let Some(entry) = self.state.tasks.get(&id) else {
+                continue;
+            };
+            if !self.cfg.handlers.contains(&entry.spec().capability) {
+                for_workers = true;
+                continue;
+            }
+            if self.local.len() >= capacity {
+                break;
+            }
+            let mut entry = entry.clone();
+            let mut st = entry.state().clone();
+            st.status = TaskStatus::Running;
+            st.started_at = Some(now);
+            st.updated_at = now;
+            let me = self.cfg.node.clone();
+            if !entry.transition(st.clone(), "started by handler", &me) {
+                continue;
+            }
+            self.local.insert(
+                id.clone(),
+                LocalRun {
+                    fence: st.fence,
+                    deadline: now.plus(entry.spec().timeout_secs * 1000),
+                    claim: None,
+                },
+            );
+            self.emit(Output::Start(StartTask {
+                id: id.clone(),
+                capability: entry.spec().capability.clone(),
+                payload: entry.spec().payload.clone(),
+                fence: st.fence,
+                attempt: st.attempt,
+                timeout_secs: entry.spec().timeout_secs,
+            }));
+            self.emit(Output::Event(Event::TaskStarted {
+                task: id.clone(),
+                node: me,
+                attempt: st.attempt,
+            }));
+            self.put_task(now, id, entry, true);
+        }
+        if for_workers {
+            self.emit(Output::WorkAvailable);
+        }
+    }
+
+    /// An external worker claims the oldest queued task of one of
+    /// `capabilities` on this node.
+    pub fn claim(
+        &mut self,
+        now: Millis,
+        worker: &str,
+        capabilities: &[String],
+    ) -> Result<Option<Claimed>, EngineError> {
+        if worker.is_empty() || worker.len() > 128 {
+            return Err(EngineError::Invalid("worker must be 1 to 128 bytes".into()));
+        }
+        if self.is_draining() {
+            return Ok(None);
+        }
+        let found = self.queued.iter().find_map(|(_, id)| {
+            let spec = self.state.tasks.get(id)?.spec();
+            (capabilities.contains(&spec.capability)
+                && !self.cfg.handlers.contains(&spec.capability))
+            .then(|| id.clone())
+        });
+        let Some(id) = found else { return Ok(None) };
+        let mut entry = self.state.tasks[&id].clone();
+        let mut st = entry.state().clone();
+        st.status = TaskStatus::Running;
+        st.worker = Some(worker.to_owned());
+        st.started_at = Some(now);
+        st.updated_at = now;
+        let me = self.cfg.node.clone();
+        entry.transition(st.clone(), &format!("claimed by worker {worker}"), &me);
+        self.local.insert(
+            id.clone(),
+            LocalRun {
+                fence: st.fence,
+                deadline: now.plus(entry.spec().timeout_secs * 1000),
+                claim: Some((worker.to_owned(), now.plus(self.cfg.claim_ttl_ms))),
+            },
+        );
+        let claimed = Claimed {
+            id: id.clone(),
+            capability: entry.spec().capability.clone(),
+            payload: entry.spec().payload.clone(),
+            fence: st.fence,
+            attempt: st.attempt,
+            claim_ttl_ms: self.cfg.claim_ttl_ms,
+        };
+        self.emit(Output::Event(Event::TaskStarted {
+            task: id.clone(),
+            node: me,
+            attempt: st.attempt,
+        }));
+        self.put_task(now, id, entry, true);
+        Ok(Some(claimed))
+    }
+
+    fn is_draining(&self) -> bool {
+        self.state
+            .members
+            .get(&self.cfg.node)
+            .is_some_and(|m| m.record().status != MemberStatus::Alive)
+    }
+
+    fn check_fence(&self, id: &TaskId, fence: Fence) -> Result<&TaskEntry, EngineError> {
+        let entry = self
+            .state
+            .tasks
+            .get(id)
+            .ok_or_else(|| EngineError::NotFound {
+                what: "task",
+                id: id.to_string(),
+            })?;
+        let st = entry.state();
+        if st.fence != fence {
+            return Err(EngineError::StaleFence {
+                task: id.clone(),
+                given: fence,
+                current: st.fence,
+            });
+        }
+        if st.status != TaskStatus::Running || !self.local.contains_key(id) {
+            return Err(EngineError::Conflict(format!(
+                "task {id} is {} on {}, not running here",
+                st.status.as_str(),
+                st.node.as_ref().map(|n| n.as_str()).unwrap_or("no node")
+            )));
+        }
+        Ok(entry)
+    }
+
+    /// A worker keeps its claim alive. Returns the claim's new lifetime in ms.
+    pub fn heartbeat(
+        &mut self,
+        now: Millis,
+        id: &TaskId,
+        fence: Fence,
+    ) -> Result<u64, EngineError> {
+        self.check_fence(id, fence)?;
+        let ttl = self.cfg.claim_ttl_ms;
+        if let Some(LocalRun {
+            claim: Some((_, expires)),
+            ..
+        }) = self.local.get_mut(id)
+        {
+            *expires = now.plus(ttl);
+        }
+        Ok(ttl)
+    }
+
+    /// Records how an attempt ended (from a handler or a worker). A success
+    /// finishes the task; a failure retries it while attempts remain.
+    pub fn complete(
+        &mut self,
+        now: Millis,
+        id: &TaskId,
+        fence: Fence,
+        outcome: Outcome,
+    ) -> Result<(), EngineError> {
+        self.check_fence(id, fence)?;
+        self.local.remove(id);
+        self.finish_attempt(now, id, outcome);
+        Ok(())
+    }
+
+    fn finish_attempt(&mut self, now: Millis, id: &TaskId, outcome: Outcome) {
+        let Some(mut entry) = self.state.tasks.get(id).cloned() else {
+            return;
+        };
+        let me = self.cfg.node.clone();
+        let prev = entry.state().clone();
+        let (state, note) = match outcome {
+            Outcome::Success(result) => (
+                TaskState {
+                    status: TaskStatus::Succeeded,
+                    result: Some(result),
+                    error: None,
+                    updated_at: now,
+                    ..prev.clone()
+                },
+                "succeeded".to_owned(),
+            ),
+            Outcome::Failure(error) if prev.attempt < entry.spec().max_attempts => {
+                let fence = Fence {
+                    term: self.term,
+                    seq: prev.fence.seq + 1,
+                };
+                let placed = self.placement(id, &entry, None);
+                let mut st = match placed {
+                    Ok(node) => assigned_state(now, node, prev.attempt + 1, fence),
+                    Err(reason) => TaskState {
+                        status: TaskStatus::Pending,
+                        attempt: prev.attempt,
+                        fence,
+                        reason: Some(reason),
+                        updated_at: now,
+                        ..TaskState::default()
+                    },
+                };
+                st.error = Some(error.clone());
+                self.announce_placement(id, &st);
+                (
+                    st,
+                    format!("attempt {} failed: {error}; retrying", prev.attempt),
+                )
+            }
+            Outcome::Failure(error) => (
+                TaskState {
+                    status: TaskStatus::Failed,
+                    error: Some(error.clone()),
+                    updated_at: now,
+                    ..prev.clone()
+                },
+                format!("attempt {} failed: {error}; no attempts left", prev.attempt),
+            ),
+        };
+        let status = state.status;
+        entry.transition(state, &note, &me);
+        if status.is_terminal() {
+            self.emit(Output::Event(Event::TaskFinished {
+                task: id.clone(),
+                status,
+            }));
+        }
+        self.put_task(now, id.clone(), entry, true);
+    }
+
+    /// Cancels a task that has not finished.
+    pub fn cancel(&mut self, now: Millis, id: &TaskId) -> Result<(), EngineError> {
+        let entry = self
+            .state
+            .tasks
+            .get(id)
+            .ok_or_else(|| EngineError::NotFound {
+                what: "task",
+                id: id.to_string(),
+            })?;
+        let prev = entry.state().clone();
+        if prev.status.is_terminal() {
+            return Err(EngineError::Conflict(format!(
+                "task {id} already {}",
+                prev.status.as_str()
+            )));
+        }
+        let mut entry = entry.clone();
+        let me = self.cfg.node.clone();
+        let st = TaskState {
+            status: TaskStatus::Cancelled,
+            updated_at: now,
+            ..prev
+        };
+        entry.transition(st, "cancelled", &me);
+        self.emit(Output::Event(Event::TaskFinished {
+            task: id.clone(),
+            status: TaskStatus::Cancelled,
+        }));
+        self.put_task(now, id.clone(), entry, true);
+        Ok(())
+    }
+
+    /// Fails attempts whose timeout passed and gives back claims whose worker
+    /// stopped heartbeating.
+    pub(super) fn expire_local(&mut self, now: Millis) {
+        let expired: Vec<(TaskId, Fence, String)> = self
+            .local
+            .iter()
+            .filter_map(|(id, run)| {
+                if now >= run.deadline {
+                    return Some((id.clone(), run.fence, "timed out".to_owned()));
+                }
+                match &run.claim {
+                    Some((worker, expires)) if now >= *expires => Some((
+                        id.clone(),
+                        run.fence,
+                        format!("worker {worker} stopped heartbeating; claim given back"),
+                    )),
+                    _ => None,
+                }
+            })
+            .collect();
+        for (id, fence, why) in expired {
+            self.local.remove(&id);
+            self.emit(Output::Abort {
+                task: id.clone(),
+                fence,
+            });
+            self.finish_attempt(now, &id, Outcome::Failure(why));
+        }
+    }
+
+    /// Places pending tasks, oldest first, while nodes can take them.
+    pub(super) fn place_pending(&mut self, now: Millis) {
+        let pending: Vec<(Millis, TaskId)> = self.pending.iter().cloned().collect();
+        let mut blocked: Vec<String> = Vec::new();
+        for (_, id) in pending {
+            let Some(entry) = self.state.tasks.get(&id).cloned() else {
+                continue;
+            };
+            if blocked.contains(&entry.spec().capability) {
+                continue;
+            }
+            let prev = entry.state().clone();
+            match self.placement(&id, &entry, None) {
+                Ok(node) => {
+                    let fence = Fence {
+                        term: self.term,
+                        seq: prev.fence.seq + 1,
+                    };
+                    let mut st = assigned_state(now, node, prev.attempt + 1, fence);
+                    st.error = prev.error.clone();
+                    let mut entry = entry;
+                    let me = self.cfg.node.clone();
+                    entry.transition(st.clone(), "placed", &me);
+                    self.announce_placement(&id, &st);
+                    self.put_task(now, id, entry, true);
+                }
+                Err(_) => blocked.push(entry.spec().capability.clone()),
+            }
+        }
+    }
+
+    /// After a restart, tasks this node was running have lost their handler
+    /// or worker: each such attempt is failed and retried.
+    pub(super) fn recover_interrupted(&mut self, now: Millis) {
+        let me = self.cfg.node.clone();
+        let interrupted: Vec<TaskId> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                t.state().status == TaskStatus::Running && t.state().node.as_ref() == Some(&me)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in interrupted {
+            self.finish_attempt(
+                now,
+                &id,
+                Outcome::Failure("node restarted while the task ran".into()),
+            );
+        }
+    }
+}
+
+fn assigned_state(now: Millis, node: NodeId, attempt: u32, fence: Fence) -> TaskState {
+    TaskState {
+        status: TaskStatus::Assigned,
+        node: Some(node),
+        attempt,
+        fence,
+        updated_at: now,
+        ..TaskState::default()
+    }
+}

@@ -1,0 +1,172 @@
+//! The replicated state of a node: membership, tasks and knowledge.
+//!
+//! Every change is a [`Delta`]: the new state of one member, task, knowledge
+//! entry or namespace policy. Applying a delta merges it into the local entry
+//! with that entry's CRDT merge, so deltas may arrive in any order, twice, or
+//! be replaced by a later delta of the same entry, and replicas that have seen
+//! the same deltas are equal. This is how Shoal works around the absence of
+//! delta-state CRDTs in `crdts` (rust-crdt #50): the deltas are small state
+//! fragments (one entry), never whole maps.
+
+use crate::core::canon;
+use crate::core::ids::{Millis, NodeId, TaskId};
+use crate::core::knowledge::{KvEntry, Policy};
+use crate::core::member::MemberEntry;
+use crate::core::task::TaskEntry;
+use crdts::{CvRDT, LWWReg};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Marker of a namespace policy: when it was set and by whom.
+pub type PolicyMarker = (Millis, NodeId);
+
+/// One namespace of the knowledge store.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Namespace {
+    /// The conflict policy (last setter wins).
+    pub policy: LWWReg<Policy, PolicyMarker>,
+    /// Entries by key.
+    pub entries: BTreeMap<String, KvEntry>,
+    /// The merge of every entry's version: per node, its latest write
+    /// counter in this namespace. Derived from `entries`.
+    #[serde(skip)]
+    pub clock: crate::core::knowledge::Version,
+}
+
+impl Namespace {
+    /// The namespace's conflict policy.
+    pub fn policy(&self) -> Policy {
+        self.policy.val
+    }
+
+    /// Merges an entry's new state in, keeping the namespace clock in step.
+    pub fn merge_entry(&mut self, key: String, entry: KvEntry) {
+        self.clock.merge(entry.version().clone());
+        self.entries.entry(key).or_default().merge(entry);
+    }
+
+    /// The digest over the policy and every entry, in key order.
+    pub fn digest(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        canon::hash_value(&mut h, &self.policy);
+        for (key, entry) in &self.entries {
+            canon::hash_value(&mut h, key);
+            h.update(entry.digest().as_bytes());
+        }
+        h.finalize()
+    }
+}
+
+/// A change to the replicated state: the new state of one entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Delta {
+    /// A membership record.
+    Member(NodeId, MemberEntry),
+    /// A task.
+    Task(TaskId, TaskEntry),
+    /// A knowledge entry.
+    Kv {
+        /// Namespace.
+        ns: String,
+        /// Key.
+        key: String,
+        /// The entry's state.
+        entry: KvEntry,
+    },
+    /// A namespace's conflict policy.
+    Policy {
+        /// Namespace.
+        ns: String,
+        /// The policy register.
+        policy: LWWReg<Policy, PolicyMarker>,
+    },
+}
+
+/// Membership, tasks and knowledge.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicatedState {
+    /// Members by node id.
+    pub members: BTreeMap<NodeId, MemberEntry>,
+    /// Tasks by id.
+    pub tasks: BTreeMap<TaskId, TaskEntry>,
+    /// Knowledge namespaces by name.
+    pub namespaces: BTreeMap<String, Namespace>,
+}
+
+impl ReplicatedState {
+    /// Merges a delta into the state.
+    pub fn apply(&mut self, delta: Delta) {
+        match delta {
+            Delta::Member(id, entry) => self.members.entry(id).or_default().merge(entry),
+            Delta::Task(id, entry) => match self.tasks.get_mut(&id) {
+                Some(existing) => existing.merge(entry),
+                None => {
+                    self.tasks.insert(id, entry);
+                }
+            },
+            Delta::Kv { ns, key, entry } => self
+                .namespaces
+                .entry(ns)
+                .or_default()
+                .merge_entry(key, entry),
+            Delta::Policy { ns, policy } => {
+                self.namespaces.entry(ns).or_default().policy.merge(policy)
+            }
+        }
+    }
+
+    /// Every entry as a delta: what a replica with nothing needs.
+    pub fn deltas(&self) -> Vec<Delta> {
+        let mut out = Vec::new();
+        for (id, m) in &self.members {
+            out.push(Delta::Member(id.clone(), m.clone()));
+        }
+        for (id, t) in &self.tasks {
+            out.push(Delta::Task(id.clone(), t.clone()));
+        }
+        for (ns, n) in &self.namespaces {
+            out.push(Delta::Policy {
+                ns: ns.clone(),
+                policy: n.policy.clone(),
+            });
+            for (key, entry) in &n.entries {
+                out.push(Delta::Kv {
+                    ns: ns.clone(),
+                    key: key.clone(),
+                    entry: entry.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Merges a whole other replica into this one.
+    pub fn merge(&mut self, other: &ReplicatedState) {
+        for d in other.deltas() {
+            self.apply(d);
+        }
+    }
+
+    /// The digest over all tasks, in id order.
+    pub fn tasks_digest(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        for (id, t) in &self.tasks {
+            h.update(t.digest(id).as_bytes());
+        }
+        h.finalize()
+    }
+
+    /// The convergence digest: tasks and knowledge (membership load figures
+    /// are ephemeral and left out). Equal on two replicas exactly when their
+    /// tasks and knowledge are equal, whatever order updates arrived in.
+    pub fn digest(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(b"shoal-state-v1");
+        h.update(self.tasks_digest().as_bytes());
+        for (ns, n) in &self.namespaces {
+            canon::hash_value(&mut h, ns);
+            h.update(n.digest().as_bytes());
+        }
+        h.finalize()
+    }
+}

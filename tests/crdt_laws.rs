@@ -1,0 +1,199 @@
+//! The CRDT laws for Shoal's replicated state, on random histories.
+//!
+//! Several replicas each apply random local operations (knowledge puts and
+//! deletes under every policy, including concurrent writes to the same key,
+//! task submissions, transitions and cancels) and sometimes sync from one
+//! another. Then merging their states must be commutative, associative and
+//! idempotent, and the digest must depend only on the state.
+
+use proptest::prelude::*;
+use shoal::core::engine::SubmitRequest;
+use shoal::core::ids::{Millis, NodeId};
+use shoal::core::knowledge::Policy;
+use shoal::core::member::MemberRecord;
+use shoal::core::state::{Delta, ReplicatedState};
+use shoal::core::{Engine, EngineConfig};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put {
+        replica: usize,
+        ns: usize,
+        key: usize,
+        value: u8,
+    },
+    Del {
+        replica: usize,
+        ns: usize,
+        key: usize,
+    },
+    Submit {
+        replica: usize,
+        key: Option<u8>,
+    },
+    Cancel {
+        replica: usize,
+        task: usize,
+    },
+    Sync {
+        from: usize,
+        to: usize,
+    },
+}
+
+const REPLICAS: usize = 3;
+const NAMESPACES: [(&str, Policy); 3] = [("l", Policy::Lww), ("m", Policy::Mv), ("s", Policy::Set)];
+
+fn op() -> impl Strategy<Value = Op> {
+    let r = 0..REPLICAS;
+    prop_oneof![
+        4 => (r.clone(), 0..3usize, 0..3usize, any::<u8>()).prop_map(|(replica, ns, key, value)| Op::Put { replica, ns, key, value }),
+        2 => (r.clone(), 0..3usize, 0..3usize).prop_map(|(replica, ns, key)| Op::Del { replica, ns, key }),
+        2 => (r.clone(), proptest::option::of(0..3u8)).prop_map(|(replica, key)| Op::Submit { replica, key }),
+        1 => (r.clone(), 0..8usize).prop_map(|(replica, task)| Op::Cancel { replica, task }),
+        2 => (r.clone(), r).prop_map(|(from, to)| Op::Sync { from, to }),
+    ]
+}
+
+fn replica(i: usize) -> Engine {
+    let node = NodeId(format!("node-{i}"));
+    let cfg = EngineConfig {
+        node: node.clone(),
+        record: MemberRecord {
+            name: node.to_string(),
+            capabilities: vec!["work".into()],
+            capacity: 2,
+            ..MemberRecord::default()
+        },
+        handlers: ["work".to_string()].into(),
+        claim_ttl_ms: 1000,
+    };
+    let mut e = Engine::new(cfg, ReplicatedState::default(), i as u64);
+    e.start(Millis(0));
+    for (ns, policy) in NAMESPACES {
+        e.set_policy(Millis(0), ns, policy).unwrap();
+    }
+    e
+}
+
+/// Runs a history; returns each replica's state.
+fn run(history: &[Op]) -> Vec<ReplicatedState> {
+    let mut engines: Vec<Engine> = (0..REPLICAS).map(replica).collect();
+    for (step, op) in history.iter().enumerate() {
+        let now = Millis(step as u64 + 1);
+        match op {
+            Op::Put {
+                replica,
+                ns,
+                key,
+                value,
+            } => {
+                let v = serde_json::json!(value % 4);
+                engines[*replica]
+                    .kv_put(now, NAMESPACES[*ns].0, &format!("k{key}"), &v)
+                    .unwrap();
+            }
+            Op::Del { replica, ns, key } => {
+                let _ = engines[*replica].kv_del(now, NAMESPACES[*ns].0, &format!("k{key}"));
+            }
+            Op::Submit { replica, key } => {
+                let req = SubmitRequest {
+                    capability: "work".into(),
+                    key: key.map(|k| format!("idem-{k}")),
+                    ..SubmitRequest::default()
+                };
+                engines[*replica].submit(now, req).unwrap();
+            }
+            Op::Cancel { replica, task } => {
+                let ids: Vec<_> = engines[*replica].state().tasks.keys().cloned().collect();
+                if let Some(id) = ids.get(*task) {
+                    let _ = engines[*replica].cancel(now, id);
+                }
+            }
+            Op::Sync { from, to } => {
+                let deltas = engines[*from].state().deltas();
+                for d in deltas {
+                    engines[*to].apply_remote(now, d);
+                }
+            }
+        }
+        for e in engines.iter_mut() {
+            e.take_outputs();
+        }
+    }
+    engines.iter().map(|e| e.state().clone()).collect()
+}
+
+fn merged(parts: &[&ReplicatedState]) -> ReplicatedState {
+    let mut acc = ReplicatedState::default();
+    for p in parts {
+        acc.merge(p);
+    }
+    acc
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn merge_is_commutative_associative_and_idempotent(history in proptest::collection::vec(op(), 1..40)) {
+        let states = run(&history);
+        let (a, b, c) = (&states[0], &states[1], &states[2]);
+        let ab = merged(&[a, b]);
+        let ba = merged(&[b, a]);
+        prop_assert_eq!(ab.digest(), ba.digest(), "commutative");
+        let ab_c = merged(&[&ab, c]);
+        let bc = merged(&[b, c]);
+        let a_bc = merged(&[a, &bc]);
+        prop_assert_eq!(ab_c.digest(), a_bc.digest(), "associative");
+        let aa = merged(&[a, a]);
+        prop_assert_eq!(aa.digest(), merged(&[a]).digest(), "idempotent");
+        let ab_ab = merged(&[&ab, &ab, b]);
+        prop_assert_eq!(ab_ab.digest(), ab.digest(), "idempotent after merge");
+    }
+
+    #[test]
+    fn deltas_in_any_order_converge(history in proptest::collection::vec(op(), 1..30), seed in any::<u64>()) {
+        let states = run(&history);
+        let all: Vec<Delta> = states.iter().flat_map(|s| s.deltas()).collect();
+        let mut forward = ReplicatedState::default();
+        for d in all.iter().cloned() {
+            forward.apply(d);
+        }
+        // a shuffled order, with duplicates
+        let mut shuffled = all.clone();
+        let mut x = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        shuffled.extend(all.iter().take(5).cloned());
+        let mut backward = ReplicatedState::default();
+        for d in shuffled {
+            backward.apply(d);
+        }
+        prop_assert_eq!(forward.digest(), backward.digest());
+    }
+
+    #[test]
+    fn codec_round_trip_preserves_state(history in proptest::collection::vec(op(), 1..30)) {
+        let states = run(&history);
+        for s in &states {
+            let mut copy = ReplicatedState::default();
+            for d in s.deltas() {
+                let bytes = postcard::to_stdvec(&d).unwrap();
+                copy.apply(postcard::from_bytes(&bytes).unwrap());
+            }
+            prop_assert_eq!(copy.digest(), s.digest());
+        }
+    }
+}
+
+#[test]
+fn different_states_have_different_digests() {
+    let mut a = replica(0);
+    let before = a.state().digest();
+    a.kv_put(Millis(1), "l", "k", &serde_json::json!(1))
+        .unwrap();
+    assert_ne!(before, a.state().digest());
+}
