@@ -16,4 +16,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod core;
+pub mod runtime;
+
+pub use config::NodeConfig;
+pub use runtime::{Node, NodeHandle};

@@ -208,6 +208,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Leaves gracefully: marks this node `left` and hands its tasks back.
+    pub fn leave(&mut self, now: Millis) {
+        let me = self.cfg.node.clone();
+        let mut entry = self.state.members.get(&me).cloned().unwrap_or_default();
+        let mut record = entry.record().clone();
+        record.status = MemberStatus::Left;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me.clone(), entry);
+        self.requeue_local(now);
+        self.emit(Output::Event(Event::MemberLeft { node: me }));
+    }
+
     /// Records this node's current load in its membership record.
     pub fn report_load(&mut self, now: Millis, cpu: f32, memory: f32, disk: f32) {
         let me = self.cfg.node.clone();

@@ -568,6 +568,47 @@ impl Engine {
         }
     }
 
+    /// Hands this node's tasks back before it leaves: running and queued
+    /// tasks get a new fence (so a late result of the old run is refused)
+    /// and are placed on another node, or wait as pending.
+    pub(super) fn requeue_local(&mut self, now: Millis) {
+        let me = self.cfg.node.clone();
+        let mine: Vec<TaskId> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                matches!(t.state().status, TaskStatus::Assigned | TaskStatus::Running)
+                    && t.state().node.as_ref() == Some(&me)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in mine {
+            let Some(mut entry) = self.state.tasks.get(&id).cloned() else {
+                continue;
+            };
+            let prev = entry.state().clone();
+            let fence = Fence {
+                term: self.term,
+                seq: prev.fence.seq + 1,
+            };
+            let st = match self.placement(&id, &entry, Some(&me)) {
+                Ok(node) => assigned_state(now, node, prev.attempt, fence),
+                Err(reason) => TaskState {
+                    status: TaskStatus::Pending,
+                    attempt: prev.attempt.saturating_sub(1),
+                    fence,
+                    reason: Some(reason),
+                    updated_at: now,
+                    ..TaskState::default()
+                },
+            };
+            entry.transition(st.clone(), "handed back: node leaving", &me);
+            self.announce_placement(&id, &st);
+            self.put_task(now, id, entry, true);
+        }
+    }
+
     /// After a restart, tasks this node was running have lost their handler
     /// or worker: each such attempt is failed and retried.
     pub(super) fn recover_interrupted(&mut self, now: Millis) {

@@ -315,3 +315,26 @@ fn two_engines_converge_by_exchanging_deltas() {
     assert_eq!(a.state().digest(), b.state().digest());
     assert_eq!(a.kv_get("notes", "k").unwrap().value, "\"from b\"");
 }
+
+#[test]
+fn leave_hands_tasks_back_and_a_restart_takes_them_up() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    let id = submit(&mut e, "echo", None);
+    let s = starts(&e.take_outputs())[0].clone();
+    e.leave(Millis(30));
+    let out = e.take_outputs();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Abort { task, .. } if task == &id)));
+    let st = e.state().tasks[&id].state().clone();
+    assert_eq!(st.status, TaskStatus::Pending);
+    assert!(st.fence > s.fence);
+    let mut e2 = Engine::new(e.cfg.clone(), e.state().clone(), 9);
+    e2.start(Millis(40));
+    let again = starts(&e2.take_outputs());
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].attempt, 1,
+        "a graceful leave does not use up an attempt"
+    );
+}

@@ -1,0 +1,453 @@
+//! Node configuration: defaults, timing profiles, the TOML file, `SHOAL_*`
+//! environment variables and flags, with validation that names the key.
+//!
+//! Precedence is flag > environment > file > default. The CLI turns flags
+//! and environment variables into one [`ConfigLayer`] (clap reads both), the
+//! file is another, and [`ConfigLayer::build`] lays the first over the
+//! second, fills in defaults and validates.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A configuration that cannot be used. Nothing was started.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A key has a value that is out of range or malformed.
+    #[error("invalid config: `{key}`: {reason}")]
+    Invalid {
+        /// The config-file key (flags and env vars have the same name).
+        key: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the key and line).
+        message: String,
+    },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Timing profile presets (see CONTRACT.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// LAN defaults: heartbeat 5 s, suspect after 3 missed, removed after 30 s.
+    #[default]
+    Lan,
+    /// Tests, demos, benchmarks: heartbeat 500 ms, 3 missed, removed after 10 s.
+    Fast,
+    /// Wide-area: heartbeat 10 s, 5 missed, removed after 120 s.
+    Wan,
+}
+
+/// Failure-detection timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Timing {
+    /// Heartbeat interval in ms (50 to 600 000).
+    pub heartbeat_interval_ms: u64,
+    /// Missed heartbeats before a node is suspected (1 to 100); the phi
+    /// accrual threshold is derived from it.
+    pub suspect_after_missed: u32,
+    /// Time without heartbeats before a node is removed, in ms (must exceed
+    /// the suspicion time).
+    pub removed_after_ms: u64,
+}
+
+impl Profile {
+    /// The profile's timing preset.
+    pub fn timing(self) -> Timing {
+        match self {
+            Profile::Lan => Timing {
+                heartbeat_interval_ms: 5_000,
+                suspect_after_missed: 3,
+                removed_after_ms: 30_000,
+            },
+            Profile::Fast => Timing {
+                heartbeat_interval_ms: 500,
+                suspect_after_missed: 3,
+                removed_after_ms: 10_000,
+            },
+            Profile::Wan => Timing {
+                heartbeat_interval_ms: 10_000,
+                suspect_after_missed: 5,
+                removed_after_ms: 120_000,
+            },
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One layer of configuration: every key optional. The config file has
+/// exactly these keys.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Node name.
+    pub name: Option<String>,
+    /// p2p listen multiaddrs.
+    pub listen: Option<Vec<String>>,
+    /// Bootstrap peer multiaddrs.
+    pub bootstrap: Option<Vec<String>>,
+    /// mDNS discovery on or off.
+    pub mdns: Option<bool>,
+    /// HTTP API address.
+    pub api: Option<String>,
+    /// File holding the API bearer token.
+    pub api_token_file: Option<PathBuf>,
+    /// File holding the cluster secret.
+    pub secret_file: Option<PathBuf>,
+    /// Capability name to shell command.
+    pub handlers: Option<BTreeMap<String, String>>,
+    /// Capabilities served by external workers.
+    pub capabilities: Option<Vec<String>>,
+    /// Free-form tags.
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Task slots.
+    pub capacity: Option<u32>,
+    /// Timing profile.
+    pub profile: Option<Profile>,
+    /// Expected federation size before the lease election starts.
+    pub bootstrap_expect: Option<u32>,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+    /// Heartbeat interval, ms (overrides the profile).
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Missed heartbeats before suspicion (overrides the profile).
+    pub suspect_after_missed: Option<u32>,
+    /// Removal timeout, ms (overrides the profile).
+    pub removed_after_ms: Option<u64>,
+    /// How long a worker's claim lives without a heartbeat, seconds.
+    pub claim_timeout_secs: Option<u64>,
+    /// Largest accepted HTTP request body, bytes.
+    pub max_body_bytes: Option<usize>,
+}
+
+macro_rules! over {
+    ($hi:ident, $lo:ident, $($f:ident),*) => {
+        ConfigLayer { $($f: $hi.$f.or($lo.$f)),* }
+    };
+}
+
+impl ConfigLayer {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<ConfigLayer, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })
+    }
+
+    /// This layer with `lower` filling what it leaves unset.
+    pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
+        let hi = self;
+        let lo = lower;
+        over!(
+            hi,
+            lo,
+            data_dir,
+            name,
+            listen,
+            bootstrap,
+            mdns,
+            api,
+            api_token_file,
+            secret_file,
+            handlers,
+            capabilities,
+            tags,
+            capacity,
+            profile,
+            bootstrap_expect,
+            log_format,
+            heartbeat_interval_ms,
+            suspect_after_missed,
+            removed_after_ms,
+            claim_timeout_secs,
+            max_body_bytes
+        )
+    }
+
+    /// Fills defaults and validates.
+    pub fn build(self) -> Result<NodeConfig, ConfigError> {
+        let profile = self.profile.unwrap_or_default();
+        let preset = profile.timing();
+        let timing = Timing {
+            heartbeat_interval_ms: self
+                .heartbeat_interval_ms
+                .unwrap_or(preset.heartbeat_interval_ms),
+            suspect_after_missed: self
+                .suspect_after_missed
+                .unwrap_or(preset.suspect_after_missed),
+            removed_after_ms: self.removed_after_ms.unwrap_or(preset.removed_after_ms),
+        };
+        let api_text = self.api.unwrap_or_else(|| "127.0.0.1:7070".to_owned());
+        let api: SocketAddr = api_text
+            .parse()
+            .map_err(|_| invalid("api", format!("`{api_text}` is not an IP:PORT address")))?;
+        let cfg = NodeConfig {
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("./shoal-data")),
+            name: self.name,
+            listen: self
+                .listen
+                .unwrap_or_else(|| vec!["/ip4/0.0.0.0/tcp/7000".to_owned()]),
+            bootstrap: self.bootstrap.unwrap_or_default(),
+            mdns: self.mdns.unwrap_or(true),
+            api,
+            api_token_file: self.api_token_file,
+            secret_file: self.secret_file,
+            handlers: self.handlers.unwrap_or_default(),
+            capabilities: self.capabilities.unwrap_or_default(),
+            tags: self.tags.unwrap_or_default(),
+            capacity: self.capacity.unwrap_or(8),
+            profile,
+            bootstrap_expect: self.bootstrap_expect.unwrap_or(1),
+            log_format: self.log_format.unwrap_or_default(),
+            timing,
+            claim_timeout_secs: self.claim_timeout_secs.unwrap_or(30),
+            max_body_bytes: self.max_body_bytes.unwrap_or(1 << 20),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeConfig {
+    /// Data directory: identity, secret, store, audit log.
+    pub data_dir: PathBuf,
+    /// Node name (defaults to the host name plus the short node id).
+    pub name: Option<String>,
+    /// p2p listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Bootstrap peer multiaddrs.
+    pub bootstrap: Vec<String>,
+    /// mDNS on the LAN.
+    pub mdns: bool,
+    /// HTTP API address.
+    pub api: SocketAddr,
+    /// File with the API bearer token (required when the API is not on loopback).
+    pub api_token_file: Option<PathBuf>,
+    /// File with the cluster secret (default `DATA_DIR/secret`).
+    pub secret_file: Option<PathBuf>,
+    /// Capability to shell command (`sh -c`).
+    pub handlers: BTreeMap<String, String>,
+    /// Capabilities served by external workers through the claim API.
+    pub capabilities: Vec<String>,
+    /// Free-form tags.
+    pub tags: BTreeMap<String, String>,
+    /// Task slots (1 to 10 000).
+    pub capacity: u32,
+    /// Timing profile.
+    pub profile: Profile,
+    /// Expected federation size (1 to 1000).
+    pub bootstrap_expect: u32,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Failure-detection timing.
+    pub timing: Timing,
+    /// Worker claim lifetime without heartbeat, seconds (1 to 3600).
+    pub claim_timeout_secs: u64,
+    /// Largest HTTP request body, bytes (1 KiB to 64 MiB).
+    pub max_body_bytes: usize,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+}
+
+impl NodeConfig {
+    /// Checks every key's range and format.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=10_000).contains(&self.capacity) {
+            return Err(invalid(
+                "capacity",
+                format!("{} is not between 1 and 10000", self.capacity),
+            ));
+        }
+        if !(1..=1000).contains(&self.bootstrap_expect) {
+            return Err(invalid("bootstrap_expect", "must be between 1 and 1000"));
+        }
+        let t = &self.timing;
+        if !(50..=600_000).contains(&t.heartbeat_interval_ms) {
+            return Err(invalid(
+                "heartbeat_interval_ms",
+                "must be between 50 and 600000",
+            ));
+        }
+        if !(1..=100).contains(&t.suspect_after_missed) {
+            return Err(invalid("suspect_after_missed", "must be between 1 and 100"));
+        }
+        let suspect_ms = t.heartbeat_interval_ms * t.suspect_after_missed as u64;
+        if t.removed_after_ms <= suspect_ms {
+            return Err(invalid(
+                "removed_after_ms",
+                format!("must be longer than the suspicion time ({suspect_ms} ms)"),
+            ));
+        }
+        if !(1..=3600).contains(&self.claim_timeout_secs) {
+            return Err(invalid("claim_timeout_secs", "must be between 1 and 3600"));
+        }
+        if !(1024..=64 << 20).contains(&self.max_body_bytes) {
+            return Err(invalid(
+                "max_body_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        if let Some(name) = &self.name {
+            if !valid_name(name) {
+                return Err(invalid("name", "use 1 to 128 letters, digits, or - _ . :"));
+            }
+        }
+        for (cap, cmd) in &self.handlers {
+            if !valid_name(cap) {
+                return Err(invalid(
+                    "handlers",
+                    format!("capability `{cap}` must be 1 to 128 letters, digits, or - _ . :"),
+                ));
+            }
+            if cmd.trim().is_empty() {
+                return Err(invalid(
+                    "handlers",
+                    format!("the command for `{cap}` is empty"),
+                ));
+            }
+        }
+        for cap in &self.capabilities {
+            if !valid_name(cap) {
+                return Err(invalid(
+                    "capabilities",
+                    format!("`{cap}` must be 1 to 128 letters, digits, or - _ . :"),
+                ));
+            }
+        }
+        for addr in self.listen.iter().chain(&self.bootstrap) {
+            if !addr.starts_with('/') {
+                return Err(invalid(
+                    "listen/bootstrap",
+                    format!("`{addr}` is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/7000)"),
+                ));
+            }
+        }
+        if !self.api.ip().is_loopback() && self.api_token_file.is_none() {
+            return Err(invalid(
+                "api_token_file",
+                format!(
+                    "the API listens on non-loopback address {}; a token file is required",
+                    self.api
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// All capabilities this node offers: handler-run and worker-served.
+    pub fn all_capabilities(&self) -> Vec<String> {
+        let mut caps: Vec<String> = self.handlers.keys().cloned().collect();
+        caps.extend(self.capabilities.iter().cloned());
+        caps.sort();
+        caps.dedup();
+        caps
+    }
+
+    /// Where the store lives.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("state.redb")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let file: ConfigLayer =
+            toml::from_str("capacity = 4\nprofile = \"fast\"\nname = \"from-file\"").unwrap();
+        let flags = ConfigLayer {
+            name: Some("from-flag".into()),
+            ..ConfigLayer::default()
+        };
+        let cfg = flags.over(file).build().unwrap();
+        assert_eq!(cfg.name.as_deref(), Some("from-flag"));
+        assert_eq!(cfg.capacity, 4);
+        assert_eq!(cfg.timing.heartbeat_interval_ms, 500);
+        assert_eq!(cfg.api.to_string(), "127.0.0.1:7070");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = ConfigLayer {
+            capacity: Some(0),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(err.to_string().contains("`capacity`"), "{err}");
+        let err = ConfigLayer {
+            api: Some("0.0.0.0:7070".into()),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(err.to_string().contains("api_token_file"), "{err}");
+        let err = ConfigLayer {
+            removed_after_ms: Some(100),
+            ..Default::default()
+        }
+        .build()
+        .unwrap_err();
+        assert!(err.to_string().contains("removed_after_ms"), "{err}");
+        let err = toml::from_str::<ConfigLayer>("capacityy = 3").unwrap_err();
+        assert!(err.to_string().contains("capacityy"), "{err}");
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../config.example.toml");
+        let layer: ConfigLayer = toml::from_str(text).unwrap();
+        layer.build().unwrap();
+    }
+}

@@ -1,0 +1,239 @@
+//! Runs tasks with handlers: functions registered by a program that embeds
+//! the node, or shell commands from `--handler NAME=COMMAND`.
+//!
+//! A command gets the payload JSON on stdin and `SHOAL_TASK_ID`,
+//! `SHOAL_TASK_FENCE`, `SHOAL_TASK_ATTEMPT` and `SHOAL_NODE_ID` in its
+//! environment; its stdout (JSON if it parses, else a string) is the result;
+//! a non-zero exit or the timeout is a failure. Commands run in their own
+//! process group, which is killed on timeout or cancel.
+
+use crate::core::engine::{Outcome, StartTask};
+use crate::core::ids::{Fence, NodeId, TaskId};
+use crate::core::knowledge::canonical_json;
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+/// What a handler gets.
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    /// The task.
+    pub id: TaskId,
+    /// Its capability.
+    pub capability: String,
+    /// Its payload.
+    pub payload: serde_json::Value,
+    /// The fence of this attempt (make side effects idempotent with it).
+    pub fence: Fence,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The node running it.
+    pub node: NodeId,
+}
+
+/// An embedded handler: an async function from the task to its result.
+pub type HandlerFn =
+    Arc<dyn Fn(TaskContext) -> BoxFuture<'static, Result<serde_json::Value, String>> + Send + Sync>;
+
+/// How a capability is run on this node.
+#[derive(Clone)]
+pub enum Handler {
+    /// A function of the embedding program.
+    Embedded(HandlerFn),
+    /// A shell command (`sh -c`).
+    Command(String),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handler::Embedded(_) => f.write_str("Embedded(..)"),
+            Handler::Command(c) => write!(f, "Command({c:?})"),
+        }
+    }
+}
+
+/// Handlers by capability.
+pub type Handlers = BTreeMap<String, Handler>;
+
+/// Largest handler output kept, in bytes.
+const MAX_OUTPUT: usize = 1 << 20;
+
+/// Runs one attempt to its outcome, or until `cancel` fires (then the
+/// outcome is `None` and the process group is killed).
+pub async fn run(
+    handler: Handler,
+    task: StartTask,
+    node: NodeId,
+    cancel: oneshot::Receiver<()>,
+) -> Option<Outcome> {
+    let payload: serde_json::Value =
+        serde_json::from_str(&task.payload).unwrap_or(serde_json::Value::Null);
+    let ctx = TaskContext {
+        id: task.id.clone(),
+        capability: task.capability.clone(),
+        payload,
+        fence: task.fence,
+        attempt: task.attempt,
+        node,
+    };
+    let limit = Duration::from_secs(task.timeout_secs);
+    match handler {
+        Handler::Embedded(f) => {
+            tokio::select! {
+                r = tokio::time::timeout(limit, f(ctx)) => Some(match r {
+                    Ok(Ok(v)) => Outcome::Success(canonical_json(&v)),
+                    Ok(Err(e)) => Outcome::Failure(e),
+                    Err(_) => Outcome::Failure(format!("timed out after {} s", task.timeout_secs)),
+                }),
+                _ = cancel => None,
+            }
+        }
+        Handler::Command(cmd) => run_command(&cmd, &task.payload, ctx, limit, cancel).await,
+    }
+}
+
+async fn run_command(
+    cmd: &str,
+    payload: &str,
+    ctx: TaskContext,
+    limit: Duration,
+    cancel: oneshot::Receiver<()>,
+) -> Option<Outcome> {
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .env("SHOAL_TASK_ID", ctx.id.as_str())
+        .env("SHOAL_TASK_FENCE", ctx.fence.to_string())
+        .env("SHOAL_TASK_ATTEMPT", ctx.attempt.to_string())
+        .env("SHOAL_NODE_ID", ctx.node.as_str())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    command.process_group(0);
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Some(Outcome::Failure(format!(
+                "cannot start handler `{cmd}`: {e}"
+            )))
+        }
+    };
+    let pid = child.id();
+    if let Some(mut stdin) = child.stdin.take() {
+        let bytes = payload.as_bytes().to_vec();
+        tokio::spawn(async move {
+            // A handler that does not read its stdin is fine.
+            let _ = stdin.write_all(&bytes).await;
+        });
+    }
+    let outcome = tokio::select! {
+        out = tokio::time::timeout(limit, child.wait_with_output()) => match out {
+            Ok(Ok(output)) => Some(outcome_of(output)),
+            Ok(Err(e)) => Some(Outcome::Failure(format!("handler failed: {e}"))),
+            Err(_) => {
+                kill_group(pid);
+                Some(Outcome::Failure(format!("timed out after {} s", limit.as_secs())))
+            }
+        },
+        _ = cancel => {
+            kill_group(pid);
+            None
+        }
+    };
+    outcome
+}
+
+fn outcome_of(output: std::process::Output) -> Outcome {
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: String = stderr
+            .trim()
+            .chars()
+            .rev()
+            .take(500)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let code = output
+            .status
+            .code()
+            .map(|c| format!("exit code {c}"))
+            .unwrap_or_else(|| "killed by a signal".into());
+        return Outcome::Failure(if tail.is_empty() {
+            code
+        } else {
+            format!("{code}: {tail}")
+        });
+    }
+    let mut stdout = output.stdout;
+    stdout.truncate(MAX_OUTPUT);
+    let text = String::from_utf8_lossy(&stdout);
+    let trimmed = text.trim();
+    let value = serde_json::from_str::<serde_json::Value>(trimmed)
+        .unwrap_or_else(|_| serde_json::Value::String(trimmed.to_owned()));
+    Outcome::Success(canonical_json(&value))
+}
+
+/// Kills a handler's whole process group (the shell and what it started).
+fn kill_group(pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ids::Term;
+
+    fn task(payload: &str, timeout_secs: u64) -> StartTask {
+        StartTask {
+            id: TaskId("t1".into()),
+            capability: "c".into(),
+            payload: payload.into(),
+            fence: Fence {
+                term: Term(0),
+                seq: 3,
+            },
+            attempt: 2,
+            timeout_secs,
+        }
+    }
+
+    async fn go(cmd: &str, t: StartTask) -> Option<Outcome> {
+        let (_tx, rx) = oneshot::channel();
+        run(Handler::Command(cmd.into()), t, NodeId::from("n1"), rx).await
+    }
+
+    #[tokio::test]
+    async fn command_gets_payload_and_environment() {
+        let out = go("cat", task("{\"x\":1}", 5)).await;
+        assert_eq!(out, Some(Outcome::Success("{\"x\":1}".into())));
+        let out = go(
+            "echo $SHOAL_TASK_ID $SHOAL_TASK_FENCE $SHOAL_TASK_ATTEMPT $SHOAL_NODE_ID",
+            task("{}", 5),
+        )
+        .await;
+        assert_eq!(out, Some(Outcome::Success("\"t1 0.3 2 n1\"".into())));
+    }
+
+    #[tokio::test]
+    async fn nonzero_exit_and_timeout_are_failures() {
+        let out = go("echo oops >&2; exit 3", task("{}", 5)).await.unwrap();
+        assert_eq!(out, Outcome::Failure("exit code 3: oops".into()));
+        let out = go("sleep 30", task("{}", 1)).await.unwrap();
+        assert!(matches!(out, Outcome::Failure(m) if m.contains("timed out")));
+    }
+}

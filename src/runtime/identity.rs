@@ -1,0 +1,176 @@
+//! The node identity (an ed25519 key, as libp2p uses) and the cluster secret,
+//! both kept in the data dir.
+
+use libp2p_identity::Keypair;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The identity or secret could not be loaded or created.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The identity file is not a valid key.
+    #[error("{path} is not a valid identity key: {reason}; it was left untouched")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The secret is not 64 hexadecimal characters.
+    #[error(
+        "cluster secret from {origin} must be 64 hexadecimal characters (32 bytes) on one line"
+    )]
+    BadSecret {
+        /// Where it came from.
+        origin: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `bytes` to a new file readable only by its owner, then syncs it.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// Loads `DATA_DIR/identity.key`, creating it on first use. Returns the key
+/// and whether it was created.
+pub fn load_or_create_identity(data_dir: &Path) -> Result<(Keypair, bool), IdentityError> {
+    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    let path = data_dir.join("identity.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let key =
+                Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::BadKey {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            Ok((key, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key
+                .to_protobuf_encoding()
+                .map_err(|e| IdentityError::BadKey {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            write_private(&path, &bytes)?;
+            Ok((key, true))
+        }
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// A 32-byte cluster pre-shared key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(..)")
+    }
+}
+
+impl ClusterSecret {
+    /// Parses 64 hex characters (surrounding whitespace is ignored).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, IdentityError> {
+        let bad = || IdentityError::BadSecret {
+            origin: origin.to_owned(),
+        };
+        let bytes = hex::decode(text.trim()).map_err(|_| bad())?;
+        Ok(ClusterSecret(bytes.try_into().map_err(|_| bad())?))
+    }
+
+    /// A fresh random secret.
+    pub fn generate() -> Self {
+        ClusterSecret(rand::random())
+    }
+
+    /// A short public fingerprint (for logs): the first 8 hex chars of its blake3.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(&blake3::hash(&self.0).as_bytes()[..4])
+    }
+}
+
+/// Where the secret comes from: `SHOAL_SECRET` (the key itself), a secret
+/// file, or `DATA_DIR/secret`, created with a fresh key if missing.
+pub fn load_or_create_secret(
+    env_value: Option<&str>,
+    file: Option<&Path>,
+    data_dir: &Path,
+) -> Result<ClusterSecret, IdentityError> {
+    if let Some(value) = env_value {
+        return ClusterSecret::parse(value, "SHOAL_SECRET");
+    }
+    let (path, may_create) = match file {
+        Some(p) => (p.to_owned(), false),
+        None => (data_dir.join("secret"), true),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => ClusterSecret::parse(&text, &path.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => {
+            std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+            let secret = ClusterSecret::generate();
+            write_private(&path, format!("{}\n", hex::encode(secret.0)).as_bytes())?;
+            Ok(secret)
+        }
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_stable_across_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, created) = load_or_create_identity(dir.path()).unwrap();
+        assert!(created);
+        let (b, created) = load_or_create_identity(dir.path()).unwrap();
+        assert!(!created);
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        std::fs::write(dir.path().join("identity.key"), b"garbage").unwrap();
+        assert!(matches!(
+            load_or_create_identity(dir.path()),
+            Err(IdentityError::BadKey { .. })
+        ));
+    }
+
+    #[test]
+    fn secret_is_created_once_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_secret(None, None, dir.path()).unwrap();
+        let b = load_or_create_secret(None, None, dir.path()).unwrap();
+        assert_eq!(a, b);
+        let text = std::fs::read_to_string(dir.path().join("secret")).unwrap();
+        assert_eq!(text.trim().len(), 64);
+        assert!(load_or_create_secret(Some("abc"), None, dir.path()).is_err());
+        let missing = dir.path().join("nope");
+        assert!(load_or_create_secret(None, Some(&missing), dir.path()).is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! Prometheus metrics of a node.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A label with one value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Label {
+    /// The label's value (status, reason, ...).
+    pub value: String,
+}
+
+impl Label {
+    fn of(value: &str) -> Label {
+        Label {
+            value: value.to_owned(),
+        }
+    }
+}
+
+/// HTTP request labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Method.
+    pub method: String,
+    /// Status code.
+    pub status: u16,
+}
+
+/// All of a node's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Acknowledged mutations (writes, submissions, completions...).
+    pub acknowledged: Counter,
+    /// Store commits.
+    pub commits: Counter,
+    /// Failed store commits.
+    pub commit_failures: Counter,
+    /// Commit latency in seconds.
+    pub commit_seconds: Histogram,
+    /// Commands per commit.
+    pub batch_size: Histogram,
+    /// HTTP responses by method and status.
+    pub http: Family<HttpLabels, Counter>,
+    /// Requests refused before reaching the engine, by reason.
+    pub rejected: Family<Label, Counter>,
+    /// Task attempts ended, by outcome.
+    pub attempts: Family<Label, Counter>,
+    /// Events dropped because a subscriber was too slow.
+    pub events_lagged: Counter,
+    /// Tasks by status (set at scrape).
+    pub tasks: Family<Label, Gauge>,
+    /// Members by status (set at scrape).
+    pub members: Family<Label, Gauge>,
+    /// Knowledge entries (set at scrape).
+    pub kv_entries: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("shoal");
+        let m = Metrics {
+            registry: Registry::default(),
+            acknowledged: Counter::default(),
+            commits: Counter::default(),
+            commit_failures: Counter::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            http: Family::default(),
+            rejected: Family::default(),
+            attempts: Family::default(),
+            events_lagged: Counter::default(),
+            tasks: Family::default(),
+            members: Family::default(),
+            kv_entries: Gauge::default(),
+        };
+        registry.register(
+            "acknowledged_writes",
+            "Mutations acknowledged after a durable commit",
+            m.acknowledged.clone(),
+        );
+        registry.register("store_commits", "Store commits", m.commits.clone());
+        registry.register(
+            "store_commit_failures",
+            "Store commits that failed (nothing was acknowledged)",
+            m.commit_failures.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Store commit latency",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "store_batch_size",
+            "Commands per store commit",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "http_responses",
+            "HTTP responses by method and status",
+            m.http.clone(),
+        );
+        registry.register(
+            "rejected_requests",
+            "Requests refused, by reason",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "task_attempts_finished",
+            "Task attempts ended, by outcome",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "events_lagged",
+            "Events a slow subscriber missed",
+            m.events_lagged.clone(),
+        );
+        registry.register("tasks", "Tasks by status", m.tasks.clone());
+        registry.register("members", "Members by status", m.members.clone());
+        registry.register("kv_entries", "Knowledge entries", m.kv_entries.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts a refused request.
+    pub fn reject(&self, reason: &str) {
+        self.rejected.get_or_create(&Label::of(reason)).inc();
+    }
+
+    /// Counts an ended attempt.
+    pub fn attempt(&self, outcome: &str) {
+        self.attempts.get_or_create(&Label::of(outcome)).inc();
+    }
+
+    /// Sets a by-status gauge.
+    pub fn set_tasks(&self, status: &str, n: i64) {
+        self.tasks.get_or_create(&Label::of(status)).set(n);
+    }
+
+    /// Sets a by-status gauge.
+    pub fn set_members(&self, status: &str, n: i64) {
+        self.members.get_or_create(&Label::of(status)).set(n);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,535 @@
+//! The node: one tokio task that owns the engine and the store.
+//!
+//! Callers hold a cloneable [`NodeHandle`] and send it closures over the
+//! engine: [`NodeHandle::write`] for changes, [`NodeHandle::read`] for
+//! queries. The owner task takes whatever commands are waiting, runs them,
+//! commits all the deltas they produced in one durable transaction, and only
+//! then answers them (group commit). If a commit fails nothing is
+//! acknowledged, and the engine is rebuilt from the store so that memory and
+//! disk agree again.
+
+use crate::config::NodeConfig;
+use crate::core::engine::{Claimed, Outcome, StartTask};
+use crate::core::event::{AuditRecord, Event};
+use crate::core::ids::{Fence, Millis, NodeId, TaskId};
+use crate::core::member::MemberRecord;
+use crate::core::state::Delta;
+use crate::core::{Engine, EngineConfig, EngineError, Output};
+use crate::runtime::executor::{self, Handler, Handlers};
+use crate::runtime::identity::{self, ClusterSecret, IdentityError};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::store::{Store, StoreError};
+use crate::runtime::sysload;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+/// A node operation failed.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The engine refused the request; nothing changed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The store failed; the change was not acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The identity or secret could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The node is shutting down or stopped.
+    #[error("the node is stopped")]
+    Stopped,
+}
+
+/// The current time as the core sees it.
+pub fn now() -> Millis {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Millis(ms)
+}
+
+/// Static facts about the node.
+#[derive(Debug)]
+pub struct NodeInfo {
+    /// Node id (libp2p peer id).
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// The configuration it runs with.
+    pub config: NodeConfig,
+    /// Cluster secret fingerprint (never the secret).
+    pub secret_fingerprint: String,
+    /// When it started.
+    pub started: Instant,
+}
+
+type Reply = Box<dyn FnOnce(Result<(), NodeError>) + Send>;
+type WriteJob = Box<dyn FnOnce(&mut Engine, Millis) -> Reply + Send>;
+type ReadJob = Box<dyn FnOnce(&Engine, &Store) + Send>;
+
+enum Command {
+    Write(WriteJob),
+    Read(ReadJob),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A cloneable handle to a running node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: mpsc::Sender<Command>,
+    events: broadcast::Sender<Event>,
+    work: Arc<Notify>,
+    info: Arc<NodeInfo>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("id", &self.info.id)
+            .finish()
+    }
+}
+
+impl NodeHandle {
+    /// Runs `f` on the engine; answers once its changes are on disk.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Engine, Millis) -> Result<T, EngineError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |engine, now| {
+            let result = f(engine, now);
+            Box::new(move |stored: Result<(), NodeError>| {
+                let answer = match (result, stored) {
+                    (Err(e), _) => Err(NodeError::Engine(e)),
+                    (Ok(_), Err(e)) => Err(e),
+                    (Ok(v), Ok(())) => Ok(v),
+                };
+                let _ = tx.send(answer);
+            })
+        });
+        self.tx
+            .send(Command::Write(job))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Runs `f` against the engine (and store) and returns what it computes.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, NodeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Engine, &Store) -> T + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |engine, store| {
+            let _ = tx.send(f(engine, store));
+        });
+        self.tx
+            .send(Command::Read(job))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Claims a task for an external worker, waiting up to `wait` for one.
+    pub async fn claim(
+        &self,
+        worker: String,
+        caps: Vec<String>,
+        wait: Duration,
+    ) -> Result<Option<Claimed>, NodeError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (w, c) = (worker.clone(), caps.clone());
+            if let Some(task) = self.write(move |e, now| e.claim(now, &w, &c)).await? {
+                return Ok(Some(task));
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Subscribes to the event stream.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Static facts about the node.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// True once the store is open and the node has announced itself.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Leaves gracefully: hands tasks back, announces departure, flushes to
+    /// disk and stops the owner task.
+    pub async fn shutdown(&self) -> Result<(), NodeError> {
+        self.ready.store(false, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Shutdown(tx))
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    handle: NodeHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.handle.fmt(f)
+    }
+}
+
+impl Node {
+    /// Opens the data dir (identity, secret, store) and starts the node with
+    /// the command handlers of `cfg` plus `embedded` handlers.
+    pub async fn start(cfg: NodeConfig, embedded: Handlers) -> Result<Node, NodeError> {
+        let (key, _) = identity::load_or_create_identity(&cfg.data_dir)?;
+        let env_secret = std::env::var("SHOAL_SECRET").ok();
+        let secret: ClusterSecret = identity::load_or_create_secret(
+            env_secret.as_deref(),
+            cfg.secret_file.as_deref(),
+            &cfg.data_dir,
+        )?;
+        let id = NodeId(key.public().to_peer_id().to_string());
+        let name = cfg
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", id.short()));
+        let path = cfg.store_path();
+        let store = tokio::task::spawn_blocking(move || Store::open(&path))
+            .await
+            .map_err(|_| NodeError::Stopped)??;
+        let store = Arc::new(store);
+        let mut handlers: Handlers = cfg
+            .handlers
+            .iter()
+            .map(|(cap, cmd)| (cap.clone(), Handler::Command(cmd.clone())))
+            .collect();
+        handlers.extend(embedded);
+        let mut capabilities: Vec<String> = handlers.keys().cloned().collect();
+        capabilities.extend(cfg.capabilities.iter().cloned());
+        capabilities.sort();
+        capabilities.dedup();
+        let engine_cfg = EngineConfig {
+            node: id.clone(),
+            record: MemberRecord {
+                name: name.clone(),
+                addrs: Vec::new(),
+                api: Some(cfg.api.to_string()),
+                capabilities,
+                tags: cfg.tags.clone(),
+                capacity: cfg.capacity,
+                ..MemberRecord::default()
+            },
+            handlers: handlers.keys().cloned().collect(),
+            claim_ttl_ms: cfg.claim_timeout_secs * 1000,
+        };
+        let info = Arc::new(NodeInfo {
+            id: id.clone(),
+            name,
+            config: cfg,
+            secret_fingerprint: secret.fingerprint(),
+            started: Instant::now(),
+        });
+        let (tx, rx) = mpsc::channel(8192);
+        let (events, _) = broadcast::channel(4096);
+        let handle = NodeHandle {
+            tx,
+            events: events.clone(),
+            work: Arc::new(Notify::new()),
+            info: info.clone(),
+            metrics: Arc::new(Metrics::default()),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let state = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.load())
+                .await
+                .map_err(|_| NodeError::Stopped)??
+        };
+        let engine = Engine::new(engine_cfg.clone(), state, rand::random());
+        let (exec_tx, exec_rx) = mpsc::unbounded_channel();
+        let mut owner = Owner {
+            engine,
+            engine_cfg,
+            store,
+            handle: handle.clone(),
+            handlers,
+            running: HashMap::new(),
+            exec_tx,
+        };
+        owner.engine.start(now());
+        owner.flush(Vec::new()).await?;
+        handle.ready.store(true, Ordering::Relaxed);
+        let span = info_span!("node", node = %id.short());
+        let task = tokio::spawn(owner.run(rx, exec_rx).instrument(span));
+        Ok(Node { handle, task })
+    }
+
+    /// A handle for callers.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// Leaves gracefully and waits for the owner task to end.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let r = self.handle.shutdown().await;
+        let _ = self.task.await;
+        r
+    }
+}
+
+type ExecDone = (TaskId, Fence, Option<Outcome>);
+
+struct Owner {
+    engine: Engine,
+    engine_cfg: EngineConfig,
+    store: Arc<Store>,
+    handle: NodeHandle,
+    handlers: Handlers,
+    running: HashMap<TaskId, (Fence, oneshot::Sender<()>)>,
+    exec_tx: mpsc::UnboundedSender<ExecDone>,
+}
+
+/// Most commands answered by one commit.
+const MAX_BATCH: usize = 4096;
+
+impl Owner {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut exec_rx: mpsc::UnboundedReceiver<ExecDone>,
+    ) {
+        let hb = self.handle.info.config.timing.heartbeat_interval_ms;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut load = tokio::time::interval(Duration::from_millis(hb));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        info!("node started");
+        loop {
+            let replies = tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Shutdown(done)) => { self.leave().await; let _ = done.send(()); return; }
+                    Some(cmd) => self.batch(cmd, &mut rx),
+                    None => { self.leave().await; return; }
+                },
+                Some((id, fence, outcome)) = exec_rx.recv() => { self.exec_done(id, fence, outcome); Vec::new() }
+                _ = tick.tick() => { self.engine.tick(now()); Vec::new() }
+                _ = load.tick() => { self.report_load(); Vec::new() }
+            };
+            if let Err(e) = self.flush(replies).await {
+                error!(error = %e, "store commit failed; nothing was acknowledged");
+            }
+        }
+    }
+
+    /// Runs the waiting commands (up to [`MAX_BATCH`]); returns their replies.
+    fn batch(&mut self, first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Reply> {
+        let mut replies = Vec::new();
+        let mut next = Some(first);
+        let t = now();
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Write(job) => replies.push(job(&mut self.engine, t)),
+                Command::Read(job) => job(&self.engine, &self.store),
+                Command::Shutdown(done) => {
+                    // Answered after this batch: requeue it at the front.
+                    let tx = self.handle.tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(Command::Shutdown(done)).await;
+                    });
+                    break;
+                }
+            }
+            if replies.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        replies
+    }
+
+    fn exec_done(&mut self, id: TaskId, fence: Fence, outcome: Option<Outcome>) {
+        if self.running.get(&id).is_some_and(|(f, _)| *f == fence) {
+            self.running.remove(&id);
+        }
+        let Some(outcome) = outcome else { return };
+        let label = if matches!(outcome, Outcome::Success(_)) {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        match self.engine.complete(now(), &id, fence, outcome) {
+            Ok(()) => self.handle.metrics.attempt(label),
+            Err(e) => {
+                self.handle.metrics.attempt("refused");
+                debug!(task = %id, %fence, error = %e, "handler outcome refused");
+            }
+        }
+    }
+
+    fn report_load(&mut self) {
+        let (cpu, mem, disk) = sysload::sample(&self.handle.info.config.data_dir);
+        self.engine.report_load(now(), cpu, mem, disk);
+    }
+
+    async fn leave(&mut self) {
+        info!("leaving: handing tasks back");
+        self.engine.leave(now());
+        if let Err(e) = self.flush(Vec::new()).await {
+            error!(error = %e, "final commit failed");
+        }
+    }
+
+    /// Commits what the engine produced, then answers `replies` and carries
+    /// out the side effects. On a failed commit nothing is acknowledged and
+    /// the engine is rebuilt from the store.
+    async fn flush(&mut self, replies: Vec<Reply>) -> Result<(), NodeError> {
+        let outputs = self.engine.take_outputs();
+        let mut deltas: Vec<Delta> = Vec::new();
+        let mut audit: Vec<AuditRecord> = Vec::new();
+        let mut effects = Vec::new();
+        for out in outputs {
+            match out {
+                Output::Changed(d) => deltas.push(d),
+                Output::Audit(a) => audit.push(a),
+                other => effects.push(other),
+            }
+        }
+        let result = self.commit(deltas, audit).await;
+        let n = replies.len() as u64;
+        match &result {
+            Ok(()) => {
+                self.handle.metrics.acknowledged.inc_by(n);
+                for r in replies {
+                    r(Ok(()));
+                }
+                for e in effects {
+                    self.effect(e);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for r in replies {
+                    r(Err(NodeError::Store(StoreError::Io {
+                        path: self.store.path().to_owned(),
+                        reason: format!("commit failed, change not acknowledged: {msg}"),
+                    })));
+                }
+                self.rebuild().await;
+                result
+            }
+        }
+    }
+
+    async fn commit(&self, deltas: Vec<Delta>, audit: Vec<AuditRecord>) -> Result<(), NodeError> {
+        if deltas.is_empty() && audit.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let metrics = self.handle.metrics.clone();
+        let size = deltas.len();
+        tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let r = store.commit(&deltas, &audit);
+            metrics.commit_seconds.observe(t0.elapsed().as_secs_f64());
+            metrics.batch_size.observe(size as f64);
+            match &r {
+                Ok(()) => metrics.commits.inc(),
+                Err(_) => metrics.commit_failures.inc(),
+            };
+            r
+        })
+        .await
+        .map_err(|_| NodeError::Stopped)?
+        .map_err(NodeError::Store)
+    }
+
+    /// After a failed commit: stop handlers and reload the engine from disk.
+    async fn rebuild(&mut self) {
+        for (_, (_, cancel)) in self.running.drain() {
+            let _ = cancel.send(());
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.load()).await {
+            Ok(Ok(state)) => {
+                self.engine = Engine::new(self.engine_cfg.clone(), state, rand::random());
+                self.engine.start(now());
+                warn!("engine rebuilt from the store after a failed commit");
+            }
+            Ok(Err(e)) => error!(error = %e, "cannot reload the store"),
+            Err(_) => error!("store reload panicked"),
+        }
+    }
+
+    fn effect(&mut self, out: Output) {
+        match out {
+            Output::Start(task) => self.start_task(task),
+            Output::Abort { task, fence } => {
+                if self.running.get(&task).is_some_and(|(f, _)| *f == fence) {
+                    if let Some((_, cancel)) = self.running.remove(&task) {
+                        let _ = cancel.send(());
+                    }
+                }
+            }
+            Output::Event(e) => {
+                let _ = self.handle.events.send(e);
+            }
+            Output::WorkAvailable => self.handle.work.notify_waiters(),
+            Output::Changed(_) | Output::Audit(_) => {}
+        }
+    }
+
+    fn start_task(&mut self, task: StartTask) {
+        let Some(handler) = self.handlers.get(&task.capability).cloned() else {
+            let _ = self.exec_tx.send((
+                task.id.clone(),
+                task.fence,
+                Some(Outcome::Failure("no handler".into())),
+            ));
+            return;
+        };
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        self.running
+            .insert(task.id.clone(), (task.fence, cancel_tx));
+        let done = self.exec_tx.clone();
+        let node = self.engine.node().clone();
+        let span = info_span!("task", task = %task.id, fence = %task.fence);
+        tokio::spawn(
+            async move {
+                let (id, fence) = (task.id.clone(), task.fence);
+                let outcome = executor::run(handler, task, node, cancel_rx).await;
+                let _ = done.send((id, fence, outcome));
+            }
+            .instrument(span),
+        );
+    }
+}
