@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod core;
 pub mod runtime;

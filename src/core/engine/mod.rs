@@ -208,6 +208,50 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes a member that left or was declared dead: its record is marked
+    /// dead for good (until it rejoins with a new incarnation).
+    pub fn remove_member(
+        &mut self,
+        now: Millis,
+        node: &NodeId,
+    ) -> Result<(), crate::core::EngineError> {
+        use crate::core::EngineError;
+        if node == &self.cfg.node {
+            return Err(EngineError::Conflict(
+                "cannot remove the local node: drain it or stop it".into(),
+            ));
+        }
+        let mut entry =
+            self.state
+                .members
+                .get(node)
+                .cloned()
+                .ok_or_else(|| EngineError::NotFound {
+                    what: "node",
+                    id: node.to_string(),
+                })?;
+        let mut record = entry.record().clone();
+        if matches!(record.status, MemberStatus::Alive | MemberStatus::Draining) {
+            return Err(EngineError::Conflict(format!(
+                "node {node} is {}; only dead or departed nodes can be removed",
+                record.status.as_str()
+            )));
+        }
+        record.status = MemberStatus::Dead;
+        record.updated_at = now;
+        entry.write(record, &self.cfg.node);
+        self.put_member(node.clone(), entry);
+        self.emit(Output::Event(Event::MemberRemoved { node: node.clone() }));
+        self.emit(Output::Audit(AuditRecord {
+            at: now,
+            by: self.cfg.node.clone(),
+            action: "node_removed".into(),
+            subject: node.to_string(),
+            detail: "removed by an operator".into(),
+        }));
+        Ok(())
+    }
+
     /// Leaves gracefully: marks this node `left` and hands its tasks back.
     pub fn leave(&mut self, now: Millis) {
         let me = self.cfg.node.clone();

@@ -1,0 +1,105 @@
+//! Knowledge-store routes.
+
+use super::error::{ApiError, Body};
+use super::types::{parse_version, version_json, KvView};
+use super::AppState;
+use crate::core::knowledge::Policy;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub(super) async fn put(
+    State(s): State<AppState>,
+    Path((ns, key)): Path<(String, String)>,
+    Body(value): Body<Value>,
+) -> Result<Json<KvView>, ApiError> {
+    let item = s
+        .node
+        .write(move |e, now| e.kv_put(now, &ns, &key, &value))
+        .await?;
+    Ok(Json(KvView::new(&item)))
+}
+
+pub(super) async fn get(
+    State(s): State<AppState>,
+    Path((ns, key)): Path<(String, String)>,
+) -> Result<Json<KvView>, ApiError> {
+    let item = s.node.read(move |e, _| e.kv_get(&ns, &key)).await??;
+    Ok(Json(KvView::new(&item)))
+}
+
+pub(super) async fn delete(
+    State(s): State<AppState>,
+    Path((ns, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    s.node.write(move |e, now| e.kv_del(now, &ns, &key)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/kv/{ns}` query.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    since: Option<String>,
+}
+
+pub(super) async fn list(
+    State(s): State<AppState>,
+    Path(ns): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let since = q
+        .since
+        .as_deref()
+        .map(parse_version)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let policy_ns = ns.clone();
+    let name = ns.clone();
+    let (items, version, digest, policy) = s
+        .node
+        .read(move |e, _| {
+            let (items, version, digest) = e.kv_list(&ns, since.as_ref());
+            (items, version, digest, e.policy(&policy_ns))
+        })
+        .await?;
+    let entries: Vec<KvView> = items.iter().map(KvView::new).collect();
+    Ok(Json(json!({
+        "ns": name,
+        "policy": policy,
+        "entries": entries,
+        "count": entries.len(),
+        "version": version_json(&version),
+        "digest": digest,
+    })))
+}
+
+/// `PUT /v1/kv/{ns}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    policy: String,
+}
+
+pub(super) async fn set_policy(
+    State(s): State<AppState>,
+    Path(ns): Path<String>,
+    Body(b): Body<PolicyBody>,
+) -> Result<Json<Value>, ApiError> {
+    let policy: Policy = b.policy.parse().map_err(ApiError::bad_request)?;
+    let name = ns.clone();
+    s.node
+        .write(move |e, now| e.set_policy(now, &ns, policy))
+        .await?;
+    Ok(Json(json!({"ns": name, "policy": policy})))
+}
+
+pub(super) async fn namespaces(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let list = s.node.read(|e, _| e.namespaces()).await?;
+    let out: Vec<Value> = list
+        .into_iter()
+        .map(|(ns, policy, entries)| json!({"ns": ns, "policy": policy, "entries": entries}))
+        .collect();
+    Ok(Json(json!({"namespaces": out, "count": out.len()})))
+}

@@ -1,0 +1,106 @@
+//! Server-sent events, metrics, health probes and the dashboard.
+
+use super::error::ApiError;
+use super::AppState;
+use crate::core::task::TaskStatus;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use futures::stream::Stream;
+use serde_json::json;
+use std::convert::Infallible;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::StreamExt;
+
+pub(super) async fn events(
+    State(s): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let node = s.node.clone();
+    let stream = BroadcastStream::new(s.node.subscribe()).map(move |item| {
+        let event = match item {
+            Ok(e) => {
+                let kind = serde_json::to_value(&e)
+                    .ok()
+                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                    .unwrap_or_else(|| "event".into());
+                SseEvent::default().event(kind).json_data(&e).unwrap_or_default()
+            }
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                node.metrics().events_lagged.inc_by(n);
+                SseEvent::default()
+                    .event("alert")
+                    .data(json!({"type": "alert", "kind": "events_lagged", "message": format!("this subscriber missed {n} events")}).to_string())
+            }
+        };
+        Ok(event)
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+pub(super) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let node = s.node.clone();
+    s.node
+        .read(move |e, _| {
+            let m = node.metrics();
+            for st in [
+                TaskStatus::Pending,
+                TaskStatus::Assigned,
+                TaskStatus::Running,
+                TaskStatus::Succeeded,
+                TaskStatus::Failed,
+                TaskStatus::Cancelled,
+            ] {
+                m.set_tasks(st.as_str(), 0);
+            }
+            let mut counts = std::collections::BTreeMap::new();
+            for t in e.state().tasks.values() {
+                *counts.entry(t.state().status.as_str()).or_insert(0i64) += 1;
+            }
+            for (st, n) in counts {
+                m.set_tasks(st, n);
+            }
+            let mut members = std::collections::BTreeMap::new();
+            for mem in e.state().members.values() {
+                *members.entry(mem.record().status.as_str()).or_insert(0i64) += 1;
+            }
+            for (st, n) in members {
+                m.set_members(st, n);
+            }
+            let kv: usize = e.state().namespaces.values().map(|n| n.entries.len()).sum();
+            m.kv_entries.set(kv as i64);
+        })
+        .await?;
+    let body = s.node.metrics().encode();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+pub(super) async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+pub(super) async fn readyz(State(s): State<AppState>) -> Response {
+    let engine_answers = s.node.read(|_, _| ()).await.is_ok();
+    if s.node.is_ready() && engine_answers {
+        axum::Json(json!({"status": "ready", "store": "open"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the node is starting or stopping",
+        )
+        .into_response()
+    }
+}
+
+pub(super) async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}

@@ -1,0 +1,271 @@
+//! Task routes: submit, list, get, cancel, and the external-worker API.
+
+use super::error::{ApiError, Body};
+use super::types::TaskView;
+use super::AppState;
+use crate::core::engine::{Outcome, SubmitRequest};
+use crate::core::ids::{Fence, NodeId, TaskId};
+use crate::core::knowledge::canonical_json;
+use crate::core::placement::Strategy;
+use crate::core::task::TaskStatus;
+use crate::core::EngineError;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// `POST /v1/tasks` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    capability: String,
+    #[serde(default)]
+    payload: Value,
+    key: Option<String>,
+    strategy: Option<String>,
+    affinity: Option<String>,
+    max_attempts: Option<u32>,
+    timeout_secs: Option<u64>,
+}
+
+fn task_view(e: &crate::core::Engine, id: &TaskId) -> Result<TaskView, EngineError> {
+    let t = e
+        .state()
+        .tasks
+        .get(id)
+        .ok_or_else(|| EngineError::NotFound {
+            what: "task",
+            id: id.to_string(),
+        })?;
+    Ok(TaskView::new(id, t))
+}
+
+pub(super) async fn submit(
+    State(s): State<AppState>,
+    Body(b): Body<SubmitBody>,
+) -> Result<(StatusCode, Json<TaskView>), ApiError> {
+    let strategy = b
+        .strategy
+        .as_deref()
+        .map(str::parse::<Strategy>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let req = SubmitRequest {
+        capability: b.capability,
+        payload: b.payload,
+        key: b.key,
+        strategy,
+        affinity: b.affinity,
+        max_attempts: b.max_attempts,
+        timeout_secs: b.timeout_secs,
+    };
+    let (view, created) = s
+        .node
+        .write(move |e, now| {
+            let (id, created) = e.submit(now, req)?;
+            Ok((task_view(e, &id)?, created))
+        })
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)))
+}
+
+/// `GET /v1/tasks` filters.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    node: Option<String>,
+    capability: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<TaskStatus>)
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let (tasks, total) = s
+        .node
+        .read(move |e, _| {
+            let matching: Vec<_> = e
+                .state()
+                .tasks
+                .iter()
+                .filter(|(_, t)| status.is_none_or(|st| t.state().status == st))
+                .filter(|(_, t)| {
+                    q.node
+                        .as_deref()
+                        .is_none_or(|n| t.state().node.as_ref().is_some_and(|x| x.as_str() == n))
+                })
+                .filter(|(_, t)| {
+                    q.capability
+                        .as_deref()
+                        .is_none_or(|c| t.spec().capability == c)
+                })
+                .collect();
+            let total = matching.len();
+            let mut views: Vec<TaskView> = matching
+                .into_iter()
+                .map(|(id, t)| TaskView::new(id, t))
+                .collect();
+            views.sort_by(|a, b| (a.submitted_at, &a.id).cmp(&(b.submitted_at, &b.id)));
+            if views.len() > limit {
+                views.drain(..views.len() - limit);
+            }
+            (views, total)
+        })
+        .await?;
+    Ok(Json(json!({"tasks": tasks, "count": total})))
+}
+
+pub(super) async fn get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = TaskId(id);
+    let view = s.node.read(move |e, _| task_view(e, &id)).await??;
+    Ok(Json(view))
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        crate::runtime::NodeError::Engine(e).into()
+    }
+}
+
+pub(super) async fn cancel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = TaskId(id);
+    let view = s
+        .node
+        .write(move |e, now| {
+            e.cancel(now, &id)?;
+            task_view(e, &id)
+        })
+        .await?;
+    Ok(Json(view))
+}
+
+/// `POST /v1/work/claim` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    worker: String,
+    capabilities: Vec<String>,
+    wait_secs: Option<u64>,
+}
+
+pub(super) async fn claim(
+    State(s): State<AppState>,
+    Body(b): Body<ClaimBody>,
+) -> Result<Json<Value>, ApiError> {
+    if b.capabilities.is_empty() {
+        return Err(ApiError::bad_request(
+            "capabilities must list at least one capability",
+        ));
+    }
+    let wait = Duration::from_secs(b.wait_secs.unwrap_or(0).min(60));
+    let claimed = s.node.claim(b.worker, b.capabilities, wait).await?;
+    let task = claimed.map(|c| {
+        json!({
+            "id": c.id,
+            "capability": c.capability,
+            "payload": serde_json::from_str::<Value>(&c.payload).unwrap_or(Value::Null),
+            "fence": c.fence.to_string(),
+            "attempt": c.attempt,
+            "claim_ttl_ms": c.claim_ttl_ms,
+        })
+    });
+    Ok(Json(json!({ "task": task })))
+}
+
+/// `POST /v1/tasks/{id}/heartbeat` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    fence: String,
+}
+
+fn parse_fence(text: &str) -> Result<Fence, ApiError> {
+    text.parse().map_err(ApiError::bad_request)
+}
+
+pub(super) async fn heartbeat(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Body(b): Body<HeartbeatBody>,
+) -> Result<Json<Value>, ApiError> {
+    let fence = parse_fence(&b.fence)?;
+    let id = TaskId(id);
+    let ttl = s
+        .node
+        .write(move |e, now| e.heartbeat(now, &id, fence))
+        .await?;
+    Ok(Json(json!({ "claim_ttl_ms": ttl })))
+}
+
+/// `POST /v1/tasks/{id}/complete` body: `result` or `error`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBody {
+    fence: String,
+    result: Option<Value>,
+    error: Option<String>,
+}
+
+pub(super) async fn complete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Body(b): Body<CompleteBody>,
+) -> Result<Json<TaskView>, ApiError> {
+    let fence = parse_fence(&b.fence)?;
+    let outcome = match (b.result, b.error) {
+        (Some(r), None) => Outcome::Success(canonical_json(&r)),
+        (None, Some(e)) => Outcome::Failure(e),
+        _ => return Err(ApiError::bad_request("give exactly one of result or error")),
+    };
+    let id = TaskId(id);
+    let view = s
+        .node
+        .write(move |e, now| {
+            e.complete(now, &id, fence, outcome)?;
+            task_view(e, &id)
+        })
+        .await?;
+    Ok(Json(view))
+}
+
+pub(super) async fn assignments(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let list = s
+        .node
+        .read(|e, _| {
+            e.state()
+                .tasks
+                .iter()
+                .filter_map(|(id, t)| {
+                    let st = t.state();
+                    let node: &NodeId = st.node.as_ref()?;
+                    matches!(st.status, TaskStatus::Assigned | TaskStatus::Running).then(|| {
+                        json!({"task": id, "node": node, "fence": st.fence.to_string(), "status": st.status.as_str()})
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+    let n = list.len();
+    Ok(Json(json!({"assignments": list, "count": n})))
+}
