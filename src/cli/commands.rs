@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
+/// How a command prints: the JSON answer, and its rendering for people.
+type Out<'a> = &'a dyn Fn(&Value, &dyn Fn(&Value) -> String);
+
 fn seg(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
@@ -240,11 +243,7 @@ fn submit_body(a: &SubmitArgs) -> Result<Value, CliError> {
     Ok(body)
 }
 
-fn task(
-    c: &Client,
-    cmd: TaskCmd,
-    out: &dyn Fn(&Value, &dyn Fn(&Value) -> String),
-) -> Result<(), CliError> {
+fn task(c: &Client, cmd: TaskCmd, out: Out<'_>) -> Result<(), CliError> {
     match cmd {
         TaskCmd::Submit(a) => out(
             &c.call("POST", "/v1/tasks", Some(&submit_body(&a)?))?,
@@ -328,11 +327,7 @@ fn kv_value(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-fn kv(
-    c: &Client,
-    cmd: KvCmd,
-    out: &dyn Fn(&Value, &dyn Fn(&Value) -> String),
-) -> Result<(), CliError> {
+fn kv(c: &Client, cmd: KvCmd, out: Out<'_>) -> Result<(), CliError> {
     let entry_text = |v: &Value| {
         let mut t = format!("{}", v["value"]);
         if v["siblings"].as_array().is_some_and(|a| a.len() > 1) && v["policy"] == "mv" {

@@ -209,7 +209,10 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
 
 /// True when `version` has changes that `since` has not seen.
 pub fn changed_since(version: &Version, since: &Version) -> bool {
-    !(version <= since)
+    !matches!(
+        version.partial_cmp(since),
+        Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+    )
 }
 
 #[cfg(test)]

@@ -58,6 +58,9 @@ impl Namespace {
 }
 
 /// A change to the replicated state: the new state of one entry.
+// Deltas live briefly and are moved whole; boxing the large variants would
+// add an allocation per change.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Delta {
     /// A membership record.

@@ -240,17 +240,14 @@ impl Store {
             }
             if !audit.is_empty() {
                 let mut table = tx.open_table(AUDIT).map_err(|e| self.io(e))?;
-                let mut next = table
+                let next = table
                     .last()
                     .map_err(|e| self.io(e))?
                     .map(|(k, _)| k.value() + 1)
                     .unwrap_or(1);
-                for rec in audit {
+                for (seq, rec) in (next..).zip(audit) {
                     let json = serde_json::to_vec(rec).unwrap_or_default();
-                    table
-                        .insert(next, json.as_slice())
-                        .map_err(|e| self.io(e))?;
-                    next += 1;
+                    table.insert(seq, json.as_slice()).map_err(|e| self.io(e))?;
                 }
             }
         }

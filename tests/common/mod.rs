@@ -1,0 +1,204 @@
+//! Helpers for tests that run real `shoal` processes on loopback.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn shoal_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal")
+}
+
+/// Polls `cond` every 20 ms until it returns `Some`, or panics with `what`
+/// at the deadline.
+pub fn poll_until<T>(deadline: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+}
+
+/// A running node process.
+pub struct Proc {
+    pub child: Child,
+    pub api: String,
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `shoal start` on loopback with `extra` flags; waits for the ready line.
+pub fn start(data_dir: &Path, extra: &[&str]) -> Proc {
+    try_start(data_dir, extra).unwrap_or_else(|e| panic!("node did not start: {e}"))
+}
+
+/// Like [`start`], but returns the stderr text if the process exits first.
+pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Proc, String> {
+    std::fs::create_dir_all(data_dir).unwrap();
+    let stderr_path = data_dir.with_extension("stderr.log");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut child = Command::new(shoal_bin())
+        .args([
+            "start",
+            "--no-mdns",
+            "--profile",
+            "fast",
+            "--api",
+            "127.0.0.1:0",
+        ])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env_remove("SHOAL_API")
+        .env_remove("SHOAL_SECRET")
+        .env("SHOAL_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(|l| l.ok());
+        let _ = tx.send(first);
+        for _ in lines {}
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).ok().flatten();
+    let Some(line) = line else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(std::fs::read_to_string(&stderr_path).unwrap_or_default());
+    };
+    let api = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api="))
+        .unwrap_or_else(|| panic!("no api in ready line: {line}"))
+        .to_owned();
+    let id = line.split_whitespace().nth(2).unwrap().to_owned();
+    Ok(Proc {
+        child,
+        api,
+        id,
+        data_dir: data_dir.to_owned(),
+        stderr_path,
+    })
+}
+
+impl Proc {
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < end, "node did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20)); // poll interval
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.api, path)
+    }
+
+    /// A request; returns (status, JSON body or Null).
+    pub fn req(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        request(method, &self.url(path), body, None)
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        let (code, v) = self.req("GET", path, None);
+        assert!(code < 300, "GET {path}: {code} {v}");
+        v
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Value {
+        let (code, v) = self.req("POST", path, Some(&body.to_string()));
+        assert!(code < 300, "POST {path}: {code} {v}");
+        v
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Value {
+        let (code, v) = self.req("PUT", path, Some(&body.to_string()));
+        assert!(code < 300, "PUT {path}: {code} {v}");
+        v
+    }
+
+    /// Waits until the task reaches a terminal status; returns it.
+    pub fn wait_task(&self, id: &str) -> Value {
+        poll_until(
+            Duration::from_secs(30),
+            &format!("task {id} to finish"),
+            || {
+                let t = self.get(&format!("/v1/tasks/{id}"));
+                ["succeeded", "failed", "cancelled"]
+                    .contains(&t["status"].as_str()?)
+                    .then_some(t)
+            },
+        )
+    }
+
+    /// Runs the CLI against this node; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(shoal_bin())
+            .arg("--api")
+            .arg(&self.api)
+            .args(args)
+            .env_remove("SHOAL_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// One HTTP request with an optional bearer token.
+pub fn request(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u16, Value) {
+    let mut req = ureq::request(method, url).timeout(Duration::from_secs(30));
+    if let Some(t) = token {
+        req = req.set("Authorization", &format!("Bearer {t}"));
+    }
+    let resp = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let r = match resp {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let code = r.status();
+    let text = r.into_string().unwrap_or_default();
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+}

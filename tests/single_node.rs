@@ -1,0 +1,561 @@
+//! A single node as a real process on loopback: the README flow, durability
+//! across kill -9, bad input, auth, workers, the CLI, events.
+
+mod common;
+
+use common::{poll_until, request, start, try_start, Proc};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn digest(p: &Proc) -> String {
+    p.get("/v1/cluster/stats")["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn readme_flow_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    let init = std::process::Command::new(common::shoal_bin())
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    assert!(
+        data.join("secret").exists()
+            && data.join("identity.key").exists()
+            && data.join("config.toml").exists()
+    );
+    let node = start(&data, &["--handler", "echo=cat"]);
+    let (code, out, err) = node.cli(&["kv", "put", "notes", "a", r#"{"text":"x"}"#]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("notes/a"), "{out}");
+    let (code, out, _) = node.cli(&["kv", "get", "notes", "a"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), r#"{"text":"x"}"#);
+    let (code, out, err) = node.cli(&[
+        "--json",
+        "task",
+        "submit",
+        "--capability",
+        "echo",
+        "--payload",
+        r#"{"x":1}"#,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let task: Value = serde_json::from_str(&out).unwrap();
+    let id = task["id"].as_str().unwrap();
+    let (code, out, err) = node.cli(&["task", "wait", id, "--timeout", "30"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("succeeded") && out.contains(r#"{"x":1}"#),
+        "{out}"
+    );
+    // failed operations exit 1 with the server's message; bad usage exits 2
+    let (code, _, err) = node.cli(&["task", "get", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, _) = node.cli(&["task", "submit"]);
+    assert_eq!(code, 2);
+    let (code, out, _) = node.cli(&["--json", "status"]);
+    assert_eq!(code, 0);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["node"]["id"], node.id.as_str());
+    assert_eq!(status["cluster"]["alive"], 1);
+    assert_eq!(node.terminate(), Some(0));
+}
+
+#[test]
+fn kill_9_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    let node = start(&data, &["--handler", "echo=cat"]);
+    let api = node.api.clone();
+    let acked_kv = Arc::new(Mutex::new(Vec::new()));
+    let acked_tasks = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (api, acked_kv, acked_tasks, stop) = (
+            api.clone(),
+            acked_kv.clone(),
+            acked_tasks.clone(),
+            stop.clone(),
+        );
+        writers.push(std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let key = format!("w{w}-{i}");
+                let url = format!("{api}/v1/kv/load/{key}");
+                match ureq::put(&url)
+                    .timeout(Duration::from_secs(5))
+                    .send_string(&i.to_string())
+                {
+                    Ok(r) if r.status() == 200 => acked_kv.lock().unwrap().push((key, i)),
+                    _ => break,
+                }
+                if i % 5 == 0 {
+                    let body =
+                        json!({"capability": "echo", "payload": i, "key": format!("t{w}-{i}")});
+                    match ureq::post(&format!("{api}/v1/tasks")).send_string(&body.to_string()) {
+                        Ok(r) if r.status() == 201 => {
+                            let v: Value = r.into_json().unwrap();
+                            acked_tasks
+                                .lock()
+                                .unwrap()
+                                .push(v["id"].as_str().unwrap().to_owned());
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }));
+    }
+    poll_until(Duration::from_secs(30), "some acknowledged writes", || {
+        (acked_kv.lock().unwrap().len() >= 300).then_some(())
+    });
+    let id = node.id.clone();
+    node.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let node = start(&data, &["--handler", "echo=cat"]);
+    assert_eq!(node.id, id, "same data dir, same node");
+    let kv = acked_kv.lock().unwrap().clone();
+    let listed = node.get("/v1/kv/load");
+    let stored: std::collections::HashMap<String, Value> = listed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["key"].as_str().unwrap().to_owned(), e["value"].clone()))
+        .collect();
+    for (key, value) in &kv {
+        assert_eq!(
+            stored.get(key),
+            Some(&json!(value)),
+            "acknowledged write {key} lost"
+        );
+    }
+    for t in acked_tasks.lock().unwrap().iter() {
+        let (code, task) = node.req("GET", &format!("/v1/tasks/{t}"), None);
+        assert_eq!(code, 200, "acknowledged task {t} lost");
+        // tasks interrupted by the kill are retried and finish
+        let done = node.wait_task(t);
+        assert_eq!(done["status"], "succeeded", "{task}");
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        &dir.path().join("n1"),
+        &["--handler", "echo=cat", "--max-body-bytes", "4096"],
+    );
+    node.put("/v1/kv/notes/a", &json!(1));
+    let before = digest(&node);
+    let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/tasks",
+            Some("{not json".into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(r#"{"payload": 1}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(r#"{"capability": "echo", "bogus": 1}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(r#"{"capability": "echo", "strategy": "fastest"}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(r#"{"capability": "echo", "max_attempts": 0}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/tasks",
+            Some(format!(
+                r#"{{"capability": "echo", "payload": "{}"}}"#,
+                "x".repeat(10_000)
+            )),
+            413,
+            "too_large",
+        ),
+        (
+            "PUT",
+            "/v1/kv/notes/a",
+            Some("{oops".into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/v1/kv/_shoal/strategy",
+            Some("1".into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/v1/kv/notes",
+            Some(r#"{"policy": "maybe"}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "GET",
+            "/v1/kv/notes?since=garbage",
+            None,
+            400,
+            "bad_request",
+        ),
+        ("GET", "/v1/tasks/does-not-exist", None, 404, "not_found"),
+        (
+            "POST",
+            "/v1/tasks/does-not-exist/cancel",
+            Some("{}".into()),
+            404,
+            "not_found",
+        ),
+        ("GET", "/v1/kv/notes/missing", None, 404, "not_found"),
+        ("GET", "/v1/nodes/nobody", None, 404, "not_found"),
+        ("GET", "/v1/no/such/route", None, 404, "not_found"),
+        ("DELETE", "/v1/tasks", None, 405, "method_not_allowed"),
+        (
+            "PUT",
+            "/v1/balance",
+            Some(r#"{"strategy": "fastest"}"#.into()),
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/tasks/x/complete",
+            Some(r#"{"fence": "zz"}"#.into()),
+            400,
+            "bad_request",
+        ),
+        ("GET", "/v1/tasks?status=sleeping", None, 400, "bad_request"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, v) = node.req(method, path, body.as_deref());
+        assert_eq!(got, status, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], code, "{method} {path}: {v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(digest(&node), before, "refused requests changed the state");
+    assert_eq!(node.get("/v1/kv/notes/a")["value"], 1);
+}
+
+#[test]
+fn invalid_config_is_refused_with_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::shoal_bin())
+            .args(["start", "--no-mdns", "--data-dir"])
+            .arg(dir.path().join("n"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--capacity", "0", "--api", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`capacity`"));
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "capacity = 4\nheartbeat = 3\n").unwrap();
+    let out = run(&["--config", cfg.to_str().unwrap(), "--api", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat"));
+    let out = run(&["--handler", "echo", "--api", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["--api", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("api_token_file"));
+}
+
+#[test]
+fn a_damaged_store_is_reported_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n1");
+    let node = start(&data, &[]);
+    node.put("/v1/kv/notes/a", &json!("precious"));
+    assert_eq!(node.terminate(), Some(0));
+    let store = data.join("state.redb");
+    let mut bytes = std::fs::read(&store).unwrap();
+    for b in bytes.iter_mut().take(4096) {
+        *b ^= 0x5A;
+    }
+    std::fs::write(&store, &bytes).unwrap();
+    let err = try_start(&data, &[])
+        .err()
+        .expect("a damaged store must not start");
+    assert!(
+        err.contains("damaged") && err.contains("state.redb"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        bytes,
+        "the damaged file was modified"
+    );
+}
+
+#[test]
+fn external_worker_claims_heartbeats_and_completes_with_fences() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        &dir.path().join("n1"),
+        &["--capability", "ocr", "--claim-timeout-secs", "1"],
+    );
+    let t = node.post(
+        "/v1/tasks",
+        &json!({"capability": "ocr", "payload": {"page": 1}, "max_attempts": 3}),
+    );
+    let id = t["id"].as_str().unwrap().to_owned();
+    assert_eq!(t["status"], "assigned");
+    let claim = node.post(
+        "/v1/work/claim",
+        &json!({"worker": "w1", "capabilities": ["ocr"]}),
+    );
+    let fence1 = claim["task"]["fence"].as_str().unwrap().to_owned();
+    assert_eq!(claim["task"]["id"], id.as_str());
+    assert_eq!(claim["task"]["payload"], json!({"page": 1}));
+    node.post(
+        &format!("/v1/tasks/{id}/heartbeat"),
+        &json!({"fence": fence1}),
+    );
+    // w1 stops heartbeating: the claim is given back with a new fence
+    let t = poll_until(
+        Duration::from_secs(10),
+        "the claim to be given back",
+        || {
+            let t = node.get(&format!("/v1/tasks/{id}"));
+            (t["status"] == "assigned").then_some(t)
+        },
+    );
+    assert!(t["error"]
+        .as_str()
+        .unwrap()
+        .contains("stopped heartbeating"));
+    // a long-polling worker gets it
+    let claim = node.post(
+        "/v1/work/claim",
+        &json!({"worker": "w2", "capabilities": ["ocr"], "wait_secs": 5}),
+    );
+    let fence2 = claim["task"]["fence"].as_str().unwrap().to_owned();
+    assert_ne!(fence1, fence2);
+    let (code, v) = node.req(
+        "POST",
+        &format!("/v1/tasks/{id}/complete"),
+        Some(&json!({"fence": fence1, "result": 1}).to_string()),
+    );
+    assert_eq!(code, 409, "{v}");
+    assert_eq!(v["error"]["code"], "stale_fence");
+    let done = node.post(
+        &format!("/v1/tasks/{id}/complete"),
+        &json!({"fence": fence2, "result": {"text": "hi"}}),
+    );
+    assert_eq!(done["status"], "succeeded");
+    assert_eq!(done["result"], json!({"text": "hi"}));
+    // nothing left: a claim without wait returns null at once
+    let empty = node.post(
+        "/v1/work/claim",
+        &json!({"worker": "w2", "capabilities": ["ocr"]}),
+    );
+    assert!(empty["task"].is_null());
+}
+
+#[test]
+fn timeouts_retries_cancel_and_pending_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        &dir.path().join("n1"),
+        &[
+            "--handler",
+            "slow=sleep 30",
+            "--handler",
+            "fail=echo bad >&2; exit 4",
+        ],
+    );
+    let t = node.post(
+        "/v1/tasks",
+        &json!({"capability": "slow", "timeout_secs": 1, "max_attempts": 2}),
+    );
+    let done = node.wait_task(t["id"].as_str().unwrap());
+    assert_eq!(done["status"], "failed");
+    assert_eq!(done["attempt"], 2);
+    assert!(done["error"].as_str().unwrap().contains("timed out"));
+    let t = node.post(
+        "/v1/tasks",
+        &json!({"capability": "fail", "max_attempts": 1}),
+    );
+    let done = node.wait_task(t["id"].as_str().unwrap());
+    assert_eq!(done["error"], "exit code 4: bad");
+    let t = node.post(
+        "/v1/tasks",
+        &json!({"capability": "slow", "timeout_secs": 60}),
+    );
+    let id = t["id"].as_str().unwrap();
+    poll_until(Duration::from_secs(10), "the task to run", || {
+        (node.get(&format!("/v1/tasks/{id}"))["status"] == "running").then_some(())
+    });
+    let c = node.post(&format!("/v1/tasks/{id}/cancel"), &json!({}));
+    assert_eq!(c["status"], "cancelled");
+    let (code, _) = node.req("POST", &format!("/v1/tasks/{id}/cancel"), Some("{}"));
+    assert_eq!(code, 409);
+    let t = node.post("/v1/tasks", &json!({"capability": "gpu"}));
+    assert_eq!(t["status"], "pending");
+    assert!(t["reason"].as_str().unwrap().contains("gpu"));
+    let history = node.get(&format!("/v1/tasks/{id}"))["history"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(history >= 3, "history records each transition");
+}
+
+#[test]
+fn token_guards_mutating_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").unwrap();
+    let node = start(
+        &dir.path().join("n1"),
+        &["--api-token-file", token_file.to_str().unwrap()],
+    );
+    let url = node.url("/v1/kv/notes/a");
+    let (code, v) = request("PUT", &url, Some("1"), None);
+    assert_eq!(code, 401, "{v}");
+    let (code, _) = request("PUT", &url, Some("1"), Some("wrong-token-wrong-token"));
+    assert_eq!(code, 403);
+    let (code, _) = request("PUT", &url, Some("1"), Some("s3cret-token-0123456789"));
+    assert_eq!(code, 200);
+    let (code, v) = request("GET", &url, None, None);
+    assert_eq!((code, v["value"].clone()), (200, json!(1)));
+}
+
+#[test]
+fn events_stream_and_metrics_report_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("n1"), &["--handler", "echo=cat"]);
+    let resp = ureq::get(&node.url("/v1/events")).call().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(resp.into_reader()).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let t = node.post("/v1/tasks", &json!({"capability": "echo", "payload": 5}));
+    let id = t["id"].as_str().unwrap().to_owned();
+    let mut seen = Vec::new();
+    poll_until(
+        Duration::from_secs(20),
+        "task_finished on the event stream",
+        || {
+            while let Ok(line) = rx.try_recv() {
+                seen.push(line);
+            }
+            seen.iter()
+                .any(|l| l.contains("task_finished") && l.contains(&id))
+                .then_some(())
+        },
+    );
+    assert!(seen.iter().any(|l| l == "event: task_placed"));
+    let metrics = ureq::get(&node.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains("shoal_acknowledged_writes_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("shoal_tasks{value=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(node.get("/healthz")["status"], "ok");
+    assert_eq!(node.get("/readyz")["status"], "ready");
+    let page = ureq::get(&node.url("/"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(page.contains("<title>Shoal</title>"));
+}
+
+#[test]
+fn drain_audit_balance_and_since_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("n1"), &["--handler", "echo=cat"]);
+    assert_eq!(node.get("/v1/balance")["strategy"], "least_loaded");
+    node.put("/v1/balance", &json!({"strategy": "hash"}));
+    assert_eq!(node.get("/v1/balance")["strategy"], "hash");
+    node.put("/v1/kv/notes", &json!({"policy": "mv"}));
+    node.put("/v1/kv/notes/a", &json!(1));
+    let v1 = node.get("/v1/kv/notes")["version"].clone();
+    node.put("/v1/kv/notes/b", &json!(2));
+    let since = node.get(&format!(
+        "/v1/kv/notes?since={}",
+        urlencode(&v1.to_string())
+    ));
+    assert_eq!(since["count"], 1);
+    assert_eq!(since["entries"][0]["key"], "b");
+    let entry = node.get("/v1/kv/notes/b");
+    assert_eq!(entry["policy"], "mv");
+    assert_eq!(entry["digest"].as_str().unwrap().len(), 64);
+    node.post(&format!("/v1/nodes/{}/drain", node.id), &json!({}));
+    assert_eq!(
+        node.get(&format!("/v1/nodes/{}", node.id))["status"],
+        "draining"
+    );
+    let t = node.post("/v1/tasks", &json!({"capability": "echo"}));
+    assert_eq!(t["status"], "pending", "a draining node takes no new tasks");
+    let audit = node.get("/v1/audit");
+    assert_eq!(audit["records"][0]["action"], "node_drained");
+    let (code, _) = node.req("DELETE", &format!("/v1/nodes/{}", node.id), None);
+    assert_eq!(code, 409, "the local node cannot be removed");
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
