@@ -22,7 +22,12 @@ enum Kind {
     Task,
 }
 
-async fn run(node: &shoal::NodeHandle, kind: Kind, concurrency: usize, secs: u64) -> (f64, Vec<Duration>) {
+async fn run(
+    node: &shoal::NodeHandle,
+    kind: Kind,
+    concurrency: usize,
+    secs: u64,
+) -> (f64, Vec<Duration>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     let t0 = Instant::now();
@@ -37,8 +42,11 @@ async fn run(node: &shoal::NodeHandle, kind: Kind, concurrency: usize, secs: u64
                 let r = match kind {
                     Kind::Kv => {
                         let key = format!("w{w}-{i}");
-                        node.write(move |e, now| e.kv_put(now, "bench", &key, &serde_json::json!({"i": i})).map(|_| ()))
-                            .await
+                        node.write(move |e, now| {
+                            e.kv_put(now, "bench", &key, &serde_json::json!({"i": i}))
+                                .map(|_| ())
+                        })
+                        .await
                     }
                     Kind::Task => {
                         let req = SubmitRequest {
@@ -46,7 +54,8 @@ async fn run(node: &shoal::NodeHandle, kind: Kind, concurrency: usize, secs: u64
                             payload: serde_json::json!({"i": i}),
                             ..SubmitRequest::default()
                         };
-                        node.write(move |e, now| e.submit(now, req).map(|_| ())).await
+                        node.write(move |e, now| e.submit(now, req).map(|_| ()))
+                            .await
                     }
                 };
                 r.expect("write acknowledged");
@@ -86,8 +95,11 @@ async fn main() {
     .unwrap();
     let node = Node::start(cfg, Handlers::new()).await.unwrap();
     let h = node.handle();
-    println!("concurrency {concurrency}, {secs} s per phase, durable commits (redb, fsync per batch)");
-    for (name, kind) in [("knowledge writes", Kind::Kv), ("task submissions", Kind::Task)] {
+    println!("concurrency {concurrency}, {secs} s per phase, durable commits (fjall journal fsync per batch)");
+    for (name, kind) in [
+        ("knowledge writes", Kind::Kv),
+        ("task submissions", Kind::Task),
+    ] {
         let (rate, mut lat) = run(&h, kind, concurrency, secs).await;
         lat.sort();
         println!(
@@ -101,6 +113,12 @@ async fn main() {
     }
     let commits = h.metrics().commits.get();
     let acked = h.metrics().acknowledged.get();
-    println!("store commits {commits}, acknowledged {acked}, mean batch {:.0}", acked as f64 / commits.max(1) as f64);
+    println!(
+        "store commits {commits}, acknowledged {acked}, mean batch {:.0}",
+        acked as f64 / commits.max(1) as f64
+    );
     node.shutdown().await.unwrap();
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

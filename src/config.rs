@@ -394,7 +394,7 @@ impl NodeConfig {
 
     /// Where the store lives.
     pub fn store_path(&self) -> PathBuf {
-        self.data_dir.join("state.redb")
+        self.data_dir.join("store")
     }
 }
 

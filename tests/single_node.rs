@@ -302,29 +302,36 @@ fn invalid_config_is_refused_with_exit_2_naming_the_key() {
 }
 
 #[test]
-fn a_damaged_store_is_reported_and_left_untouched() {
+fn a_damaged_store_is_reported_and_its_journal_preserved() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("n1");
     let node = start(&data, &[]);
     node.put("/v1/kv/notes/a", &json!("precious"));
     assert_eq!(node.terminate(), Some(0));
-    let store = data.join("state.redb");
-    let mut bytes = std::fs::read(&store).unwrap();
-    for b in bytes.iter_mut().take(4096) {
+    let store = data.join("store");
+    let journal = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .expect("a journal file");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    for b in bytes.iter_mut().take(400).skip(100) {
         *b ^= 0x5A;
     }
-    std::fs::write(&store, &bytes).unwrap();
-    let err = try_start(&data, &[])
-        .err()
-        .expect("a damaged store must not start");
+    std::fs::write(&journal, &bytes).unwrap();
+    for _ in 0..2 {
+        let err = try_start(&data, &[])
+            .err()
+            .expect("a damaged store must not start");
+        assert!(err.contains("damaged") && err.contains("store"), "{err}");
+    }
+    // the journal as it was before fjall's recovery touched it is kept
+    let saved = data
+        .join("store.journal-before-recovery")
+        .join(journal.file_name().unwrap());
     assert!(
-        err.contains("damaged") && err.contains("state.redb"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read(&store).unwrap(),
-        bytes,
-        "the damaged file was modified"
+        std::fs::read(saved).unwrap() == bytes,
+        "the damaged journal was not preserved"
     );
 }
 

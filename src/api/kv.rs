@@ -15,10 +15,14 @@ pub(super) async fn put(
     Path((ns, key)): Path<(String, String)>,
     Body(value): Body<Value>,
 ) -> Result<Json<KvView>, ApiError> {
-    let item = s
+    let (n, k) = (ns.clone(), key.clone());
+    let written = s
         .node
-        .write(move |e, now| e.kv_put(now, &ns, &key, &value))
+        .write(move |e, now| e.kv_put(now, &n, &k, &value))
         .await?;
+    let item = written
+        .resolve(&ns, &key)
+        .ok_or_else(|| ApiError::bad_request("the write left no value"))?;
     Ok(Json(KvView::new(&item)))
 }
 

@@ -71,7 +71,7 @@ pub struct NodeInfo {
 
 type Reply = Box<dyn FnOnce(Result<(), NodeError>) + Send>;
 type WriteJob = Box<dyn FnOnce(&mut Engine, Millis) -> Reply + Send>;
-type ReadJob = Box<dyn FnOnce(&Engine, &Store) + Send>;
+type ReadJob = Box<dyn FnOnce(&Engine, &Store) -> Reply + Send>;
 
 enum Command {
     Write(WriteJob),
@@ -132,13 +132,17 @@ impl NodeHandle {
     {
         let (tx, rx) = oneshot::channel();
         let job: ReadJob = Box::new(move |engine, store| {
-            let _ = tx.send(f(engine, store));
+            // Computed now, answered once every write it may have seen is durable.
+            let value = f(engine, store);
+            Box::new(move |stored: Result<(), NodeError>| {
+                let _ = tx.send(stored.map(|()| value));
+            })
         });
         self.tx
             .send(Command::Read(job))
             .await
             .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)
+        rx.await.map_err(|_| NodeError::Stopped)?
     }
 
     /// Claims a task for an external worker, waiting up to `wait` for one.
@@ -288,7 +292,7 @@ impl Node {
             exec_tx,
         };
         owner.engine.start(now());
-        owner.flush(Vec::new()).await?;
+        owner.flush_now().await?;
         handle.ready.store(true, Ordering::Relaxed);
         let span = info_span!("node", node = %id.short());
         let task = tokio::spawn(owner.run(rx, exec_rx).instrument(span));
@@ -321,9 +325,33 @@ struct Owner {
 }
 
 /// Most commands answered by one commit.
-const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 8192;
+
+/// What waits for one commit: the changes, the answers and the side effects.
+#[derive(Default)]
+struct Batch {
+    deltas: Vec<Delta>,
+    audit: Vec<AuditRecord>,
+    replies: Vec<Reply>,
+    effects: Vec<Output>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.deltas.is_empty()
+            && self.audit.is_empty()
+            && self.replies.is_empty()
+            && self.effects.is_empty()
+    }
+}
+
+type Inflight = tokio::task::JoinHandle<(Result<(), StoreError>, Batch)>;
 
 impl Owner {
+    /// The owner loop. Commits are pipelined: while one batch is being made
+    /// durable (on a blocking thread), the next one is built from the
+    /// commands that keep arriving. Answers and side effects of a batch are
+    /// released only after its commit, and commits happen in order.
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
@@ -333,47 +361,154 @@ impl Owner {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut load = tokio::time::interval(Duration::from_millis(hb));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next = Batch::default();
+        let mut inflight: Option<Inflight> = None;
+        let mut stopping: Option<oneshot::Sender<()>> = None;
         info!("node started");
         loop {
-            let replies = tokio::select! {
-                cmd = rx.recv() => match cmd {
-                    Some(Command::Shutdown(done)) => { self.leave().await; let _ = done.send(()); return; }
-                    Some(cmd) => self.batch(cmd, &mut rx),
-                    None => { self.leave().await; return; }
+            tokio::select! {
+                done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
+                    inflight = None;
+                    match done {
+                        Ok((result, batch)) => self.finish(result, batch, &mut next).await,
+                        Err(_) => error!("commit task panicked"),
+                    }
+                }
+                cmd = rx.recv(), if stopping.is_none() => match cmd {
+                    Some(Command::Shutdown(done)) => stopping = Some(done),
+                    Some(cmd) => self.batch(cmd, &mut rx, &mut next, &mut stopping),
+                    None => stopping = Some(oneshot::channel().0),
                 },
-                Some((id, fence, outcome)) = exec_rx.recv() => { self.exec_done(id, fence, outcome); Vec::new() }
-                _ = tick.tick() => { self.engine.tick(now()); Vec::new() }
-                _ = load.tick() => { self.report_load(); Vec::new() }
-            };
-            if let Err(e) = self.flush(replies).await {
-                error!(error = %e, "store commit failed; nothing was acknowledged");
+                Some((id, fence, outcome)) = exec_rx.recv() => self.exec_done(id, fence, outcome),
+                _ = tick.tick() => self.engine.tick(now()),
+                _ = load.tick() => self.report_load(),
+            }
+            self.collect(&mut next);
+            if inflight.is_none() {
+                if let Some(done) = stopping.take() {
+                    if next.is_empty() {
+                        self.leave().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    stopping = Some(done);
+                }
+                if !next.is_empty() {
+                    inflight = Some(self.start_commit(std::mem::take(&mut next)));
+                }
             }
         }
     }
 
-    /// Runs the waiting commands (up to [`MAX_BATCH`]); returns their replies.
-    fn batch(&mut self, first: Command, rx: &mut mpsc::Receiver<Command>) -> Vec<Reply> {
-        let mut replies = Vec::new();
-        let mut next = Some(first);
+    /// Runs the waiting commands (up to [`MAX_BATCH`]) into `next`.
+    fn batch(
+        &mut self,
+        first: Command,
+        rx: &mut mpsc::Receiver<Command>,
+        next: &mut Batch,
+        stopping: &mut Option<oneshot::Sender<()>>,
+    ) {
+        let mut cmd = Some(first);
         let t = now();
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Command::Write(job) => replies.push(job(&mut self.engine, t)),
-                Command::Read(job) => job(&self.engine, &self.store),
+        let mut n = 0;
+        while let Some(c) = cmd.take() {
+            match c {
+                Command::Write(job) => next.replies.push(job(&mut self.engine, t)),
+                Command::Read(job) => next.replies.push(job(&self.engine, &self.store)),
                 Command::Shutdown(done) => {
-                    // Answered after this batch: requeue it at the front.
-                    let tx = self.handle.tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx.send(Command::Shutdown(done)).await;
-                    });
+                    *stopping = Some(done);
                     break;
                 }
             }
-            if replies.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
+            n += 1;
+            if n < MAX_BATCH {
+                cmd = rx.try_recv().ok();
             }
         }
-        replies
+    }
+
+    /// Moves what the engine produced into `next`.
+    fn collect(&mut self, next: &mut Batch) {
+        for out in self.engine.take_outputs() {
+            match out {
+                Output::Changed(d) => next.deltas.push(d),
+                Output::Audit(a) => next.audit.push(a),
+                other => next.effects.push(other),
+            }
+        }
+    }
+
+    fn start_commit(&self, batch: Batch) -> Inflight {
+        let store = self.store.clone();
+        let metrics = self.handle.metrics.clone();
+        tokio::task::spawn_blocking(move || {
+            if batch.deltas.is_empty() && batch.audit.is_empty() {
+                return (Ok(()), batch);
+            }
+            let t0 = Instant::now();
+            let r = store.commit(&batch.deltas, &batch.audit);
+            metrics.commit_seconds.observe(t0.elapsed().as_secs_f64());
+            metrics.batch_size.observe(batch.deltas.len() as f64);
+            match &r {
+                Ok(()) => metrics.commits.inc(),
+                Err(_) => metrics.commit_failures.inc(),
+            };
+            (r, batch)
+        })
+    }
+
+    /// Answers a committed batch and carries out its side effects; after a
+    /// failed commit, fails it and everything built on it, and rebuilds the
+    /// engine from the store.
+    async fn finish(&mut self, result: Result<(), StoreError>, batch: Batch, next: &mut Batch) {
+        match result {
+            Ok(()) => {
+                self.handle
+                    .metrics
+                    .acknowledged
+                    .inc_by(batch.replies.len() as u64);
+                for r in batch.replies {
+                    r(Ok(()));
+                }
+                for e in batch.effects {
+                    self.effect(e);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "store commit failed; nothing in it was acknowledged");
+                let msg = e.to_string();
+                let fail = |r: Reply| {
+                    r(Err(NodeError::Store(StoreError::Io {
+                        path: self.store.path().to_owned(),
+                        reason: format!("commit failed, change not acknowledged: {msg}"),
+                    })))
+                };
+                // The next batch was built on the lost changes: it fails too.
+                let dependent = std::mem::take(next);
+                batch
+                    .replies
+                    .into_iter()
+                    .chain(dependent.replies)
+                    .for_each(fail);
+                self.rebuild().await;
+            }
+        }
+    }
+
+    /// Makes everything produced so far durable, outside the pipeline (used
+    /// at start and when leaving).
+    async fn flush_now(&mut self) -> Result<(), NodeError> {
+        let mut batch = Batch::default();
+        self.collect(&mut batch);
+        let (result, batch) = self
+            .start_commit(batch)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        result?;
+        for e in batch.effects {
+            self.effect(e);
+        }
+        Ok(())
     }
 
     fn exec_done(&mut self, id: TaskId, fence: Fence, outcome: Option<Outcome>) {
@@ -403,74 +538,9 @@ impl Owner {
     async fn leave(&mut self) {
         info!("leaving: handing tasks back");
         self.engine.leave(now());
-        if let Err(e) = self.flush(Vec::new()).await {
+        if let Err(e) = self.flush_now().await {
             error!(error = %e, "final commit failed");
         }
-    }
-
-    /// Commits what the engine produced, then answers `replies` and carries
-    /// out the side effects. On a failed commit nothing is acknowledged and
-    /// the engine is rebuilt from the store.
-    async fn flush(&mut self, replies: Vec<Reply>) -> Result<(), NodeError> {
-        let outputs = self.engine.take_outputs();
-        let mut deltas: Vec<Delta> = Vec::new();
-        let mut audit: Vec<AuditRecord> = Vec::new();
-        let mut effects = Vec::new();
-        for out in outputs {
-            match out {
-                Output::Changed(d) => deltas.push(d),
-                Output::Audit(a) => audit.push(a),
-                other => effects.push(other),
-            }
-        }
-        let result = self.commit(deltas, audit).await;
-        let n = replies.len() as u64;
-        match &result {
-            Ok(()) => {
-                self.handle.metrics.acknowledged.inc_by(n);
-                for r in replies {
-                    r(Ok(()));
-                }
-                for e in effects {
-                    self.effect(e);
-                }
-                Ok(())
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for r in replies {
-                    r(Err(NodeError::Store(StoreError::Io {
-                        path: self.store.path().to_owned(),
-                        reason: format!("commit failed, change not acknowledged: {msg}"),
-                    })));
-                }
-                self.rebuild().await;
-                result
-            }
-        }
-    }
-
-    async fn commit(&self, deltas: Vec<Delta>, audit: Vec<AuditRecord>) -> Result<(), NodeError> {
-        if deltas.is_empty() && audit.is_empty() {
-            return Ok(());
-        }
-        let store = self.store.clone();
-        let metrics = self.handle.metrics.clone();
-        let size = deltas.len();
-        tokio::task::spawn_blocking(move || {
-            let t0 = Instant::now();
-            let r = store.commit(&deltas, &audit);
-            metrics.commit_seconds.observe(t0.elapsed().as_secs_f64());
-            metrics.batch_size.observe(size as f64);
-            match &r {
-                Ok(()) => metrics.commits.inc(),
-                Err(_) => metrics.commit_failures.inc(),
-            };
-            r
-        })
-        .await
-        .map_err(|_| NodeError::Stopped)?
-        .map_err(NodeError::Store)
     }
 
     /// After a failed commit: stop handlers and reload the engine from disk.

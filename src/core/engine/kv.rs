@@ -88,14 +88,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Writes a value.
+    /// Writes a value. Returns the entry as written; resolve it with
+    /// [`KvWrite::resolve`] (outside the engine's owner, as it hashes).
     pub fn kv_put(
         &mut self,
         now: Millis,
         ns: &str,
         key: &str,
         value: &serde_json::Value,
-    ) -> Result<KvItem, EngineError> {
+    ) -> Result<KvWrite, EngineError> {
         check_writable(ns, key)?;
         self.write_entry(now, ns, key, |entry, policy, me, counter| {
             entry.put(policy, canonical_json(value), me, now, counter)
@@ -112,7 +113,7 @@ impl Engine {
         let entry = self.entry_mut(ns, key);
         entry.delete(policy, &me, now, counter);
         let entry = entry.clone();
-        self.note_version(ns, &entry);
+        self.note_version(ns, counter);
         self.emit(Output::Changed(Delta::Kv {
             ns: ns.to_owned(),
             key: key.to_owned(),
@@ -149,20 +150,26 @@ impl Engine {
             + 1
     }
 
-    fn note_version(&mut self, ns: &str, entry: &KvEntry) {
+    fn note_version(&mut self, ns: &str, counter: u64) {
         if let Some(n) = self.state.namespaces.get_mut(ns) {
-            n.clock.merge(entry.version().clone());
+            crdts::CmRDT::apply(
+                &mut n.clock,
+                crdts::Dot::new(self.cfg.node.clone(), counter),
+            );
         }
     }
 
     fn entry_mut(&mut self, ns: &str, key: &str) -> &mut KvEntry {
-        self.state
-            .namespaces
-            .entry(ns.to_owned())
-            .or_default()
-            .entries
-            .entry(key.to_owned())
-            .or_default()
+        if !self.state.namespaces.contains_key(ns) {
+            self.state
+                .namespaces
+                .insert(ns.to_owned(), Default::default());
+        }
+        let namespace = self.state.namespaces.get_mut(ns).expect("inserted above");
+        if !namespace.entries.contains_key(key) {
+            namespace.entries.insert(key.to_owned(), KvEntry::default());
+        }
+        namespace.entries.get_mut(key).expect("inserted above")
     }
 
     fn write_entry(
@@ -171,22 +178,20 @@ impl Engine {
         ns: &str,
         key: &str,
         write: impl FnOnce(&mut KvEntry, Policy, &crate::core::ids::NodeId, u64),
-    ) -> Result<KvItem, EngineError> {
+    ) -> Result<KvWrite, EngineError> {
         let me = self.cfg.node.clone();
         let policy = self.policy(ns);
         let counter = self.next_counter(ns);
         let entry = self.entry_mut(ns, key);
         write(entry, policy, &me, counter);
         let entry = entry.clone();
-        self.note_version(ns, &entry);
-        let item = resolve(ns, key, policy, &entry)
-            .ok_or_else(|| EngineError::Invalid("write produced no value".into()))?;
+        self.note_version(ns, counter);
         self.emit(Output::Changed(Delta::Kv {
             ns: ns.to_owned(),
             key: key.to_owned(),
-            entry,
+            entry: entry.clone(),
         }));
-        Ok(item)
+        Ok(KvWrite { policy, entry })
     }
 
     /// Reads a key.
@@ -231,6 +236,22 @@ impl Engine {
             .iter()
             .map(|(name, n)| (name.clone(), n.policy(), n.entries.len()))
             .collect()
+    }
+}
+
+/// An entry as a write left it.
+#[derive(Clone, Debug)]
+pub struct KvWrite {
+    /// The namespace's policy.
+    pub policy: Policy,
+    /// The entry's new state.
+    pub entry: KvEntry,
+}
+
+impl KvWrite {
+    /// Resolves the written entry for display (hashes it for its digest).
+    pub fn resolve(&self, ns: &str, key: &str) -> Option<KvItem> {
+        resolve(ns, key, self.policy, &self.entry)
     }
 }
 

@@ -9,7 +9,7 @@
 mod kv;
 mod tasks;
 
-pub use kv::{KvItem, RESERVED_NS};
+pub use kv::{KvItem, KvWrite, RESERVED_NS};
 pub use tasks::{Claimed, Outcome, SubmitRequest};
 
 use crate::core::event::{AuditRecord, Event};

@@ -253,6 +253,8 @@ fn kv_policies_since_and_reserved_namespace() {
         .unwrap();
     let item = e
         .kv_put(Millis(3), "tags", "colors", &serde_json::json!("blue"))
+        .unwrap()
+        .resolve("tags", "colors")
         .unwrap();
     assert_eq!(item.value, "[\"blue\",\"red\"]");
     let (_, v1, d1) = e.kv_list("tags", None);
