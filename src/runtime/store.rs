@@ -17,6 +17,9 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// A stored key and value.
+type Row = (Vec<u8>, Vec<u8>);
+
 /// Version byte in front of every stored entry.
 const ENTRY_FORMAT: u8 = 1;
 /// The store's schema version.
@@ -308,7 +311,7 @@ impl Store {
         }
     }
 
-    fn rows(&self, ks: &Keyspace) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn rows(&self, ks: &Keyspace) -> Result<Vec<Row>, StoreError> {
         let mut out = Vec::new();
         for guard in ks.iter() {
             let (k, v) = guard.into_inner().map_err(|e| self.io(e))?;
