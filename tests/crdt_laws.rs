@@ -67,6 +67,7 @@ fn replica(i: usize) -> Engine {
         },
         handlers: ["work".to_string()].into(),
         claim_ttl_ms: 1000,
+        failure: Default::default(),
     };
     let mut e = Engine::new(cfg, ReplicatedState::default(), i as u64);
     e.start(Millis(0));

@@ -18,7 +18,7 @@ fn views(e: &Engine) -> Vec<NodeView> {
     e.state()
         .members
         .iter()
-        .map(|(id, m)| NodeView::new(id, m, e.active_on(id), t, id == e.node()))
+        .map(|(id, m)| NodeView::of(e, id, m, t))
         .collect()
 }
 

@@ -67,7 +67,7 @@ impl From<NodeError> for ApiError {
                 "store_unavailable",
                 message,
             ),
-            NodeError::Identity(_) | NodeError::Stopped => {
+            NodeError::Identity(_) | NodeError::Net(_) | NodeError::Stopped => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message)
             }
         }

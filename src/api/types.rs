@@ -45,6 +45,14 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// Builds the view from the engine's knowledge of a member.
+    pub fn of(e: &crate::core::Engine, id: &NodeId, m: &MemberEntry, now: Millis) -> Self {
+        let mut v = Self::new(id, m, e.active_on(id), now, id == e.node());
+        v.status = e.member_status(id).to_owned();
+        v.last_seen_ms = e.last_heard_ms(now, id);
+        v
+    }
+
     /// Builds the view; `running` comes from the task index.
     pub fn new(id: &NodeId, m: &MemberEntry, running: u32, now: Millis, local: bool) -> Self {
         let r = m.record();

@@ -217,8 +217,10 @@ async fn serve(cfg: NodeConfig, token: Option<Arc<str>>) -> Result<(), CliError>
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "shoal node {} ready: name={} p2p=[] api=http://{bound}",
-            info.id, info.name
+            "shoal node {} ready: name={} p2p={} api=http://{bound}",
+            info.id,
+            info.name,
+            info.p2p_addrs.join(",")
         );
         let _ = out.flush();
     }

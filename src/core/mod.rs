@@ -7,6 +7,7 @@
 
 pub mod canon;
 pub mod engine;
+pub mod failure;
 pub mod error;
 pub mod event;
 pub mod ids;
@@ -15,7 +16,9 @@ pub mod member;
 pub mod placement;
 pub mod rng;
 pub mod state;
+pub mod sync;
 pub mod task;
+pub mod wire;
 
 pub use engine::{Engine, EngineConfig, Output};
 pub use error::EngineError;

@@ -1,7 +1,7 @@
 //! The node identity (an ed25519 key, as libp2p uses) and the cluster secret,
 //! both kept in the data dir.
 
-use libp2p_identity::Keypair;
+use libp2p::identity::Keypair;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use thiserror::Error;

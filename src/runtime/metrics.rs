@@ -58,6 +58,16 @@ pub struct Metrics {
     pub members: Family<Label, Gauge>,
     /// Knowledge entries (set at scrape).
     pub kv_entries: Gauge,
+    /// Network events by kind (gossip sent/received, sync requests, ...).
+    pub network: Family<Label, Counter>,
+    /// Messages and connections dropped, by reason. Nothing is dropped silently.
+    pub dropped: Family<Label, Counter>,
+    /// Connected peers.
+    pub peers: Gauge,
+    /// Entries merged from peers by state sync.
+    pub sync_entries: Counter,
+    /// Times anti-entropy found this node diverged from a peer (and repaired it).
+    pub divergences: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -83,6 +93,11 @@ impl Default for Metrics {
             tasks: Family::default(),
             members: Family::default(),
             kv_entries: Gauge::default(),
+            network: Family::default(),
+            dropped: Family::default(),
+            peers: Gauge::default(),
+            sync_entries: Counter::default(),
+            divergences: Counter::default(),
         };
         registry.register(
             "acknowledged_writes",
@@ -128,6 +143,11 @@ impl Default for Metrics {
         registry.register("tasks", "Tasks by status", m.tasks.clone());
         registry.register("members", "Members by status", m.members.clone());
         registry.register("kv_entries", "Knowledge entries", m.kv_entries.clone());
+        registry.register("network_events", "Network events by kind", m.network.clone());
+        registry.register("dropped", "Messages and connections dropped, by reason", m.dropped.clone());
+        registry.register("peers", "Connected peers", m.peers.clone());
+        registry.register("sync_entries", "Entries merged from peers by state sync", m.sync_entries.clone());
+        registry.register("divergences_repaired", "Divergences from a peer found by anti-entropy and repaired", m.divergences.clone());
         Metrics { registry, ..m }
     }
 }
@@ -141,6 +161,21 @@ impl Metrics {
     /// Counts an ended attempt.
     pub fn attempt(&self, outcome: &str) {
         self.attempts.get_or_create(&Label::of(outcome)).inc();
+    }
+
+    /// Counts a network event.
+    pub fn net(&self, kind: &str) {
+        self.network.get_or_create(&Label::of(kind)).inc();
+    }
+
+    /// Counts a drop.
+    pub fn drop_reason(&self, reason: &str) {
+        self.drop_reason_n(reason, 1);
+    }
+
+    /// Counts `n` drops.
+    pub fn drop_reason_n(&self, reason: &str, n: u64) {
+        self.dropped.get_or_create(&Label::of(reason)).inc_by(n);
     }
 
     /// Sets a by-status gauge.

@@ -9,6 +9,7 @@
 pub mod executor;
 pub mod identity;
 pub mod metrics;
+pub mod net;
 pub mod node;
 pub mod store;
 pub mod sysload;

@@ -12,7 +12,13 @@ use crate::config::NodeConfig;
 use crate::core::engine::{Claimed, Outcome, StartTask};
 use crate::core::event::{AuditRecord, Event};
 use crate::core::ids::{Fence, Millis, NodeId, TaskId};
-use crate::core::member::MemberRecord;
+use crate::core::member::{MemberRecord, MemberStatus};
+use crate::core::sync;
+use crate::core::wire::{self, Gossip, SyncRequest, SyncResponse};
+use crate::runtime::net::{Net, NetEvent};
+use futures::StreamExt;
+use libp2p::PeerId;
+use std::collections::HashSet;
 use crate::core::state::Delta;
 use crate::core::{Engine, EngineConfig, EngineError, Output};
 use crate::runtime::executor::{self, Handler, Handlers};
@@ -37,6 +43,9 @@ pub enum NodeError {
     /// The store failed; the change was not acknowledged.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The p2p layer could not start.
+    #[error(transparent)]
+    Net(#[from] crate::runtime::net::NetError),
     /// The identity or secret could not be loaded.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -65,6 +74,8 @@ pub struct NodeInfo {
     pub config: NodeConfig,
     /// Cluster secret fingerprint (never the secret).
     pub secret_fingerprint: String,
+    /// p2p listen addresses, with `/p2p/ID`.
+    pub p2p_addrs: Vec<String>,
     /// When it started.
     pub started: Instant,
 }
@@ -233,6 +244,9 @@ impl Node {
             .await
             .map_err(|_| NodeError::Stopped)??;
         let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::default());
+        let mut net = Net::new(&key, &secret, &cfg.listen, &cfg.bootstrap, cfg.mdns, metrics.clone())?;
+        let p2p_addrs = net.wait_listening(Duration::from_secs(10)).await;
         let mut handlers: Handlers = cfg
             .handlers
             .iter()
@@ -247,7 +261,7 @@ impl Node {
             node: id.clone(),
             record: MemberRecord {
                 name: name.clone(),
-                addrs: Vec::new(),
+                addrs: p2p_addrs.clone(),
                 api: Some(cfg.api.to_string()),
                 capabilities,
                 tags: cfg.tags.clone(),
@@ -256,12 +270,18 @@ impl Node {
             },
             handlers: handlers.keys().cloned().collect(),
             claim_ttl_ms: cfg.claim_timeout_secs * 1000,
+            failure: crate::core::failure::FailureConfig {
+                heartbeat_interval_ms: cfg.timing.heartbeat_interval_ms,
+                suspect_after_missed: cfg.timing.suspect_after_missed,
+                removed_after_ms: cfg.timing.removed_after_ms,
+            },
         };
         let info = Arc::new(NodeInfo {
             id: id.clone(),
             name,
             config: cfg,
             secret_fingerprint: secret.fingerprint(),
+            p2p_addrs,
             started: Instant::now(),
         });
         let (tx, rx) = mpsc::channel(8192);
@@ -271,7 +291,7 @@ impl Node {
             events: events.clone(),
             work: Arc::new(Notify::new()),
             info: info.clone(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             ready: Arc::new(AtomicBool::new(false)),
         };
         let state = {
@@ -290,6 +310,8 @@ impl Node {
             handlers,
             running: HashMap::new(),
             exec_tx,
+            net,
+            initial_sync: HashSet::new(),
         };
         owner.engine.start(now());
         owner.flush_now().await?;
@@ -314,6 +336,22 @@ impl Node {
 
 type ExecDone = (TaskId, Fence, Option<Outcome>);
 
+/// Keeps a sync answer under the size limit; what does not fit is sent in a
+/// later round (the bucket digests still differ then).
+fn fit(mut deltas: Vec<Delta>) -> Vec<Delta> {
+    let mut size = 64;
+    let mut keep = 0;
+    for d in &deltas {
+        size += postcard::to_stdvec(d).map(|b| b.len()).unwrap_or(0) + 8;
+        if size > wire::MAX_SYNC_BYTES {
+            break;
+        }
+        keep += 1;
+    }
+    deltas.truncate(keep);
+    deltas
+}
+
 struct Owner {
     engine: Engine,
     engine_cfg: EngineConfig,
@@ -322,6 +360,9 @@ struct Owner {
     handlers: Handlers,
     running: HashMap<TaskId, (Fence, oneshot::Sender<()>)>,
     exec_tx: mpsc::UnboundedSender<ExecDone>,
+    net: Net,
+    /// Peers whose first summary we are waiting for (not anti-entropy).
+    initial_sync: HashSet<PeerId>,
 }
 
 /// Most commands answered by one commit.
@@ -331,6 +372,7 @@ const MAX_BATCH: usize = 8192;
 #[derive(Default)]
 struct Batch {
     deltas: Vec<Delta>,
+    publish: Vec<Delta>,
     audit: Vec<AuditRecord>,
     replies: Vec<Reply>,
     effects: Vec<Output>,
@@ -361,6 +403,10 @@ impl Owner {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut load = tokio::time::interval(Duration::from_millis(hb));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut entropy = tokio::time::interval(Duration::from_millis((hb * 4).clamp(1_000, 30_000)));
+        let mut redial = tokio::time::interval(Duration::from_secs(2));
+        let mut redial_backoff = 1u32;
+        let mut redial_skip = 0u32;
         let mut next = Batch::default();
         let mut inflight: Option<Inflight> = None;
         let mut stopping: Option<oneshot::Sender<()>> = None;
@@ -380,8 +426,23 @@ impl Owner {
                     None => stopping = Some(oneshot::channel().0),
                 },
                 Some((id, fence, outcome)) = exec_rx.recv() => self.exec_done(id, fence, outcome),
+                ev = self.net.swarm.select_next_some() => {
+                    if let Some(e) = self.net.handle(ev) {
+                        self.on_net(e);
+                    }
+                }
                 _ = tick.tick() => self.engine.tick(now()),
                 _ = load.tick() => self.report_load(),
+                _ = entropy.tick() => self.anti_entropy(),
+                _ = redial.tick() => {
+                    if redial_skip > 0 {
+                        redial_skip -= 1;
+                    } else {
+                        let alone = self.redial();
+                        redial_backoff = if alone { (redial_backoff * 2).min(16) } else { 1 };
+                        redial_skip = redial_backoff - 1;
+                    }
+                }
             }
             self.collect(&mut next);
             if inflight.is_none() {
@@ -431,7 +492,11 @@ impl Owner {
     fn collect(&mut self, next: &mut Batch) {
         for out in self.engine.take_outputs() {
             match out {
-                Output::Changed(d) => next.deltas.push(d),
+                Output::Changed(d) => {
+                    next.publish.push(d.clone());
+                    next.deltas.push(d);
+                }
+                Output::Merged(d) => next.deltas.push(d),
                 Output::Audit(a) => next.audit.push(a),
                 other => next.effects.push(other),
             }
@@ -541,6 +606,112 @@ impl Owner {
         if let Err(e) = self.flush_now().await {
             error!(error = %e, "final commit failed");
         }
+        // Give the departure and the handed-back tasks a moment on the wire.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(ev) = tokio::time::timeout_at(deadline, self.net.swarm.select_next_some()).await {
+            let _ = self.net.handle(ev);
+        }
+    }
+
+    /// Acts on what the network reported.
+    fn on_net(&mut self, event: NetEvent) {
+        match event {
+            NetEvent::Gossip { data, source } => match wire::decode::<Gossip>(&data, wire::MAX_GOSSIP_BYTES) {
+                Ok(Gossip::Deltas(deltas)) => {
+                    let t = now();
+                    for d in deltas {
+                        self.engine.apply_remote(t, d);
+                    }
+                }
+                Err(e) => {
+                    self.handle.metrics.drop_reason("gossip_malformed");
+                    warn!(peer = ?source, error = %e, "dropped a malformed gossip message");
+                }
+            },
+            NetEvent::SyncRequest { peer, data, channel } => {
+                let answer = match wire::decode::<SyncRequest>(&data, wire::MAX_SYNC_BYTES) {
+                    Ok(SyncRequest::Summary) => SyncResponse::Summary(sync::summary(self.engine.state())),
+                    Ok(SyncRequest::Pull(buckets)) => {
+                        SyncResponse::Deltas(fit(sync::entries_in(self.engine.state(), &buckets)))
+                    }
+                    Err(e) => {
+                        self.handle.metrics.drop_reason("sync_malformed");
+                        warn!(%peer, error = %e, "malformed sync request");
+                        SyncResponse::Refused(e.to_string())
+                    }
+                };
+                self.net.respond(channel, wire::encode(&answer));
+            }
+            NetEvent::SyncResponse { peer, data } => self.on_sync_response(peer, data),
+            NetEvent::Connected(peer) => {
+                self.initial_sync.insert(peer);
+                self.net.request(peer, wire::encode(&SyncRequest::Summary));
+            }
+        }
+    }
+
+    fn on_sync_response(&mut self, peer: PeerId, data: Vec<u8>) {
+        match wire::decode::<SyncResponse>(&data, wire::MAX_SYNC_BYTES) {
+            Ok(SyncResponse::Summary(theirs)) => {
+                let initial = self.initial_sync.remove(&peer);
+                let diff = sync::differing(&sync::summary(self.engine.state()), &theirs);
+                if diff.is_empty() {
+                    return;
+                }
+                if !initial {
+                    self.handle.metrics.divergences.inc();
+                    let _ = self.handle.events.send(Event::Alert {
+                        kind: "divergence_repaired".into(),
+                        message: format!("{} state bucket(s) differed from peer {peer}; pulling them", diff.len()),
+                    });
+                }
+                debug!(%peer, buckets = diff.len(), "pulling differing buckets");
+                self.net.request(peer, wire::encode(&SyncRequest::Pull(diff)));
+            }
+            Ok(SyncResponse::Deltas(deltas)) => {
+                self.handle.metrics.sync_entries.inc_by(deltas.len() as u64);
+                let t = now();
+                for d in deltas {
+                    self.engine.apply_remote(t, d);
+                }
+            }
+            Ok(SyncResponse::Refused(why)) => warn!(%peer, %why, "peer refused our sync request"),
+            Err(e) => {
+                self.handle.metrics.drop_reason("sync_malformed");
+                warn!(%peer, error = %e, "malformed sync response");
+            }
+        }
+    }
+
+    /// Compares digests with a random peer (which repairs what gossip lost).
+    fn anti_entropy(&mut self) {
+        let peers = self.net.peers();
+        if peers.is_empty() {
+            return;
+        }
+        let peer = peers[rand::random::<u32>() as usize % peers.len()];
+        self.net.request(peer, wire::encode(&SyncRequest::Summary));
+    }
+
+    /// Dials bootstrap peers when alone, and known members we are not
+    /// connected to (so that split groups find each other again). Returns
+    /// true when this node has no peer.
+    fn redial(&mut self) -> bool {
+        let alone = self.net.peers().is_empty();
+        if alone {
+            self.net.dial_bootstrap();
+        }
+        let me = self.engine.node().clone();
+        let addrs: Vec<String> = self
+            .engine
+            .state()
+            .members
+            .iter()
+            .filter(|(id, m)| **id != me && matches!(m.record().status, MemberStatus::Alive | MemberStatus::Draining))
+            .flat_map(|(_, m)| m.record().addrs.clone())
+            .collect();
+        self.net.dial_known(&addrs);
+        alone
     }
 
     /// After a failed commit: stop handlers and reload the engine from disk.
@@ -574,7 +745,7 @@ impl Owner {
                 let _ = self.handle.events.send(e);
             }
             Output::WorkAvailable => self.handle.work.notify_waiters(),
-            Output::Changed(_) | Output::Audit(_) => {}
+            Output::Changed(_) | Output::Merged(_) | Output::Audit(_) => {}
         }
     }
 

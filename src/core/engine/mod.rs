@@ -33,6 +33,8 @@ pub struct EngineConfig {
     pub handlers: BTreeSet<String>,
     /// How long a worker's claim lives without a heartbeat, in ms.
     pub claim_ttl_ms: u64,
+    /// Failure-detection timing.
+    pub failure: crate::core::failure::FailureConfig,
 }
 
 /// What the runtime must carry out.
@@ -44,6 +46,9 @@ pub enum Output {
     /// A change to the replicated state: persist it (before acknowledging)
     /// and spread it.
     Changed(Delta),
+    /// An entry's new state after merging a remote delta: persist it (no need
+    /// to spread it: it came from the network).
+    Merged(Delta),
     /// Run a task with a handler.
     Start(StartTask),
     /// Stop a running handler: the task was cancelled, timed out or re-fenced.
@@ -104,6 +109,10 @@ pub struct Engine {
     queued: BTreeSet<(Millis, TaskId)>,
     local: BTreeMap<TaskId, LocalRun>,
     pending_dirty: bool,
+    leaving: bool,
+    // Failure detection: local verdicts, never replicated.
+    detectors: HashMap<NodeId, crate::core::failure::Detector>,
+    suspects: BTreeSet<NodeId>,
 }
 
 impl Engine {
@@ -123,6 +132,9 @@ impl Engine {
             queued: BTreeSet::new(),
             local: BTreeMap::new(),
             pending_dirty: true,
+            leaving: false,
+            detectors: HashMap::new(),
+            suspects: BTreeSet::new(),
         };
         engine.state.members = state.members;
         engine.state.namespaces = state.namespaces;
@@ -184,28 +196,32 @@ impl Engine {
     /// Marks this node as draining: it takes no new tasks and finishes what
     /// it has.
     pub fn drain(&mut self, now: Millis, node: &NodeId) -> Result<(), crate::core::EngineError> {
-        if node != &self.cfg.node {
-            return Err(crate::core::EngineError::Invalid(
-                "only the local node can be drained through this node until federation is enabled"
-                    .into(),
-            ));
-        }
-        let me = self.cfg.node.clone();
-        let mut entry = self.state.members.get(&me).cloned().unwrap_or_default();
+        let mut entry = self.state.members.get(node).cloned().ok_or_else(|| crate::core::EngineError::NotFound {
+            what: "node",
+            id: node.to_string(),
+        })?;
         let mut record = entry.record().clone();
-        if record.status == MemberStatus::Draining {
-            return Ok(());
+        match record.status {
+            MemberStatus::Draining => return Ok(()),
+            MemberStatus::Alive => {}
+            other => {
+                return Err(crate::core::EngineError::Conflict(format!(
+                    "node {node} is {}; only an alive node can be drained",
+                    other.as_str()
+                )))
+            }
         }
         record.status = MemberStatus::Draining;
         record.updated_at = now;
+        let me = self.cfg.node.clone();
         entry.write(record, &me);
-        self.put_member(me.clone(), entry);
-        self.emit(Output::Event(Event::MemberDraining { node: me.clone() }));
+        self.put_member(node.clone(), entry);
+        self.emit(Output::Event(Event::MemberDraining { node: node.clone() }));
         self.emit(Output::Audit(AuditRecord {
             at: now,
-            by: me.clone(),
+            by: me,
             action: "node_drained".into(),
-            subject: me.to_string(),
+            subject: node.to_string(),
             detail: "drain requested".into(),
         }));
         Ok(())
@@ -257,6 +273,7 @@ impl Engine {
 
     /// Leaves gracefully: marks this node `left` and hands its tasks back.
     pub fn leave(&mut self, now: Millis) {
+        self.leaving = true;
         let me = self.cfg.node.clone();
         let mut entry = self.state.members.get(&me).cloned().unwrap_or_default();
         let mut record = entry.record().clone();
@@ -284,7 +301,7 @@ impl Engine {
         self.put_member(me, entry);
     }
 
-    /// Merges a delta that came from another node.
+    /// Merges a delta that came from another node (by gossip or sync).
     pub fn apply_remote(&mut self, now: Millis, delta: Delta) {
         match delta {
             Delta::Task(id, entry) => {
@@ -294,12 +311,184 @@ impl Engine {
                     .get(&id)
                     .cloned()
                     .unwrap_or_else(|| TaskEntry::new(entry.spec().clone()));
+                let before = merged.marker().clone();
+                let history = merged.history().len();
                 merged.merge(entry);
+                if merged.marker() == &before && merged.history().len() == history && self.state.tasks.contains_key(&id) {
+                    return;
+                }
+                self.emit(Output::Merged(Delta::Task(id.clone(), merged.clone())));
                 self.put_task(now, id, merged, false);
             }
-            other => self.state.apply(other),
+            Delta::Member(id, entry) => self.merge_member(now, id, entry),
+            Delta::Kv { ns, key, entry } => {
+                let namespace = self.state.namespaces.entry(ns.clone()).or_default();
+                namespace.merge_entry(key.clone(), entry);
+                let entry = namespace.entries[&key].clone();
+                self.emit(Output::Merged(Delta::Kv { ns, key, entry }));
+            }
+            Delta::Policy { ns, policy } => {
+                let namespace = self.state.namespaces.entry(ns.clone()).or_default();
+                crdts::CvRDT::merge(&mut namespace.policy, policy);
+                let policy = namespace.policy.clone();
+                self.emit(Output::Merged(Delta::Policy { ns, policy }));
+                self.pending_dirty = true;
+            }
         }
         self.pending_dirty = true;
+    }
+
+    fn merge_member(&mut self, now: Millis, id: NodeId, entry: MemberEntry) {
+        let before = self.state.members.get(&id).map(|m| m.marker().clone());
+        let known = before.is_some();
+        self.state.apply(Delta::Member(id.clone(), entry));
+        let merged = self.state.members[&id].clone();
+        if before.as_ref() == Some(merged.marker()) {
+            return;
+        }
+        self.emit(Output::Merged(Delta::Member(id.clone(), merged.clone())));
+        if id == self.cfg.node {
+            self.refute(now, &merged);
+            return;
+        }
+        let rec = merged.record();
+        match rec.status {
+            MemberStatus::Alive | MemberStatus::Draining => {
+                if merged.marker().writer == id {
+                    let expected = self.cfg.failure.heartbeat_interval_ms;
+                    self.detectors
+                        .entry(id.clone())
+                        .and_modify(|d| d.heartbeat(now))
+                        .or_insert_with(|| crate::core::failure::Detector::new(now, expected));
+                }
+                if !known {
+                    self.emit(Output::Event(Event::MemberJoined { node: id.clone() }));
+                } else if before.as_ref().is_some_and(|b| b.incarnation < merged.marker().incarnation) {
+                    self.emit(Output::Event(Event::MemberRecovered { node: id.clone() }));
+                }
+                if rec.status == MemberStatus::Draining && before.as_ref().is_some_and(|b| b.status == MemberStatus::Alive) {
+                    self.emit(Output::Event(Event::MemberDraining { node: id.clone() }));
+                }
+            }
+            MemberStatus::Left => {
+                self.detectors.remove(&id);
+                self.suspects.remove(&id);
+                self.emit(Output::Event(Event::MemberLeft { node: id.clone() }));
+            }
+            MemberStatus::Dead => {
+                self.detectors.remove(&id);
+                self.suspects.remove(&id);
+                self.emit(Output::Event(Event::MemberDead { node: id.clone() }));
+            }
+        }
+    }
+
+    /// Another node declared this one dead or departed while it runs: come
+    /// back with a higher incarnation, as SWIM does.
+    fn refute(&mut self, now: Millis, merged: &MemberEntry) {
+        if !matches!(merged.record().status, MemberStatus::Dead | MemberStatus::Left) || self.leaving {
+            return;
+        }
+        let me = self.cfg.node.clone();
+        let mut entry = merged.clone();
+        let mut record = self.cfg.record.clone();
+        record.incarnation = merged.marker().incarnation + 1;
+        record.status = MemberStatus::Alive;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me, entry);
+    }
+
+    /// Runs the failure detector over the other members: suspects, recoveries
+    /// and death verdicts (a dead verdict is written to the replicated record,
+    /// so it spreads to every node).
+    fn detect_failures(&mut self, now: Millis) {
+        use crate::core::failure::{Detector, Verdict};
+        let f = self.cfg.failure;
+        let watched: Vec<NodeId> = self
+            .state
+            .members
+            .iter()
+            .filter(|(id, m)| {
+                **id != self.cfg.node && matches!(m.record().status, MemberStatus::Alive | MemberStatus::Draining)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in watched {
+            let d = self.detectors.entry(id.clone()).or_insert_with(|| Detector::new(now, f.heartbeat_interval_ms));
+            match d.verdict(now, f.suspect_after_missed, f.removed_after_ms) {
+                Verdict::Alive => {
+                    if self.suspects.remove(&id) {
+                        self.emit(Output::Event(Event::MemberRecovered { node: id }));
+                    }
+                }
+                Verdict::Suspect => {
+                    if self.suspects.insert(id.clone()) {
+                        self.emit(Output::Event(Event::MemberSuspect { node: id }));
+                    }
+                }
+                Verdict::Dead => self.declare_dead(now, id),
+            }
+        }
+    }
+
+    fn declare_dead(&mut self, now: Millis, id: NodeId) {
+        let Some(mut entry) = self.state.members.get(&id).cloned() else { return };
+        let mut record = entry.record().clone();
+        let silent = self.detectors.get(&id).map(|d| now.since(d.last_heard())).unwrap_or(0);
+        record.status = MemberStatus::Dead;
+        record.updated_at = now;
+        entry.write(record, &self.cfg.node);
+        self.detectors.remove(&id);
+        self.suspects.remove(&id);
+        self.put_member(id.clone(), entry);
+        self.emit(Output::Event(Event::MemberDead { node: id.clone() }));
+        self.emit(Output::Audit(AuditRecord {
+            at: now,
+            by: self.cfg.node.clone(),
+            action: "node_declared_dead".into(),
+            subject: id.to_string(),
+            detail: format!("no heartbeat for {silent} ms"),
+        }));
+        self.pending_dirty = true;
+    }
+
+    /// The status of a member as this node sees it: its declared status, or
+    /// `suspect` when the failure detector suspects it.
+    pub fn member_status(&self, id: &NodeId) -> &'static str {
+        if self.suspects.contains(id) {
+            return "suspect";
+        }
+        self.state.members.get(id).map(|m| m.record().status.as_str()).unwrap_or("dead")
+    }
+
+    /// Milliseconds since this node last heard from `id` (0 for itself).
+    pub fn last_heard_ms(&self, now: Millis, id: &NodeId) -> u64 {
+        if id == &self.cfg.node {
+            return 0;
+        }
+        self.detectors
+            .get(id)
+            .map(|d| now.since(d.last_heard()))
+            .unwrap_or_else(|| self.state.members.get(id).map(|m| now.since(m.record().updated_at)).unwrap_or(0))
+    }
+
+    /// True when `id` is alive, not draining and not suspected.
+    pub(crate) fn can_take_work(&self, id: &NodeId) -> bool {
+        !self.suspects.contains(id)
+            && self.state.members.get(id).is_some_and(|m| m.record().status == MemberStatus::Alive)
+    }
+
+    /// Sets this node's p2p addresses in its member record.
+    pub fn set_addrs(&mut self, now: Millis, addrs: Vec<String>) {
+        self.cfg.record.addrs = addrs.clone();
+        let me = self.cfg.node.clone();
+        let Some(mut entry) = self.state.members.get(&me).cloned() else { return };
+        let mut record = entry.record().clone();
+        record.addrs = addrs;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me, entry);
     }
 
     /// The current lease term (0 while no lease holder exists).
@@ -310,6 +499,7 @@ impl Engine {
     /// Periodic work: expire claims and timeouts, start queued tasks, place
     /// pending ones.
     pub fn tick(&mut self, now: Millis) {
+        self.detect_failures(now);
         self.expire_local(now);
         self.start_queued(now);
         if self.pending_dirty {

@@ -149,7 +149,7 @@ impl Engine {
         let mut candidates = Vec::new();
         for (node, member) in &self.state.members {
             let rec = member.record();
-            if rec.status != MemberStatus::Alive || !rec.capabilities.contains(&spec.capability) {
+            if !self.can_take_work(node) || !rec.capabilities.contains(&spec.capability) {
                 continue;
             }
             capable += 1;

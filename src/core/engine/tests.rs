@@ -17,6 +17,7 @@ fn engine(node: &str, caps: &[&str], handlers: &[&str], capacity: u32) -> Engine
         },
         handlers: handlers.iter().map(|s| s.to_string()).collect(),
         claim_ttl_ms: 1_000,
+        failure: Default::default(),
     };
     let mut e = Engine::new(cfg, ReplicatedState::default(), 7);
     e.start(Millis(1));

@@ -1,0 +1,123 @@
+//! Messages between nodes, and their encoding: a version byte, then postcard.
+//!
+//! Decoding checks the version and the size before anything else; a message
+//! that fails is dropped and counted by the caller, never applied.
+
+use crate::core::state::Delta;
+use serde::{Deserialize, Serialize};
+
+/// The wire format version.
+pub const WIRE_VERSION: u8 = 1;
+/// Largest gossip message, bytes.
+pub const MAX_GOSSIP_BYTES: usize = 1 << 20;
+/// Largest sync request or response, bytes.
+pub const MAX_SYNC_BYTES: usize = 16 << 20;
+
+/// What nodes gossip: state deltas, in batches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Gossip {
+    /// New entry states.
+    Deltas(Vec<Delta>),
+}
+
+/// A state-sync request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncRequest {
+    /// "Send me your bucket digests."
+    Summary,
+    /// "Send me every entry in these buckets."
+    Pull(Vec<u16>),
+}
+
+/// A state-sync response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum SyncResponse {
+    /// One 8-byte digest per bucket.
+    Summary(Vec<[u8; 8]>),
+    /// The entries asked for.
+    Deltas(Vec<Delta>),
+    /// The request was refused.
+    Refused(String),
+}
+
+/// Why a message could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// Larger than the limit.
+    #[error("message of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// Empty or unknown version.
+    #[error("unknown wire version {0:?}")]
+    Version(Option<u8>),
+    /// Not a valid encoding.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a message with the version byte.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![WIRE_VERSION];
+    // Encoding in-memory values to a Vec cannot fail.
+    out.extend(postcard::to_stdvec(msg).unwrap_or_default());
+    out
+}
+
+/// Decodes a message, checking size and version first.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, WireError> {
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    match bytes.split_first() {
+        Some((&WIRE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| WireError::Malformed(e.to_string())),
+        Some((v, _)) => Err(WireError::Version(Some(*v))),
+        None => Err(WireError::Version(None)),
+    }
+}
+
+/// Splits deltas into gossip messages of at most `limit` encoded bytes.
+pub fn gossip_chunks(deltas: Vec<Delta>, limit: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk: Vec<Delta> = Vec::new();
+    let mut size = 16;
+    for d in deltas {
+        let len = postcard::to_stdvec(&d).map(|b| b.len()).unwrap_or(0) + 8;
+        if !chunk.is_empty() && size + len > limit {
+            out.push(encode(&Gossip::Deltas(std::mem::take(&mut chunk))));
+            size = 16;
+        }
+        size += len;
+        chunk.push(d);
+    }
+    if !chunk.is_empty() {
+        out.push(encode(&Gossip::Deltas(chunk)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn bad_messages_are_refused() {
+        assert_eq!(decode::<SyncRequest>(&[], 10).unwrap_err(), WireError::Version(None));
+        assert_eq!(decode::<SyncRequest>(&[9, 0], 10).unwrap_err(), WireError::Version(Some(9)));
+        assert!(matches!(decode::<SyncRequest>(&[1, 77], 10), Err(WireError::Malformed(_))));
+        assert_eq!(decode::<SyncRequest>(&[1; 11], 10).unwrap_err(), WireError::TooLarge(11));
+    }
+
+    proptest! {
+        #[test]
+        fn sync_requests_round_trip(buckets in proptest::collection::vec(any::<u16>(), 0..300)) {
+            let req = SyncRequest::Pull(buckets);
+            prop_assert_eq!(decode::<SyncRequest>(&encode(&req), MAX_SYNC_BYTES).unwrap(), req);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode::<Gossip>(&bytes, MAX_GOSSIP_BYTES);
+            let _ = decode::<SyncResponse>(&bytes, MAX_SYNC_BYTES);
+        }
+    }
+}

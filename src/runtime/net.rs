@@ -1,0 +1,455 @@
+//! The libp2p side of a node: transport, discovery, gossip and state sync.
+//!
+//! Transport: TCP, then the private-network handshake keyed by the cluster
+//! secret (libp2p-pnet, XSalsa20), then noise and yamux. A peer without the
+//! secret fails the handshake before any Shoal protocol runs; the failure is
+//! logged and counted. QUIC is off: pnet needs a byte stream and a QUIC side
+//! would not be private (see ARCHITECTURE.md).
+//!
+//! Behaviours: connection limits, identify, ping, mDNS (optional), Kademlia,
+//! gossipsub for deltas (signed, strict validation, blake3 message ids, size
+//! limit), and request-response for state sync. This module only translates
+//! swarm events into [`NetEvent`]s and carries out sends; the owner decides.
+
+use crate::core::wire::{MAX_GOSSIP_BYTES, MAX_SYNC_BYTES};
+use crate::runtime::identity::ClusterSecret;
+use crate::runtime::metrics::Metrics;
+use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::core::upgrade::Version;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{connection_limits, identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// The gossip topic carrying state deltas.
+pub const STATE_TOPIC: &str = "shoal/state/1";
+const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/sync/1");
+const IDENTIFY_PROTOCOL: &str = "/shoal/id/1";
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1");
+
+/// Raw, length-prefixed bytes; the owner decodes them with [`crate::core::wire`].
+#[derive(Clone, Default)]
+pub struct SyncCodec;
+
+async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_SYNC_BYTES {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("sync frame of {len} bytes is over the limit")));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(io: &mut T, bytes: Vec<u8>) -> std::io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&bytes).await?;
+    io.close().await
+}
+
+impl request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>> {
+        read_frame(io).await
+    }
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> std::io::Result<()> {
+        write_frame(io, req).await
+    }
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, res: Vec<u8>) -> std::io::Result<()> {
+        write_frame(io, res).await
+    }
+}
+
+/// The composed behaviour (its derived event enum is generated code).
+#[allow(missing_docs)]
+mod composed {
+    use super::*;
+
+    /// The composed behaviour.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        pub(super) limits: connection_limits::Behaviour,
+        pub(super) identify: identify::Behaviour,
+        pub(super) ping: ping::Behaviour,
+        pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
+        pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
+        pub(super) gossipsub: gossipsub::Behaviour,
+        pub(super) sync: request_response::Behaviour<SyncCodec>,
+    }
+}
+pub use composed::{Behaviour, BehaviourEvent};
+
+/// What the network reports to the owner.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A gossip message (still encoded) from a peer.
+    Gossip {
+        /// The peer that published it.
+        source: Option<PeerId>,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A peer asks for sync data.
+    SyncRequest {
+        /// Who asks.
+        peer: PeerId,
+        /// Encoded request.
+        data: Vec<u8>,
+        /// Where to answer.
+        channel: ResponseChannel<Vec<u8>>,
+    },
+    /// An answer to our sync request.
+    SyncResponse {
+        /// Who answered.
+        peer: PeerId,
+        /// Encoded response.
+        data: Vec<u8>,
+    },
+    /// A new peer connection (first connection to it).
+    Connected(PeerId),
+}
+
+/// A network setup failure.
+#[derive(Debug, thiserror::Error)]
+#[error("p2p: {0}")]
+pub struct NetError(pub String);
+
+/// The swarm and what the owner needs around it.
+pub struct Net {
+    /// The swarm.
+    pub swarm: Swarm<Behaviour>,
+    topic: IdentTopic,
+    bootstrap: Vec<Multiaddr>,
+    metrics: Arc<Metrics>,
+    warned: HashSet<String>,
+    pending: HashMap<OutboundRequestId, PeerId>,
+    subscribed_peers: usize,
+    listen_count: usize,
+}
+
+fn err(e: impl std::fmt::Display) -> NetError {
+    NetError(e.to_string())
+}
+
+impl Net {
+    /// Builds the swarm, starts listening on `listen` and dials `bootstrap`.
+    pub fn new(
+        key: &Keypair,
+        secret: &ClusterSecret,
+        listen: &[String],
+        bootstrap: &[String],
+        mdns_on: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<Net, NetError> {
+        let psk = PreSharedKey::new(secret.0);
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+            .with_tokio()
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default())
+                        .timeout(Duration::from_secs(20)),
+                )
+            })
+            .map_err(err)?
+            .with_behaviour(|key| behaviour(key, mdns_on))
+            .map_err(err)?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .build();
+        let topic = IdentTopic::new(STATE_TOPIC);
+        swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(err)?;
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+        for addr in listen {
+            let addr: Multiaddr = addr.parse().map_err(|e| NetError(format!("listen address `{addr}`: {e}")))?;
+            swarm.listen_on(addr).map_err(err)?;
+        }
+        let mut parsed = Vec::new();
+        for addr in bootstrap {
+            parsed.push(addr.parse::<Multiaddr>().map_err(|e| NetError(format!("bootstrap address `{addr}`: {e}")))?);
+        }
+        let mut net = Net {
+            swarm,
+            topic,
+            bootstrap: parsed,
+            metrics,
+            warned: HashSet::new(),
+            pending: HashMap::new(),
+            subscribed_peers: 0,
+            listen_count: listen.len(),
+        };
+        net.dial_bootstrap();
+        Ok(net)
+    }
+
+    /// Waits (at most `limit`) until the swarm listens on every configured
+    /// address, and returns the listen addresses with `/p2p/ID`.
+    pub async fn wait_listening(&mut self, limit: Duration) -> Vec<String> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.swarm.listeners().count() < self.listen_count {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(event) => {
+                    // Early events (before the owner runs) matter only for listening.
+                    let _ = self.handle(event);
+                }
+                Err(_) => break,
+            }
+        }
+        self.listen_addrs()
+    }
+
+    /// Our listen addresses, with `/p2p/ID`.
+    pub fn listen_addrs(&self) -> Vec<String> {
+        let me = *self.swarm.local_peer_id();
+        self.swarm.listeners().map(|a| a.clone().with(Protocol::P2p(me)).to_string()).collect()
+    }
+
+    /// Dials the bootstrap addresses (again).
+    pub fn dial_bootstrap(&mut self) {
+        for addr in self.bootstrap.clone() {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                if self.swarm.is_connected(&peer) {
+                    continue;
+                }
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                debug!(%addr, error = %e, "dial failed");
+            }
+        }
+    }
+
+    /// Dials known member addresses we are not connected to.
+    pub fn dial_known(&mut self, addrs: &[String]) {
+        for a in addrs {
+            let Ok(addr) = a.parse::<Multiaddr>() else { continue };
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+                    continue;
+                }
+                let _ = self.swarm.dial(addr);
+            }
+        }
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> Vec<PeerId> {
+        self.swarm.connected_peers().copied().collect()
+    }
+
+    /// Publishes encoded gossip messages; failures are counted, never silent.
+    pub fn publish(&mut self, messages: Vec<Vec<u8>>) {
+        for m in messages {
+            match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), m) {
+                Ok(_) => self.metrics.net("gossip_published"),
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                    // Nobody to tell yet: anti-entropy delivers it when peers come.
+                    self.metrics.drop_reason("publish_no_peers");
+                }
+                Err(gossipsub::PublishError::Duplicate) => {}
+                Err(e) => {
+                    self.metrics.drop_reason("publish_failed");
+                    self.warn_once("publish", format!("gossip publish failed: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Sends a sync request.
+    pub fn request(&mut self, peer: PeerId, data: Vec<u8>) {
+        let id = self.swarm.behaviour_mut().sync.send_request(&peer, data);
+        self.pending.insert(id, peer);
+        self.metrics.net("sync_requests_sent");
+    }
+
+    /// Answers a sync request.
+    pub fn respond(&mut self, channel: ResponseChannel<Vec<u8>>, data: Vec<u8>) {
+        if self.swarm.behaviour_mut().sync.send_response(channel, data).is_err() {
+            self.metrics.drop_reason("sync_response_undeliverable");
+        }
+    }
+
+    fn warn_once(&mut self, key: &str, msg: String) {
+        if self.warned.insert(key.to_owned()) {
+            warn!("{msg}");
+        } else {
+            debug!("{msg}");
+        }
+    }
+
+    /// Translates a swarm event; returns what the owner must act on.
+    pub fn handle(&mut self, event: SwarmEvent<BehaviourEvent>) -> Option<NetEvent> {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        debug!(%peer, %addr, "discovered by mDNS");
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+                None
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                None
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })) => {
+                if !self.swarm.is_connected(&peer) {
+                    let _ = self.swarm.dial(peer);
+                }
+                None
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
+                if num_established.get() == 1 {
+                    info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
+                    return Some(NetEvent::Connected(peer_id));
+                }
+                None
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+                self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
+                if num_established == 0 {
+                    info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
+                }
+                None
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                self.metrics.drop_reason("connection_failed");
+                let key = format!("out:{peer_id:?}");
+                self.warn_once(&key, format!(
+                    "connection to {peer_id:?} failed: {error} (a peer with another cluster secret fails this way)"
+                ));
+                None
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                self.metrics.drop_reason("connection_refused");
+                self.warn_once(&format!("in:{send_back_addr}"), format!(
+                    "incoming connection from {send_back_addr} refused: {error} (wrong cluster secret?)"
+                ));
+                None
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn on_gossip(&mut self, e: gossipsub::Event) -> Option<NetEvent> {
+        match e {
+            gossipsub::Event::Message { message, .. } => {
+                self.metrics.net("gossip_received");
+                if message.data.len() > MAX_GOSSIP_BYTES {
+                    self.metrics.drop_reason("gossip_too_large");
+                    return None;
+                }
+                Some(NetEvent::Gossip { source: message.source, data: message.data })
+            }
+            gossipsub::Event::SlowPeer { peer_id, failed_messages } => {
+                let n = failed_messages.priority + failed_messages.non_priority;
+                self.metrics.drop_reason_n("gossip_slow_peer", n as u64);
+                self.warn_once(&format!("slow:{peer_id}"), format!("peer {peer_id} is too slow: {n} gossip messages dropped for it"));
+                None
+            }
+            gossipsub::Event::Subscribed { .. } => {
+                self.subscribed_peers += 1;
+                None
+            }
+            gossipsub::Event::Unsubscribed { .. } => {
+                self.subscribed_peers = self.subscribed_peers.saturating_sub(1);
+                None
+            }
+            gossipsub::Event::GossipsubNotSupported { peer_id } => {
+                self.warn_once(&format!("nogossip:{peer_id}"), format!("peer {peer_id} does not speak gossipsub"));
+                None
+            }
+        }
+    }
+
+    fn on_sync(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) -> Option<NetEvent> {
+        match e {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    Some(NetEvent::SyncRequest { peer, data: request, channel })
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.pending.remove(&request_id);
+                    Some(NetEvent::SyncResponse { peer, data: response })
+                }
+            },
+            request_response::Event::OutboundFailure { peer, error, request_id, .. } => {
+                self.pending.remove(&request_id);
+                self.metrics.drop_reason("sync_request_failed");
+                debug!(%peer, %error, "sync request failed");
+                None
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                self.metrics.drop_reason("sync_inbound_failed");
+                debug!(%peer, %error, "sync inbound failure");
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+fn behaviour(key: &Keypair, mdns_on: bool) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer = key.public().to_peer_id();
+    let gossip_cfg = gossipsub::ConfigBuilder::default()
+        .validation_mode(ValidationMode::Strict)
+        .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
+        .max_transmit_size(MAX_GOSSIP_BYTES + 4096)
+        .heartbeat_interval(Duration::from_millis(700))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+    let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
+    let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+    kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(4))
+                .with_max_established(Some(1024))
+                .with_max_pending_incoming(Some(256)),
+        ),
+        identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
+        ping: ping::Behaviour::new(ping::Config::new()),
+        mdns: mdns.into(),
+        kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_cfg),
+        gossipsub,
+        sync: request_response::Behaviour::with_codec(
+            SyncCodec,
+            [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        ),
+    })
+}
