@@ -535,6 +535,7 @@ impl Owner {
                 for r in batch.replies {
                     r(Ok(()));
                 }
+                self.publish(batch.publish);
                 for e in batch.effects {
                     self.effect(e);
                 }
@@ -570,10 +571,19 @@ impl Owner {
             .await
             .map_err(|_| NodeError::Stopped)?;
         result?;
+        self.publish(batch.publish);
         for e in batch.effects {
             self.effect(e);
         }
         Ok(())
+    }
+
+    /// Spreads committed local changes by gossip.
+    fn publish(&mut self, deltas: Vec<Delta>) {
+        if !deltas.is_empty() {
+            self.net
+                .publish(wire::gossip_chunks(deltas, wire::MAX_GOSSIP_BYTES));
+        }
     }
 
     fn exec_done(&mut self, id: TaskId, fence: Fence, outcome: Option<Outcome>) {
