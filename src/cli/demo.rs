@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 /// `shoal demo` options.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How many nodes (federation across nodes arrives with the libp2p layer; until then 1).
-    #[arg(long, default_value_t = 1)]
+    /// How many nodes (1 to 20).
+    #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Where the nodes keep their data (default: a fresh temporary directory, removed at the end).
     #[arg(long)]
@@ -28,6 +28,7 @@ struct DemoNode {
     child: Child,
     api: String,
     id: String,
+    p2p: String,
 }
 
 impl Drop for DemoNode {
@@ -37,7 +38,12 @@ impl Drop for DemoNode {
     }
 }
 
-fn spawn_node(dir: &Path, i: usize) -> Result<DemoNode, CliError> {
+fn spawn_node(
+    dir: &Path,
+    i: usize,
+    secret: &str,
+    bootstrap: Option<&str>,
+) -> Result<DemoNode, CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::failed(format!("cannot find the shoal binary: {e}")))?;
     let data = dir.join(format!("node-{i}"));
@@ -68,8 +74,14 @@ fn spawn_node(dir: &Path, i: usize) -> Result<DemoNode, CliError> {
             "--capacity",
             "4",
         ])
+        .args(
+            bootstrap
+                .map(|b| vec!["--bootstrap", b])
+                .unwrap_or_default(),
+        )
         .arg("--data-dir")
         .arg(&data)
+        .env("SHOAL_SECRET", secret)
         .env_remove("SHOAL_API")
         .env_remove("SHOAL_CONFIG")
         .stdout(Stdio::piped())
@@ -100,7 +112,18 @@ fn spawn_node(dir: &Path, i: usize) -> Result<DemoNode, CliError> {
         .ok_or_else(|| CliError::failed(format!("unexpected ready line: {line}")))?
         .to_owned();
     let id = line.split_whitespace().nth(2).unwrap_or("?").to_owned();
-    Ok(DemoNode { child, api, id })
+    let p2p = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("p2p="))
+        .and_then(|p| p.split(',').next())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(DemoNode {
+        child,
+        api,
+        id,
+        p2p,
+    })
 }
 
 fn wait_task(c: &Client, id: &str) -> Result<Value, CliError> {
@@ -121,11 +144,10 @@ fn wait_task(c: &Client, id: &str) -> Result<Value, CliError> {
 
 /// `shoal demo`.
 pub fn demo(args: &DemoArgs) -> Result<(), CliError> {
-    if args.nodes != 1 {
-        return Err(CliError::usage(
-            "this build runs single-node demos only (--nodes 1): federation between nodes is not built yet",
-        ));
+    if !(1..=20).contains(&args.nodes) {
+        return Err(CliError::usage("--nodes must be between 1 and 20"));
     }
+    let secret = hex::encode(rand::random::<[u8; 32]>());
     let temp;
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -146,12 +168,17 @@ pub fn demo(args: &DemoArgs) -> Result<(), CliError> {
     );
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
-        let n = spawn_node(&dir, i)?;
+        let boot = nodes.first().map(|n: &DemoNode| n.p2p.clone());
+        let n = spawn_node(&dir, i, &secret, boot.as_deref())?;
         println!("   node {i}: {}  api {}  dashboard {}/", n.id, n.api, n.api);
         nodes.push(n);
     }
-    let c = Client::new(&nodes[0].api, None)?;
-    tour(&c)?;
+    let clients = nodes
+        .iter()
+        .map(|n| Client::new(&n.api, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    federate(&clients)?;
+    tour(&clients)?;
     if !args.exit {
         println!(
             "\nThe node keeps running: open the dashboard above, or try `shoal --api {} status`.",
@@ -176,38 +203,102 @@ pub fn demo(args: &DemoArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn tour(c: &Client) -> Result<(), CliError> {
-    println!("\n== knowledge: write, read, and a multi-value namespace");
-    let put = c.call(
+fn poll<T>(what: &str, mut f: impl FnMut() -> Result<Option<T>, CliError>) -> Result<T, CliError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::failed(format!("timed out waiting for {what}")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until every node sees every other as alive.
+fn federate(clients: &[Client]) -> Result<(), CliError> {
+    let n = clients.len();
+    let t0 = Instant::now();
+    for c in clients {
+        poll("the federation to form", || {
+            let v = c.call("GET", "/v1/nodes?status=alive", None)?;
+            Ok((v["count"].as_u64() == Some(n as u64)).then_some(()))
+        })?;
+    }
+    println!(
+        "\n== federation: {n} node(s) see each other alive after {:?}",
+        t0.elapsed()
+    );
+    Ok(())
+}
+
+fn short_id(v: &Value) -> String {
+    v.as_str()
+        .map(|n| n[n.len().saturating_sub(8)..].to_owned())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn tour(clients: &[Client]) -> Result<(), CliError> {
+    let c = &clients[0];
+    let last = &clients[clients.len() - 1];
+    println!(
+        "\n== knowledge: written on node 1, read on node {}",
+        clients.len()
+    );
+    c.call(
         "PUT",
         "/v1/kv/notes/hello",
         Some(&json!({"text": "shoal says hi"})),
     )?;
-    println!("   put notes/hello -> version {}", put["version"]);
-    let got = c.call("GET", "/v1/kv/notes/hello", None)?;
-    println!("   get notes/hello -> {}", got["value"]);
+    let t0 = Instant::now();
+    let got = poll("the write to reach the last node", || {
+        match last.call("GET", "/v1/kv/notes/hello", None) {
+            Ok(v) => Ok(Some(v)),
+            Err(_) => Ok(None),
+        }
+    })?;
+    println!(
+        "   node {} reads notes/hello = {} (after {:?})",
+        clients.len(),
+        got["value"],
+        t0.elapsed()
+    );
     c.call("PUT", "/v1/kv/tags", Some(&json!({"policy": "set"})))?;
     c.call("PUT", "/v1/kv/tags/colors", Some(&json!(["red"])))?;
-    let set = c.call("PUT", "/v1/kv/tags/colors", Some(&json!("blue")))?;
-    println!("   set namespace tags/colors -> {}", set["value"]);
+    poll("the set policy to reach the last node", || {
+        let v = last.call("GET", "/v1/kv/tags", None)?;
+        Ok((v["policy"] == "set" && v["count"] == 1).then_some(()))
+    })?;
+    last.call("PUT", "/v1/kv/tags/colors", Some(&json!("blue")))?;
+    let set = poll("the union on node 1", || {
+        let v = c.call("GET", "/v1/kv/tags/colors", None)?;
+        Ok((v["siblings"].as_array().map(|a| a.len()) == Some(2)).then_some(v))
+    })?;
+    println!(
+        "   set namespace: red added on node 1, blue on node {} -> {}",
+        clients.len(),
+        set["value"]
+    );
 
-    println!("\n== tasks: submit, run by handlers, results");
+    println!("\n== tasks: submitted on node 1, spread round-robin over the federation");
+    c.call(
+        "PUT",
+        "/v1/balance",
+        Some(&json!({"strategy": "round_robin"})),
+    )?;
     let mut ids = Vec::new();
-    for (cap, payload) in [
-        ("echo", json!({"n": 1})),
-        ("upper", json!("make me loud")),
-        ("echo", json!({"n": 3})),
-    ] {
+    for i in 0..(2 * clients.len()).max(3) {
+        let (cap, payload) = if i % 2 == 0 {
+            ("echo", json!({"n": i}))
+        } else {
+            ("upper", json!("make me loud"))
+        };
         let t = c.call(
             "POST",
             "/v1/tasks",
             Some(&json!({"capability": cap, "payload": payload})),
         )?;
-        println!(
-            "   submitted {} ({cap}) -> {}",
-            t["id"].as_str().unwrap_or("?"),
-            t["status"]
-        );
         ids.push(t["id"].as_str().unwrap_or_default().to_owned());
     }
     for id in &ids {
@@ -215,10 +306,7 @@ fn tour(c: &Client) -> Result<(), CliError> {
         println!(
             "   {id}: {} on {} -> {}",
             t["status"],
-            t["node"]
-                .as_str()
-                .map(|n| &n[n.len().saturating_sub(8)..])
-                .unwrap_or("-"),
+            short_id(&t["node"]),
             t["result"]
         );
     }
@@ -243,12 +331,19 @@ fn tour(c: &Client) -> Result<(), CliError> {
         waiting["reason"].as_str().unwrap_or("")
     );
 
-    println!("\n== cluster");
-    let stats = c.call("GET", "/v1/cluster/stats", None)?;
-    println!("   tasks by status: {}", stats["tasks"]["by_status"]);
-    println!(
-        "   convergence digest: {}",
-        stats["digest"].as_str().unwrap_or("?")
-    );
+    println!("\n== convergence: every node's digest of tasks and knowledge");
+    let digests = poll("digests to agree", || {
+        let d: Vec<String> = clients
+            .iter()
+            .map(|c| {
+                c.call("GET", "/v1/cluster/stats", None)
+                    .map(|s| s["digest"].as_str().unwrap_or("").to_owned())
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(d.windows(2).all(|w| w[0] == w[1]).then_some(d))
+    })?;
+    for (i, d) in digests.iter().enumerate() {
+        println!("   node {}: {}", i + 1, &d[..16]);
+    }
     Ok(())
 }

@@ -27,7 +27,11 @@ pub struct FailureConfig {
 impl Default for FailureConfig {
     /// The `fast` profile.
     fn default() -> Self {
-        FailureConfig { heartbeat_interval_ms: 500, suspect_after_missed: 3, removed_after_ms: 10_000 }
+        FailureConfig {
+            heartbeat_interval_ms: 500,
+            suspect_after_missed: 3,
+            removed_after_ms: 10_000,
+        }
     }
 }
 
@@ -54,7 +58,11 @@ impl Detector {
     /// A detector that heard from the node at `now`, expecting heartbeats
     /// every `expected_ms` until it has observed real intervals.
     pub fn new(now: Millis, expected_ms: u64) -> Self {
-        Detector { last: now, intervals: std::collections::VecDeque::new(), expected_ms: expected_ms.max(1) }
+        Detector {
+            last: now,
+            intervals: std::collections::VecDeque::new(),
+            expected_ms: expected_ms.max(1),
+        }
     }
 
     /// Records a heartbeat at `now`.
@@ -87,7 +95,12 @@ impl Detector {
     }
 
     /// The verdict at `now`.
-    pub fn verdict(&self, now: Millis, suspect_after_missed: u32, removed_after_ms: u64) -> Verdict {
+    pub fn verdict(
+        &self,
+        now: Millis,
+        suspect_after_missed: u32,
+        removed_after_ms: u64,
+    ) -> Verdict {
         if now.since(self.last) >= removed_after_ms {
             Verdict::Dead
         } else if self.phi(now) >= suspect_after_missed as f64 * LOG10_E {

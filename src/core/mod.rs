@@ -7,9 +7,9 @@
 
 pub mod canon;
 pub mod engine;
-pub mod failure;
 pub mod error;
 pub mod event;
+pub mod failure;
 pub mod ids;
 pub mod knowledge;
 pub mod member;

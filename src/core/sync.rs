@@ -50,7 +50,18 @@ fn delta_digest(d: &Delta) -> blake3::Hash {
             let r = m.record();
             let mut h = blake3::Hasher::new();
             canon::hash_value(&mut h, id);
-            canon::hash_value(&mut h, &(m.marker().incarnation, r.status, &r.name, &r.addrs, &r.capabilities, &r.tags, r.capacity));
+            canon::hash_value(
+                &mut h,
+                &(
+                    m.marker().incarnation,
+                    r.status,
+                    &r.name,
+                    &r.addrs,
+                    &r.capabilities,
+                    &r.tags,
+                    r.capacity,
+                ),
+            );
             h.finalize()
         }
         Delta::Policy { .. } => {
@@ -103,7 +114,11 @@ pub fn entries_in(state: &ReplicatedState, buckets: &[u16]) -> Vec<Delta> {
             *w = true;
         }
     }
-    state.deltas().into_iter().filter(|d| wanted[delta_bucket(d)]).collect()
+    state
+        .deltas()
+        .into_iter()
+        .filter(|d| wanted[delta_bucket(d)])
+        .collect()
 }
 
 #[cfg(test)]
@@ -115,7 +130,11 @@ mod tests {
     fn kv(state: &mut ReplicatedState, key: &str, v: &str, node: &str) {
         let mut e = KvEntry::default();
         e.put(Policy::Lww, v.into(), &NodeId::from(node), Millis(1), 1);
-        state.apply(Delta::Kv { ns: "n".into(), key: key.into(), entry: e });
+        state.apply(Delta::Kv {
+            ns: "n".into(),
+            key: key.into(),
+            entry: e,
+        });
     }
 
     #[test]

@@ -68,7 +68,9 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], limit: usize) -> Res
         return Err(WireError::TooLarge(bytes.len()));
     }
     match bytes.split_first() {
-        Some((&WIRE_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| WireError::Malformed(e.to_string())),
+        Some((&WIRE_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| WireError::Malformed(e.to_string()))
+        }
         Some((v, _)) => Err(WireError::Version(Some(*v))),
         None => Err(WireError::Version(None)),
     }
@@ -101,10 +103,22 @@ mod tests {
 
     #[test]
     fn bad_messages_are_refused() {
-        assert_eq!(decode::<SyncRequest>(&[], 10).unwrap_err(), WireError::Version(None));
-        assert_eq!(decode::<SyncRequest>(&[9, 0], 10).unwrap_err(), WireError::Version(Some(9)));
-        assert!(matches!(decode::<SyncRequest>(&[1, 77], 10), Err(WireError::Malformed(_))));
-        assert_eq!(decode::<SyncRequest>(&[1; 11], 10).unwrap_err(), WireError::TooLarge(11));
+        assert_eq!(
+            decode::<SyncRequest>(&[], 10).unwrap_err(),
+            WireError::Version(None)
+        );
+        assert_eq!(
+            decode::<SyncRequest>(&[9, 0], 10).unwrap_err(),
+            WireError::Version(Some(9))
+        );
+        assert!(matches!(
+            decode::<SyncRequest>(&[1, 77], 10),
+            Err(WireError::Malformed(_))
+        ));
+        assert_eq!(
+            decode::<SyncRequest>(&[1; 11], 10).unwrap_err(),
+            WireError::TooLarge(11)
+        );
     }
 
     proptest! {

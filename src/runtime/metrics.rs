@@ -143,11 +143,27 @@ impl Default for Metrics {
         registry.register("tasks", "Tasks by status", m.tasks.clone());
         registry.register("members", "Members by status", m.members.clone());
         registry.register("kv_entries", "Knowledge entries", m.kv_entries.clone());
-        registry.register("network_events", "Network events by kind", m.network.clone());
-        registry.register("dropped", "Messages and connections dropped, by reason", m.dropped.clone());
+        registry.register(
+            "network_events",
+            "Network events by kind",
+            m.network.clone(),
+        );
+        registry.register(
+            "dropped",
+            "Messages and connections dropped, by reason",
+            m.dropped.clone(),
+        );
         registry.register("peers", "Connected peers", m.peers.clone());
-        registry.register("sync_entries", "Entries merged from peers by state sync", m.sync_entries.clone());
-        registry.register("divergences_repaired", "Divergences from a peer found by anti-entropy and repaired", m.divergences.clone());
+        registry.register(
+            "sync_entries",
+            "Entries merged from peers by state sync",
+            m.sync_entries.clone(),
+        );
+        registry.register(
+            "divergences_repaired",
+            "Divergences from a peer found by anti-entropy and repaired",
+            m.divergences.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

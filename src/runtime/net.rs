@@ -23,7 +23,10 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{connection_limits, identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm, Transport};
+use libp2p::{
+    connection_limits, identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
+    StreamProtocol, Swarm, Transport,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,14 +47,20 @@ async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> std::io
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_SYNC_BYTES {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("sync frame of {len} bytes is over the limit")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("sync frame of {len} bytes is over the limit"),
+        ));
     }
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
     Ok(buf)
 }
 
-async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(io: &mut T, bytes: Vec<u8>) -> std::io::Result<()> {
+async fn write_frame<T: futures::AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    bytes: Vec<u8>,
+) -> std::io::Result<()> {
     let len = u32::try_from(bytes.len()).map_err(|_| std::io::Error::other("frame too large"))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(&bytes).await?;
@@ -63,16 +72,34 @@ impl request_response::Codec for SyncCodec {
     type Request = Vec<u8>;
     type Response = Vec<u8>;
 
-    async fn read_request<T: futures::AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>> {
+    async fn read_request<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
         read_frame(io).await
     }
-    async fn read_response<T: futures::AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> std::io::Result<Vec<u8>> {
+    async fn read_response<T: futures::AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<Vec<u8>> {
         read_frame(io).await
     }
-    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>) -> std::io::Result<()> {
+    async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Vec<u8>,
+    ) -> std::io::Result<()> {
         write_frame(io, req).await
     }
-    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, res: Vec<u8>) -> std::io::Result<()> {
+    async fn write_response<T: futures::AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Vec<u8>,
+    ) -> std::io::Result<()> {
         write_frame(io, res).await
     }
 }
@@ -178,15 +205,24 @@ impl Net {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
             .build();
         let topic = IdentTopic::new(STATE_TOPIC);
-        swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(err)?;
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(err)?;
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
         for addr in listen {
-            let addr: Multiaddr = addr.parse().map_err(|e| NetError(format!("listen address `{addr}`: {e}")))?;
+            let addr: Multiaddr = addr
+                .parse()
+                .map_err(|e| NetError(format!("listen address `{addr}`: {e}")))?;
             swarm.listen_on(addr).map_err(err)?;
         }
         let mut parsed = Vec::new();
         for addr in bootstrap {
-            parsed.push(addr.parse::<Multiaddr>().map_err(|e| NetError(format!("bootstrap address `{addr}`: {e}")))?);
+            parsed.push(
+                addr.parse::<Multiaddr>()
+                    .map_err(|e| NetError(format!("bootstrap address `{addr}`: {e}")))?,
+            );
         }
         let mut net = Net {
             swarm,
@@ -222,7 +258,10 @@ impl Net {
     /// Our listen addresses, with `/p2p/ID`.
     pub fn listen_addrs(&self) -> Vec<String> {
         let me = *self.swarm.local_peer_id();
-        self.swarm.listeners().map(|a| a.clone().with(Protocol::P2p(me)).to_string()).collect()
+        self.swarm
+            .listeners()
+            .map(|a| a.clone().with(Protocol::P2p(me)).to_string())
+            .collect()
     }
 
     /// Dials the bootstrap addresses (again).
@@ -232,7 +271,10 @@ impl Net {
                 if self.swarm.is_connected(&peer) {
                     continue;
                 }
-                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
             }
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 debug!(%addr, error = %e, "dial failed");
@@ -243,7 +285,9 @@ impl Net {
     /// Dials known member addresses we are not connected to.
     pub fn dial_known(&mut self, addrs: &[String]) {
         for a in addrs {
-            let Ok(addr) = a.parse::<Multiaddr>() else { continue };
+            let Ok(addr) = a.parse::<Multiaddr>() else {
+                continue;
+            };
             if let Some(Protocol::P2p(peer)) = addr.iter().last() {
                 if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
                     continue;
@@ -261,7 +305,12 @@ impl Net {
     /// Publishes encoded gossip messages; failures are counted, never silent.
     pub fn publish(&mut self, messages: Vec<Vec<u8>>) {
         for m in messages {
-            match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), m) {
+            match self
+                .swarm
+                .behaviour_mut()
+                .gossipsub
+                .publish(self.topic.clone(), m)
+            {
                 Ok(_) => self.metrics.net("gossip_published"),
                 Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                     // Nobody to tell yet: anti-entropy delivers it when peers come.
@@ -285,7 +334,13 @@ impl Net {
 
     /// Answers a sync request.
     pub fn respond(&mut self, channel: ResponseChannel<Vec<u8>>, data: Vec<u8>) {
-        if self.swarm.behaviour_mut().sync.send_response(channel, data).is_err() {
+        if self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_response(channel, data)
+            .is_err()
+        {
             self.metrics.drop_reason("sync_response_undeliverable");
         }
     }
@@ -305,7 +360,10 @@ impl Net {
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
                     if !self.swarm.is_connected(&peer) {
                         debug!(%peer, %addr, "discovered by mDNS");
                         let _ = self.swarm.dial(addr);
@@ -313,28 +371,48 @@ impl Net {
                 }
                 None
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
                 None
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, ..
+            })) => {
                 if !self.swarm.is_connected(&peer) {
                     let _ = self.swarm.dial(peer);
                 }
                 None
             }
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
-                self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                endpoint,
+                ..
+            } => {
+                self.metrics
+                    .peers
+                    .set(self.swarm.connected_peers().count() as i64);
                 if num_established.get() == 1 {
                     info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     return Some(NetEvent::Connected(peer_id));
                 }
                 None
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
-                self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                self.metrics
+                    .peers
+                    .set(self.swarm.connected_peers().count() as i64);
                 if num_established == 0 {
                     info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
                 }
@@ -348,7 +426,11 @@ impl Net {
                 ));
                 None
             }
-            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
                 self.metrics.drop_reason("connection_refused");
                 self.warn_once(&format!("in:{send_back_addr}"), format!(
                     "incoming connection from {send_back_addr} refused: {error} (wrong cluster secret?)"
@@ -371,12 +453,21 @@ impl Net {
                     self.metrics.drop_reason("gossip_too_large");
                     return None;
                 }
-                Some(NetEvent::Gossip { source: message.source, data: message.data })
+                Some(NetEvent::Gossip {
+                    source: message.source,
+                    data: message.data,
+                })
             }
-            gossipsub::Event::SlowPeer { peer_id, failed_messages } => {
+            gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            } => {
                 let n = failed_messages.priority + failed_messages.non_priority;
                 self.metrics.drop_reason_n("gossip_slow_peer", n as u64);
-                self.warn_once(&format!("slow:{peer_id}"), format!("peer {peer_id} is too slow: {n} gossip messages dropped for it"));
+                self.warn_once(
+                    &format!("slow:{peer_id}"),
+                    format!("peer {peer_id} is too slow: {n} gossip messages dropped for it"),
+                );
                 None
             }
             gossipsub::Event::Subscribed { .. } => {
@@ -388,7 +479,10 @@ impl Net {
                 None
             }
             gossipsub::Event::GossipsubNotSupported { peer_id } => {
-                self.warn_once(&format!("nogossip:{peer_id}"), format!("peer {peer_id} does not speak gossipsub"));
+                self.warn_once(
+                    &format!("nogossip:{peer_id}"),
+                    format!("peer {peer_id} does not speak gossipsub"),
+                );
                 None
             }
         }
@@ -397,15 +491,30 @@ impl Net {
     fn on_sync(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) -> Option<NetEvent> {
         match e {
             request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    Some(NetEvent::SyncRequest { peer, data: request, channel })
-                }
-                request_response::Message::Response { request_id, response } => {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => Some(NetEvent::SyncRequest {
+                    peer,
+                    data: request,
+                    channel,
+                }),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
                     self.pending.remove(&request_id);
-                    Some(NetEvent::SyncResponse { peer, data: response })
+                    Some(NetEvent::SyncResponse {
+                        peer,
+                        data: response,
+                    })
                 }
             },
-            request_response::Event::OutboundFailure { peer, error, request_id, .. } => {
+            request_response::Event::OutboundFailure {
+                peer,
+                error,
+                request_id,
+                ..
+            } => {
                 self.pending.remove(&request_id);
                 self.metrics.drop_reason("sync_request_failed");
                 debug!(%peer, %error, "sync request failed");
@@ -421,17 +530,27 @@ impl Net {
     }
 }
 
-fn behaviour(key: &Keypair, mdns_on: bool) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+fn behaviour(
+    key: &Keypair,
+    mdns_on: bool,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer = key.public().to_peer_id();
     let gossip_cfg = gossipsub::ConfigBuilder::default()
         .validation_mode(ValidationMode::Strict)
-        .message_id_fn(|m: &gossipsub::Message| gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+        })
         .max_transmit_size(MAX_GOSSIP_BYTES + 4096)
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| e.to_string())?;
-    let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
-    let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?) } else { None };
+    let gossipsub =
+        gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+    let mdns = if mdns_on {
+        Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
+    } else {
+        None
+    };
     let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
     kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
     Ok(Behaviour {
@@ -441,7 +560,10 @@ fn behaviour(key: &Keypair, mdns_on: bool) -> Result<Behaviour, Box<dyn std::err
                 .with_max_established(Some(1024))
                 .with_max_pending_incoming(Some(256)),
         ),
-        identify: identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())),
+        identify: identify::Behaviour::new(identify::Config::new(
+            IDENTIFY_PROTOCOL.into(),
+            key.public(),
+        )),
         ping: ping::Behaviour::new(ping::Config::new()),
         mdns: mdns.into(),
         kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_cfg),

@@ -13,20 +13,20 @@ use crate::core::engine::{Claimed, Outcome, StartTask};
 use crate::core::event::{AuditRecord, Event};
 use crate::core::ids::{Fence, Millis, NodeId, TaskId};
 use crate::core::member::{MemberRecord, MemberStatus};
+use crate::core::state::Delta;
 use crate::core::sync;
 use crate::core::wire::{self, Gossip, SyncRequest, SyncResponse};
-use crate::runtime::net::{Net, NetEvent};
-use futures::StreamExt;
-use libp2p::PeerId;
-use std::collections::HashSet;
-use crate::core::state::Delta;
 use crate::core::{Engine, EngineConfig, EngineError, Output};
 use crate::runtime::executor::{self, Handler, Handlers};
 use crate::runtime::identity::{self, ClusterSecret, IdentityError};
 use crate::runtime::metrics::Metrics;
+use crate::runtime::net::{Net, NetEvent};
 use crate::runtime::store::{Store, StoreError};
 use crate::runtime::sysload;
+use futures::StreamExt;
+use libp2p::PeerId;
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -245,7 +245,14 @@ impl Node {
             .map_err(|_| NodeError::Stopped)??;
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::default());
-        let mut net = Net::new(&key, &secret, &cfg.listen, &cfg.bootstrap, cfg.mdns, metrics.clone())?;
+        let mut net = Net::new(
+            &key,
+            &secret,
+            &cfg.listen,
+            &cfg.bootstrap,
+            cfg.mdns,
+            metrics.clone(),
+        )?;
         let p2p_addrs = net.wait_listening(Duration::from_secs(10)).await;
         let mut handlers: Handlers = cfg
             .handlers
@@ -403,7 +410,8 @@ impl Owner {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut load = tokio::time::interval(Duration::from_millis(hb));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut entropy = tokio::time::interval(Duration::from_millis((hb * 4).clamp(1_000, 30_000)));
+        let mut entropy =
+            tokio::time::interval(Duration::from_millis((hb * 4).clamp(1_000, 30_000)));
         let mut redial = tokio::time::interval(Duration::from_secs(2));
         let mut redial_backoff = 1u32;
         let mut redial_skip = 0u32;
@@ -618,7 +626,9 @@ impl Owner {
         }
         // Give the departure and the handed-back tasks a moment on the wire.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while let Ok(ev) = tokio::time::timeout_at(deadline, self.net.swarm.select_next_some()).await {
+        while let Ok(ev) =
+            tokio::time::timeout_at(deadline, self.net.swarm.select_next_some()).await
+        {
             let _ = self.net.handle(ev);
         }
     }
@@ -626,21 +636,29 @@ impl Owner {
     /// Acts on what the network reported.
     fn on_net(&mut self, event: NetEvent) {
         match event {
-            NetEvent::Gossip { data, source } => match wire::decode::<Gossip>(&data, wire::MAX_GOSSIP_BYTES) {
-                Ok(Gossip::Deltas(deltas)) => {
-                    let t = now();
-                    for d in deltas {
-                        self.engine.apply_remote(t, d);
+            NetEvent::Gossip { data, source } => {
+                match wire::decode::<Gossip>(&data, wire::MAX_GOSSIP_BYTES) {
+                    Ok(Gossip::Deltas(deltas)) => {
+                        let t = now();
+                        for d in deltas {
+                            self.engine.apply_remote(t, d);
+                        }
+                    }
+                    Err(e) => {
+                        self.handle.metrics.drop_reason("gossip_malformed");
+                        warn!(peer = ?source, error = %e, "dropped a malformed gossip message");
                     }
                 }
-                Err(e) => {
-                    self.handle.metrics.drop_reason("gossip_malformed");
-                    warn!(peer = ?source, error = %e, "dropped a malformed gossip message");
-                }
-            },
-            NetEvent::SyncRequest { peer, data, channel } => {
+            }
+            NetEvent::SyncRequest {
+                peer,
+                data,
+                channel,
+            } => {
                 let answer = match wire::decode::<SyncRequest>(&data, wire::MAX_SYNC_BYTES) {
-                    Ok(SyncRequest::Summary) => SyncResponse::Summary(sync::summary(self.engine.state())),
+                    Ok(SyncRequest::Summary) => {
+                        SyncResponse::Summary(sync::summary(self.engine.state()))
+                    }
                     Ok(SyncRequest::Pull(buckets)) => {
                         SyncResponse::Deltas(fit(sync::entries_in(self.engine.state(), &buckets)))
                     }
@@ -672,11 +690,15 @@ impl Owner {
                     self.handle.metrics.divergences.inc();
                     let _ = self.handle.events.send(Event::Alert {
                         kind: "divergence_repaired".into(),
-                        message: format!("{} state bucket(s) differed from peer {peer}; pulling them", diff.len()),
+                        message: format!(
+                            "{} state bucket(s) differed from peer {peer}; pulling them",
+                            diff.len()
+                        ),
                     });
                 }
                 debug!(%peer, buckets = diff.len(), "pulling differing buckets");
-                self.net.request(peer, wire::encode(&SyncRequest::Pull(diff)));
+                self.net
+                    .request(peer, wire::encode(&SyncRequest::Pull(diff)));
             }
             Ok(SyncResponse::Deltas(deltas)) => {
                 self.handle.metrics.sync_entries.inc_by(deltas.len() as u64);
@@ -717,7 +739,13 @@ impl Owner {
             .state()
             .members
             .iter()
-            .filter(|(id, m)| **id != me && matches!(m.record().status, MemberStatus::Alive | MemberStatus::Draining))
+            .filter(|(id, m)| {
+                **id != me
+                    && matches!(
+                        m.record().status,
+                        MemberStatus::Alive | MemberStatus::Draining
+                    )
+            })
             .flat_map(|(_, m)| m.record().addrs.clone())
             .collect();
         self.net.dial_known(&addrs);

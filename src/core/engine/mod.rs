@@ -196,9 +196,11 @@ impl Engine {
     /// Marks this node as draining: it takes no new tasks and finishes what
     /// it has.
     pub fn drain(&mut self, now: Millis, node: &NodeId) -> Result<(), crate::core::EngineError> {
-        let mut entry = self.state.members.get(node).cloned().ok_or_else(|| crate::core::EngineError::NotFound {
-            what: "node",
-            id: node.to_string(),
+        let mut entry = self.state.members.get(node).cloned().ok_or_else(|| {
+            crate::core::EngineError::NotFound {
+                what: "node",
+                id: node.to_string(),
+            }
         })?;
         let mut record = entry.record().clone();
         match record.status {
@@ -314,7 +316,10 @@ impl Engine {
                 let before = merged.marker().clone();
                 let history = merged.history().len();
                 merged.merge(entry);
-                if merged.marker() == &before && merged.history().len() == history && self.state.tasks.contains_key(&id) {
+                if merged.marker() == &before
+                    && merged.history().len() == history
+                    && self.state.tasks.contains_key(&id)
+                {
                     return;
                 }
                 self.emit(Output::Merged(Delta::Task(id.clone(), merged.clone())));
@@ -363,10 +368,17 @@ impl Engine {
                 }
                 if !known {
                     self.emit(Output::Event(Event::MemberJoined { node: id.clone() }));
-                } else if before.as_ref().is_some_and(|b| b.incarnation < merged.marker().incarnation) {
+                } else if before
+                    .as_ref()
+                    .is_some_and(|b| b.incarnation < merged.marker().incarnation)
+                {
                     self.emit(Output::Event(Event::MemberRecovered { node: id.clone() }));
                 }
-                if rec.status == MemberStatus::Draining && before.as_ref().is_some_and(|b| b.status == MemberStatus::Alive) {
+                if rec.status == MemberStatus::Draining
+                    && before
+                        .as_ref()
+                        .is_some_and(|b| b.status == MemberStatus::Alive)
+                {
                     self.emit(Output::Event(Event::MemberDraining { node: id.clone() }));
                 }
             }
@@ -386,7 +398,11 @@ impl Engine {
     /// Another node declared this one dead or departed while it runs: come
     /// back with a higher incarnation, as SWIM does.
     fn refute(&mut self, now: Millis, merged: &MemberEntry) {
-        if !matches!(merged.record().status, MemberStatus::Dead | MemberStatus::Left) || self.leaving {
+        if !matches!(
+            merged.record().status,
+            MemberStatus::Dead | MemberStatus::Left
+        ) || self.leaving
+        {
             return;
         }
         let me = self.cfg.node.clone();
@@ -410,12 +426,19 @@ impl Engine {
             .members
             .iter()
             .filter(|(id, m)| {
-                **id != self.cfg.node && matches!(m.record().status, MemberStatus::Alive | MemberStatus::Draining)
+                **id != self.cfg.node
+                    && matches!(
+                        m.record().status,
+                        MemberStatus::Alive | MemberStatus::Draining
+                    )
             })
             .map(|(id, _)| id.clone())
             .collect();
         for id in watched {
-            let d = self.detectors.entry(id.clone()).or_insert_with(|| Detector::new(now, f.heartbeat_interval_ms));
+            let d = self
+                .detectors
+                .entry(id.clone())
+                .or_insert_with(|| Detector::new(now, f.heartbeat_interval_ms));
             match d.verdict(now, f.suspect_after_missed, f.removed_after_ms) {
                 Verdict::Alive => {
                     if self.suspects.remove(&id) {
@@ -433,9 +456,15 @@ impl Engine {
     }
 
     fn declare_dead(&mut self, now: Millis, id: NodeId) {
-        let Some(mut entry) = self.state.members.get(&id).cloned() else { return };
+        let Some(mut entry) = self.state.members.get(&id).cloned() else {
+            return;
+        };
         let mut record = entry.record().clone();
-        let silent = self.detectors.get(&id).map(|d| now.since(d.last_heard())).unwrap_or(0);
+        let silent = self
+            .detectors
+            .get(&id)
+            .map(|d| now.since(d.last_heard()))
+            .unwrap_or(0);
         record.status = MemberStatus::Dead;
         record.updated_at = now;
         entry.write(record, &self.cfg.node);
@@ -459,7 +488,11 @@ impl Engine {
         if self.suspects.contains(id) {
             return "suspect";
         }
-        self.state.members.get(id).map(|m| m.record().status.as_str()).unwrap_or("dead")
+        self.state
+            .members
+            .get(id)
+            .map(|m| m.record().status.as_str())
+            .unwrap_or("dead")
     }
 
     /// Milliseconds since this node last heard from `id` (0 for itself).
@@ -470,20 +503,32 @@ impl Engine {
         self.detectors
             .get(id)
             .map(|d| now.since(d.last_heard()))
-            .unwrap_or_else(|| self.state.members.get(id).map(|m| now.since(m.record().updated_at)).unwrap_or(0))
+            .unwrap_or_else(|| {
+                self.state
+                    .members
+                    .get(id)
+                    .map(|m| now.since(m.record().updated_at))
+                    .unwrap_or(0)
+            })
     }
 
     /// True when `id` is alive, not draining and not suspected.
     pub(crate) fn can_take_work(&self, id: &NodeId) -> bool {
         !self.suspects.contains(id)
-            && self.state.members.get(id).is_some_and(|m| m.record().status == MemberStatus::Alive)
+            && self
+                .state
+                .members
+                .get(id)
+                .is_some_and(|m| m.record().status == MemberStatus::Alive)
     }
 
     /// Sets this node's p2p addresses in its member record.
     pub fn set_addrs(&mut self, now: Millis, addrs: Vec<String>) {
         self.cfg.record.addrs = addrs.clone();
         let me = self.cfg.node.clone();
-        let Some(mut entry) = self.state.members.get(&me).cloned() else { return };
+        let Some(mut entry) = self.state.members.get(&me).cloned() else {
+            return;
+        };
         let mut record = entry.record().clone();
         record.addrs = addrs;
         record.updated_at = now;
