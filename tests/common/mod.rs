@@ -33,6 +33,7 @@ pub struct Proc {
     pub child: Child,
     pub api: String,
     pub id: String,
+    pub p2p: String,
     pub data_dir: PathBuf,
     pub stderr_path: PathBuf,
 }
@@ -51,6 +52,16 @@ pub fn start(data_dir: &Path, extra: &[&str]) -> Proc {
 
 /// Like [`start`], but returns the stderr text if the process exits first.
 pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Proc, String> {
+    try_start_env(data_dir, extra, &[])
+}
+
+/// Starts a node with extra environment variables (e.g. `SHOAL_SECRET`).
+pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+    try_start_env(data_dir, extra, env).unwrap_or_else(|e| panic!("node did not start: {e}"))
+}
+
+/// Like [`start_env`], but returns the stderr text if the process exits first.
+pub fn try_start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Proc, String> {
     std::fs::create_dir_all(data_dir).unwrap();
     let stderr_path = data_dir.with_extension("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
@@ -69,6 +80,7 @@ pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Proc, String> {
         .env_remove("SHOAL_API")
         .env_remove("SHOAL_SECRET")
         .env("SHOAL_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
@@ -93,10 +105,17 @@ pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Proc, String> {
         .unwrap_or_else(|| panic!("no api in ready line: {line}"))
         .to_owned();
     let id = line.split_whitespace().nth(2).unwrap().to_owned();
+    let p2p = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("p2p="))
+        .and_then(|p| p.split(',').next())
+        .unwrap_or_default()
+        .to_owned();
     Ok(Proc {
         child,
         api,
         id,
+        p2p,
         data_dir: data_dir.to_owned(),
         stderr_path,
     })
@@ -123,6 +142,25 @@ impl Proc {
             assert!(Instant::now() < end, "node did not exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(20)); // poll interval
         }
+    }
+
+    /// The convergence digest.
+    pub fn digest(&self) -> String {
+        self.get("/v1/cluster/stats")["digest"].as_str().unwrap().to_owned()
+    }
+
+    /// How many members this node sees with `status`.
+    pub fn count_status(&self, status: &str) -> u64 {
+        self.get(&format!("/v1/nodes?status={status}"))["count"].as_u64().unwrap()
+    }
+
+    /// A metric's value (0 if absent).
+    pub fn metric(&self, line_prefix: &str) -> f64 {
+        let text = ureq::get(&self.url("/metrics")).call().unwrap().into_string().unwrap();
+        text.lines()
+            .find(|l| l.starts_with(line_prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn url(&self, path: &str) -> String {

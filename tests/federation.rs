@@ -1,0 +1,197 @@
+//! Federations of real processes on loopback, joined by bootstrap addresses.
+
+mod common;
+
+use common::{poll_until, start_env, Proc};
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+const SECRET: &str = "5e0a1f4c3b2d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
+
+fn node(dir: &Path, name: &str, bootstrap: Option<&Proc>, extra: &[&str]) -> Proc {
+    let mut args: Vec<&str> = vec!["--name", name, "--handler", "echo=cat"];
+    if let Some(b) = bootstrap {
+        args.extend(["--bootstrap", b.p2p.as_str()]);
+    }
+    args.extend(extra);
+    start_env(&dir.join(name), &args, &[("SHOAL_SECRET", SECRET)])
+}
+
+fn federation(dir: &Path, n: usize, extra: &[&str]) -> Vec<Proc> {
+    let mut nodes: Vec<Proc> = Vec::new();
+    for i in 0..n {
+        let p = node(dir, &format!("n{i}"), nodes.first(), extra);
+        nodes.push(p);
+    }
+    wait_alive(&nodes, n as u64);
+    nodes
+}
+
+fn wait_alive(nodes: &[Proc], n: u64) {
+    for p in nodes {
+        poll_until(Duration::from_secs(60), &format!("{n} alive members"), || (p.count_status("alive") == n).then_some(()));
+    }
+}
+
+fn wait_converged(nodes: &[&Proc]) -> String {
+    poll_until(Duration::from_secs(60), "digests to agree", || {
+        let d: Vec<String> = nodes.iter().map(|p| p.digest()).collect();
+        d.windows(2).all(|w| w[0] == w[1]).then(|| d[0].clone())
+    })
+}
+
+#[test]
+fn three_nodes_share_knowledge_and_run_each_others_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = federation(dir.path(), 3, &[]);
+    let (a, c) = (&nodes[0], &nodes[2]);
+    a.put("/v1/kv/notes/x", &json!({"text": "from a"}));
+    let v = poll_until(Duration::from_secs(20), "the write on c", || {
+        let (code, v) = c.req("GET", "/v1/kv/notes/x", None);
+        (code == 200).then_some(v)
+    });
+    assert_eq!(v["value"], json!({"text": "from a"}));
+    a.put("/v1/balance", &json!({"strategy": "round_robin"}));
+    poll_until(Duration::from_secs(20), "the strategy on every node", || {
+        nodes.iter().all(|p| p.get("/v1/balance")["strategy"] == "round_robin").then_some(())
+    });
+    let ids: Vec<String> = (0..9)
+        .map(|i| a.post("/v1/tasks", &json!({"capability": "echo", "payload": i}))["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut ran_on = BTreeSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        let t = a.wait_task(id);
+        assert_eq!(t["status"], "succeeded");
+        assert_eq!(t["result"], json!(i));
+        ran_on.insert(t["node"].as_str().unwrap().to_owned());
+    }
+    let all: BTreeSet<String> = nodes.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(ran_on, all, "round robin used every node");
+    wait_converged(&nodes.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn each_task_runs_once_when_every_node_submits() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    let handler = format!("work=echo $SHOAL_TASK_ID >> {}; cat", log.display());
+    let nodes = federation(dir.path(), 3, &["--handler", &handler]);
+    let mut ids = Vec::new();
+    for round in 0..8 {
+        for p in &nodes {
+            let t = p.post("/v1/tasks", &json!({"capability": "work", "payload": round, "strategy": "random"}));
+            ids.push(t["id"].as_str().unwrap().to_owned());
+        }
+    }
+    for id in &ids {
+        poll_until(Duration::from_secs(30), "every task to succeed everywhere", || {
+            nodes.iter().all(|p| p.get(&format!("/v1/tasks/{id}"))["status"] == "succeeded").then_some(())
+        });
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for line in text.lines() {
+        *runs.entry(line.trim()).or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(runs.get(id.as_str()), Some(&1), "task {id} ran {:?} times", runs.get(id.as_str()));
+    }
+}
+
+#[test]
+fn a_late_joiner_gets_the_full_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = federation(dir.path(), 2, &[]);
+    for i in 0..200 {
+        nodes[i % 2].put(&format!("/v1/kv/bulk/k{i}"), &json!(i));
+    }
+    nodes[0].put("/v1/kv/tags", &json!({"policy": "set"}));
+    let t = nodes[1].post("/v1/tasks", &json!({"capability": "echo", "payload": "early"}));
+    nodes[1].wait_task(t["id"].as_str().unwrap());
+    let late = node(dir.path(), "late", Some(&nodes[1]), &[]);
+    let d = wait_converged(&[&nodes[0], &nodes[1], &late]);
+    assert_eq!(late.digest(), d);
+    assert_eq!(late.get("/v1/kv/bulk")["count"], 200);
+    assert_eq!(late.get(&format!("/v1/tasks/{}", t["id"].as_str().unwrap()))["result"], "early");
+    wait_alive(&[late], 3);
+}
+
+#[test]
+fn a_killed_node_restarts_catches_up_and_is_the_same_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = federation(dir.path(), 3, &[]);
+    let c = nodes.pop().unwrap();
+    let c_id = c.id.clone();
+    c.kill9();
+    for i in 0..50 {
+        nodes[0].put(&format!("/v1/kv/while-down/k{i}"), &json!(i));
+    }
+    let c = node(dir.path(), "n2", Some(&nodes[0]), &[]);
+    assert_eq!(c.id, c_id);
+    wait_converged(&[&nodes[0], &nodes[1], &c]);
+    assert_eq!(c.get("/v1/kv/while-down")["count"], 50);
+}
+
+#[test]
+fn a_dead_node_is_declared_dead_everywhere_and_rejoins_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = federation(dir.path(), 3, &[]);
+    let c = nodes.pop().unwrap();
+    let c_id = c.id.clone();
+    let before = nodes[0].get(&format!("/v1/nodes/{c_id}"))["incarnation"].as_u64().unwrap();
+    c.kill9();
+    for p in &nodes {
+        poll_until(Duration::from_secs(40), "the killed node to be declared dead", || {
+            (p.get(&format!("/v1/nodes/{c_id}"))["status"] == "dead").then_some(())
+        });
+    }
+    let audit = nodes[0].get("/v1/audit");
+    let by_any = nodes.iter().any(|p| {
+        p.get("/v1/audit")["records"].as_array().unwrap().iter().any(|r| r["action"] == "node_declared_dead")
+    });
+    assert!(by_any, "a death verdict is audited: {audit}");
+    let c = node(dir.path(), "n2", Some(&nodes[0]), &[]);
+    for p in &nodes {
+        poll_until(Duration::from_secs(30), "the node to be alive again", || {
+            let v = p.get(&format!("/v1/nodes/{c_id}"));
+            (v["status"] == "alive" && v["incarnation"].as_u64().unwrap() > before).then_some(())
+        });
+    }
+    drop(c);
+}
+
+#[test]
+fn a_node_with_another_secret_never_gets_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = federation(dir.path(), 2, &[]);
+    let other = "00".repeat(32);
+    let intruder = start_env(
+        &dir.path().join("intruder"),
+        &["--bootstrap", nodes[0].p2p.as_str(), "--handler", "echo=cat"],
+        &[("SHOAL_SECRET", other.as_str())],
+    );
+    poll_until(Duration::from_secs(30), "the intruder's connection attempts to fail", || {
+        (intruder.metric("shoal_dropped_total{value=\"connection_failed\"}") >= 2.0).then_some(())
+    });
+    assert_eq!(intruder.get("/v1/nodes")["count"], 1, "the intruder learned about members");
+    for p in &nodes {
+        assert_eq!(p.get("/v1/nodes")["count"], 2, "a member learned about the intruder");
+        assert_eq!(p.metric("shoal_peers"), 1.0);
+    }
+    let (code, _) = nodes[0].req("GET", &format!("/v1/nodes/{}", intruder.id), None);
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn ten_nodes_form_one_federation_and_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = federation(dir.path(), 10, &[]);
+    nodes[9].put("/v1/kv/big/hello", &json!("ten"));
+    nodes[4].put("/v1/kv/big/other", &json!(5));
+    wait_converged(&nodes.iter().collect::<Vec<_>>());
+    for p in &nodes {
+        assert_eq!(p.get("/v1/kv/big")["count"], 2);
+    }
+}
