@@ -387,7 +387,8 @@ struct Batch {
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.deltas.is_empty()
+        self.publish.is_empty()
+            && self.deltas.is_empty()
             && self.audit.is_empty()
             && self.replies.is_empty()
             && self.effects.is_empty()
@@ -455,12 +456,14 @@ impl Owner {
             self.collect(&mut next);
             if inflight.is_none() {
                 if let Some(done) = stopping.take() {
-                    if next.is_empty() {
-                        self.leave().await;
-                        let _ = done.send(());
-                        return;
+                    // Commit and answer what is pending, then leave.
+                    let batch = std::mem::take(&mut next);
+                    if let Ok((result, batch)) = self.start_commit(batch).await {
+                        self.finish(result, batch, &mut next).await;
                     }
-                    stopping = Some(done);
+                    self.leave().await;
+                    let _ = done.send(());
+                    return;
                 }
                 if !next.is_empty() {
                     inflight = Some(self.start_commit(std::mem::take(&mut next)));
@@ -505,6 +508,7 @@ impl Owner {
                     next.deltas.push(d);
                 }
                 Output::Merged(d) => next.deltas.push(d),
+                Output::Gossip(d) => next.publish.push(d),
                 Output::Audit(a) => next.audit.push(a),
                 other => next.effects.push(other),
             }
@@ -783,7 +787,7 @@ impl Owner {
                 let _ = self.handle.events.send(e);
             }
             Output::WorkAvailable => self.handle.work.notify_waiters(),
-            Output::Changed(_) | Output::Merged(_) | Output::Audit(_) => {}
+            Output::Changed(_) | Output::Merged(_) | Output::Gossip(_) | Output::Audit(_) => {}
         }
     }
 

@@ -14,7 +14,7 @@ pub use tasks::{Claimed, Outcome, SubmitRequest};
 
 use crate::core::event::{AuditRecord, Event};
 use crate::core::ids::{Fence, Millis, NodeId, TaskId, Term};
-use crate::core::member::{MemberEntry, MemberRecord, MemberStatus};
+use crate::core::member::{MemberEntry, MemberMarker, MemberRecord, MemberStatus};
 use crate::core::placement::Strategy;
 use crate::core::rng::Rng;
 use crate::core::state::{Delta, ReplicatedState};
@@ -49,6 +49,8 @@ pub enum Output {
     /// An entry's new state after merging a remote delta: persist it (no need
     /// to spread it: it came from the network).
     Merged(Delta),
+    /// Spread it, but it need not be durable (heartbeats).
+    Gossip(Delta),
     /// Run a task with a handler.
     Start(StartTask),
     /// Stop a running handler: the task was cancelled, timed out or re-fenced.
@@ -300,7 +302,10 @@ impl Engine {
         record.load.disk = disk;
         record.updated_at = now;
         entry.write(record, &me);
-        self.put_member(me, entry);
+        // A heartbeat: spread, not persisted (load figures are ephemeral, and
+        // a restart announces a new incarnation anyway).
+        self.state.apply(Delta::Member(me.clone(), entry.clone()));
+        self.emit(Output::Gossip(Delta::Member(me, entry)));
     }
 
     /// Merges a delta that came from another node (by gossip or sync).
@@ -351,7 +356,11 @@ impl Engine {
         if before.as_ref() == Some(merged.marker()) {
             return;
         }
-        self.emit(Output::Merged(Delta::Member(id.clone(), merged.clone())));
+        // Persist only what is not a mere heartbeat.
+        let stable = |m: &MemberMarker| (m.incarnation, m.status);
+        if before.as_ref().map(stable) != Some(stable(merged.marker())) || !known {
+            self.emit(Output::Merged(Delta::Member(id.clone(), merged.clone())));
+        }
         if id == self.cfg.node {
             self.refute(now, &merged);
             return;
