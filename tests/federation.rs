@@ -31,7 +31,11 @@ fn federation(dir: &Path, n: usize, extra: &[&str]) -> Vec<Proc> {
 
 fn wait_alive(nodes: &[Proc], n: u64) {
     for p in nodes {
-        poll_until(Duration::from_secs(60), &format!("{n} alive members"), || (p.count_status("alive") == n).then_some(()));
+        poll_until(
+            Duration::from_secs(60),
+            &format!("{n} alive members"),
+            || (p.count_status("alive") == n).then_some(()),
+        );
     }
 }
 
@@ -54,11 +58,23 @@ fn three_nodes_share_knowledge_and_run_each_others_tasks() {
     });
     assert_eq!(v["value"], json!({"text": "from a"}));
     a.put("/v1/balance", &json!({"strategy": "round_robin"}));
-    poll_until(Duration::from_secs(20), "the strategy on every node", || {
-        nodes.iter().all(|p| p.get("/v1/balance")["strategy"] == "round_robin").then_some(())
-    });
+    poll_until(
+        Duration::from_secs(20),
+        "the strategy on every node",
+        || {
+            nodes
+                .iter()
+                .all(|p| p.get("/v1/balance")["strategy"] == "round_robin")
+                .then_some(())
+        },
+    );
     let ids: Vec<String> = (0..9)
-        .map(|i| a.post("/v1/tasks", &json!({"capability": "echo", "payload": i}))["id"].as_str().unwrap().to_owned())
+        .map(|i| {
+            a.post("/v1/tasks", &json!({"capability": "echo", "payload": i}))["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     let mut ran_on = BTreeSet::new();
     for (i, id) in ids.iter().enumerate() {
@@ -81,14 +97,24 @@ fn each_task_runs_once_when_every_node_submits() {
     let mut ids = Vec::new();
     for round in 0..8 {
         for p in &nodes {
-            let t = p.post("/v1/tasks", &json!({"capability": "work", "payload": round, "strategy": "random"}));
+            let t = p.post(
+                "/v1/tasks",
+                &json!({"capability": "work", "payload": round, "strategy": "random"}),
+            );
             ids.push(t["id"].as_str().unwrap().to_owned());
         }
     }
     for id in &ids {
-        poll_until(Duration::from_secs(30), "every task to succeed everywhere", || {
-            nodes.iter().all(|p| p.get(&format!("/v1/tasks/{id}"))["status"] == "succeeded").then_some(())
-        });
+        poll_until(
+            Duration::from_secs(30),
+            "every task to succeed everywhere",
+            || {
+                nodes
+                    .iter()
+                    .all(|p| p.get(&format!("/v1/tasks/{id}"))["status"] == "succeeded")
+                    .then_some(())
+            },
+        );
     }
     let text = std::fs::read_to_string(&log).unwrap();
     let mut runs: HashMap<&str, usize> = HashMap::new();
@@ -96,7 +122,12 @@ fn each_task_runs_once_when_every_node_submits() {
         *runs.entry(line.trim()).or_default() += 1;
     }
     for id in &ids {
-        assert_eq!(runs.get(id.as_str()), Some(&1), "task {id} ran {:?} times", runs.get(id.as_str()));
+        assert_eq!(
+            runs.get(id.as_str()),
+            Some(&1),
+            "task {id} ran {:?} times",
+            runs.get(id.as_str())
+        );
     }
 }
 
@@ -108,13 +139,19 @@ fn a_late_joiner_gets_the_full_state() {
         nodes[i % 2].put(&format!("/v1/kv/bulk/k{i}"), &json!(i));
     }
     nodes[0].put("/v1/kv/tags", &json!({"policy": "set"}));
-    let t = nodes[1].post("/v1/tasks", &json!({"capability": "echo", "payload": "early"}));
+    let t = nodes[1].post(
+        "/v1/tasks",
+        &json!({"capability": "echo", "payload": "early"}),
+    );
     nodes[1].wait_task(t["id"].as_str().unwrap());
     let late = node(dir.path(), "late", Some(&nodes[1]), &[]);
     let d = wait_converged(&[&nodes[0], &nodes[1], &late]);
     assert_eq!(late.digest(), d);
     assert_eq!(late.get("/v1/kv/bulk")["count"], 200);
-    assert_eq!(late.get(&format!("/v1/tasks/{}", t["id"].as_str().unwrap()))["result"], "early");
+    assert_eq!(
+        late.get(&format!("/v1/tasks/{}", t["id"].as_str().unwrap()))["result"],
+        "early"
+    );
     wait_alive(&[late], 3);
 }
 
@@ -140,24 +177,37 @@ fn a_dead_node_is_declared_dead_everywhere_and_rejoins_by_itself() {
     let mut nodes = federation(dir.path(), 3, &[]);
     let c = nodes.pop().unwrap();
     let c_id = c.id.clone();
-    let before = nodes[0].get(&format!("/v1/nodes/{c_id}"))["incarnation"].as_u64().unwrap();
+    let before = nodes[0].get(&format!("/v1/nodes/{c_id}"))["incarnation"]
+        .as_u64()
+        .unwrap();
     c.kill9();
     for p in &nodes {
-        poll_until(Duration::from_secs(40), "the killed node to be declared dead", || {
-            (p.get(&format!("/v1/nodes/{c_id}"))["status"] == "dead").then_some(())
-        });
+        poll_until(
+            Duration::from_secs(40),
+            "the killed node to be declared dead",
+            || (p.get(&format!("/v1/nodes/{c_id}"))["status"] == "dead").then_some(()),
+        );
     }
     let audit = nodes[0].get("/v1/audit");
     let by_any = nodes.iter().any(|p| {
-        p.get("/v1/audit")["records"].as_array().unwrap().iter().any(|r| r["action"] == "node_declared_dead")
+        p.get("/v1/audit")["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "node_declared_dead")
     });
     assert!(by_any, "a death verdict is audited: {audit}");
     let c = node(dir.path(), "n2", Some(&nodes[0]), &[]);
     for p in &nodes {
-        poll_until(Duration::from_secs(30), "the node to be alive again", || {
-            let v = p.get(&format!("/v1/nodes/{c_id}"));
-            (v["status"] == "alive" && v["incarnation"].as_u64().unwrap() > before).then_some(())
-        });
+        poll_until(
+            Duration::from_secs(30),
+            "the node to be alive again",
+            || {
+                let v = p.get(&format!("/v1/nodes/{c_id}"));
+                (v["status"] == "alive" && v["incarnation"].as_u64().unwrap() > before)
+                    .then_some(())
+            },
+        );
     }
     drop(c);
 }
@@ -169,15 +219,33 @@ fn a_node_with_another_secret_never_gets_in() {
     let other = "00".repeat(32);
     let intruder = start_env(
         &dir.path().join("intruder"),
-        &["--bootstrap", nodes[0].p2p.as_str(), "--handler", "echo=cat"],
+        &[
+            "--bootstrap",
+            nodes[0].p2p.as_str(),
+            "--handler",
+            "echo=cat",
+        ],
         &[("SHOAL_SECRET", other.as_str())],
     );
-    poll_until(Duration::from_secs(30), "the intruder's connection attempts to fail", || {
-        (intruder.metric("shoal_dropped_total{value=\"connection_failed\"}") >= 2.0).then_some(())
-    });
-    assert_eq!(intruder.get("/v1/nodes")["count"], 1, "the intruder learned about members");
+    poll_until(
+        Duration::from_secs(30),
+        "the intruder's connection attempts to fail",
+        || {
+            (intruder.metric("shoal_dropped_total{value=\"connection_failed\"}") >= 2.0)
+                .then_some(())
+        },
+    );
+    assert_eq!(
+        intruder.get("/v1/nodes")["count"],
+        1,
+        "the intruder learned about members"
+    );
     for p in &nodes {
-        assert_eq!(p.get("/v1/nodes")["count"], 2, "a member learned about the intruder");
+        assert_eq!(
+            p.get("/v1/nodes")["count"],
+            2,
+            "a member learned about the intruder"
+        );
         assert_eq!(p.metric("shoal_peers"), 1.0);
     }
     let (code, _) = nodes[0].req("GET", &format!("/v1/nodes/{}", intruder.id), None);

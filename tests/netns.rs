@@ -13,7 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 fn sh(args: &[&str]) -> bool {
-    Command::new(args[0]).args(&args[1..]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(args[0])
+        .args(&args[1..])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn must(args: &[&str]) {
@@ -22,7 +26,11 @@ fn must(args: &[&str]) {
 
 /// Whether this machine can run the test; prints the reason when not.
 fn can_run(test: &str) -> bool {
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     if !root {
         eprintln!("SKIPPED {test}: network namespaces need root (CI runs as root)");
         return false;
@@ -43,9 +51,13 @@ struct Lab {
 }
 
 impl Lab {
-    fn new(n: usize) -> Lab {
-        let tag = format!("sh{}", std::process::id() % 100_000);
-        let mut lab = Lab { tag: tag.clone(), hosts: Vec::new(), nodes: Vec::new() };
+    fn new(n: usize, test: u8) -> Lab {
+        let tag = format!("s{}{test}", std::process::id() % 100_000);
+        let mut lab = Lab {
+            tag: tag.clone(),
+            hosts: Vec::new(),
+            nodes: Vec::new(),
+        };
         let br = lab.ns_bridge();
         must(&["ip", "netns", "add", &br]);
         must(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"]);
@@ -57,10 +69,13 @@ impl Lab {
             must(&["ip", "netns", "add", &host]);
             lab.hosts.push(host.clone());
             let (inner, outer) = (format!("{tag}v{i}"), format!("{tag}p{i}"));
-            must(&["ip", "link", "add", &inner, "netns", &host, "type", "veth", "peer", "name", &outer, "netns", &br]);
+            must(&[
+                "ip", "link", "add", &inner, "netns", &host, "type", "veth", "peer", "name",
+                &outer, "netns", &br,
+            ]);
             must(&["ip", "-n", &br, "link", "set", &outer, "master", "br0"]);
             must(&["ip", "-n", &br, "link", "set", &outer, "up"]);
-            let addr = format!("10.231.7.{}/24", i + 1);
+            let addr = format!("10.231.{test}.{}/24", i + 1);
             must(&["ip", "-n", &host, "addr", "add", &addr, "dev", &inner]);
             must(&["ip", "-n", &host, "link", "set", &inner, "up"]);
             must(&["ip", "-n", &host, "link", "set", "lo", "up"]);
@@ -75,14 +90,38 @@ impl Lab {
     /// Moves host `i`'s bridge port to `bridge` (br0 = together, br1 = cut off).
     fn attach(&self, i: usize, bridge: &str) {
         let port = format!("{}p{i}", self.tag);
-        must(&["ip", "-n", &self.ns_bridge(), "link", "set", &port, "master", bridge]);
+        must(&[
+            "ip",
+            "-n",
+            &self.ns_bridge(),
+            "link",
+            "set",
+            &port,
+            "master",
+            bridge,
+        ]);
     }
 
     /// Starts a node on host `i`; returns its API URL (reachable inside the host only).
     fn start(&mut self, i: usize, dir: &std::path::Path, extra: &[&str]) -> String {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i], shoal_bin(), "start", "--profile", "fast"])
-            .args(["--api", "127.0.0.1:7070", "--listen", "/ip4/0.0.0.0/tcp/7000", "--handler", "echo=cat"])
+            .args([
+                "netns",
+                "exec",
+                &self.hosts[i],
+                shoal_bin(),
+                "start",
+                "--profile",
+                "fast",
+            ])
+            .args([
+                "--api",
+                "127.0.0.1:7070",
+                "--listen",
+                "/ip4/0.0.0.0/tcp/7000",
+                "--handler",
+                "echo=cat",
+            ])
             .arg("--data-dir")
             .arg(dir.join(format!("h{i}")))
             .args(extra)
@@ -100,7 +139,11 @@ impl Lab {
             for _ in lines {}
         });
         self.nodes.push(child);
-        let line = rx.recv_timeout(Duration::from_secs(60)).ok().flatten().expect("node ready");
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .ok()
+            .flatten()
+            .expect("node ready");
         assert!(line.contains("ready"), "{line}");
         "http://127.0.0.1:7070".to_owned()
     }
@@ -108,7 +151,15 @@ impl Lab {
     /// Runs the CLI with `--json` inside host `i`.
     fn cli(&self, i: usize, args: &[&str]) -> Value {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i], shoal_bin(), "--api", "http://127.0.0.1:7070", "--json"])
+            .args([
+                "netns",
+                "exec",
+                &self.hosts[i],
+                shoal_bin(),
+                "--api",
+                "http://127.0.0.1:7070",
+                "--json",
+            ])
             .args(args)
             .output()
             .unwrap();
@@ -116,7 +167,10 @@ impl Lab {
     }
 
     fn digest(&self, i: usize) -> String {
-        self.cli(i, &["stats"])["digest"].as_str().unwrap_or("").to_owned()
+        self.cli(i, &["stats"])["digest"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
     }
 }
 
@@ -139,7 +193,7 @@ fn nodes_on_separate_hosts_find_each_other_by_mdns_alone() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut lab = Lab::new(2);
+    let mut lab = Lab::new(2, 1);
     lab.start(0, dir.path(), &[]);
     lab.start(1, dir.path(), &[]);
     for i in 0..2 {
@@ -155,9 +209,13 @@ fn writes_on_both_sides_of_a_cut_converge_after_it_heals() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut lab = Lab::new(3);
+    let mut lab = Lab::new(3, 2);
     for i in 0..3 {
-        lab.start(i, dir.path(), &["--no-mdns", "--bootstrap", "/ip4/10.231.7.1/tcp/7000"]);
+        lab.start(
+            i,
+            dir.path(),
+            &["--no-mdns", "--bootstrap", "/ip4/10.231.2.1/tcp/7000"],
+        );
     }
     for i in 0..3 {
         poll_until(Duration::from_secs(30), "the federation", || {
@@ -166,32 +224,64 @@ fn writes_on_both_sides_of_a_cut_converge_after_it_heals() {
     }
     lab.cli(0, &["kv", "policy", "shared", "mv"]);
     poll_until(Duration::from_secs(20), "the policy everywhere", || {
-        (0..3).all(|i| lab.cli(i, &["kv", "list", "shared"])["policy"] == "mv").then_some(())
+        (0..3)
+            .all(|i| lab.cli(i, &["kv", "list", "shared"])["policy"] == "mv")
+            .then_some(())
     });
     // cut host 2 off
     lab.attach(2, "br1");
-    assert_eq!(lab.cli(0, &["kv", "put", "shared", "k", "\"majority\""])["value"], "majority");
-    assert_eq!(lab.cli(2, &["kv", "put", "shared", "k", "\"isolated\""])["value"], "isolated");
+    assert_eq!(
+        lab.cli(0, &["kv", "put", "shared", "k", "\"majority\""])["value"],
+        "majority"
+    );
+    assert_eq!(
+        lab.cli(2, &["kv", "put", "shared", "k", "\"isolated\""])["value"],
+        "isolated"
+    );
     lab.cli(2, &["kv", "put", "shared", "only-isolated", "1"]);
     lab.cli(1, &["kv", "put", "shared", "only-majority", "2"]);
-    let t = lab.cli(2, &["task", "submit", "--capability", "echo", "--payload", "7"]);
+    // once the cut-off node suspects the others, its new tasks run on itself
+    poll_until(
+        Duration::from_secs(20),
+        "the isolated node to suspect the others",
+        || (lab.cli(2, &["nodes", "--status", "alive"])["count"] == 1).then_some(()),
+    );
+    let t = lab.cli(
+        2,
+        &["task", "submit", "--capability", "echo", "--payload", "7"],
+    );
     let id = t["id"].as_str().unwrap().to_owned();
-    poll_until(Duration::from_secs(20), "the isolated node to run its own task", || {
-        (lab.cli(2, &["task", "get", &id])["status"] == "succeeded").then_some(())
-    });
+    poll_until(
+        Duration::from_secs(20),
+        "the isolated node to run its own task",
+        || (lab.cli(2, &["task", "get", &id])["status"] == "succeeded").then_some(()),
+    );
     assert_ne!(lab.digest(0), lab.digest(2));
     // heal
     lab.attach(2, "br0");
-    let d = poll_until(Duration::from_secs(60), "digests to agree after the heal", || {
-        let d: Vec<String> = (0..3).map(|i| lab.digest(i)).collect();
-        (d.iter().all(|x| x == &d[0]) && !d[0].is_empty()).then(|| d[0].clone())
-    });
+    let d = poll_until(
+        Duration::from_secs(60),
+        "digests to agree after the heal",
+        || {
+            let d: Vec<String> = (0..3).map(|i| lab.digest(i)).collect();
+            (d.iter().all(|x| x == &d[0]) && !d[0].is_empty()).then(|| d[0].clone())
+        },
+    );
     assert!(!d.is_empty());
     for i in 0..3 {
         let k = lab.cli(i, &["kv", "get", "shared", "k"]);
-        let mut sib: Vec<String> = k["siblings"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+        let mut sib: Vec<String> = k["siblings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
         sib.sort();
-        assert_eq!(sib, vec!["isolated", "majority"], "both sides' writes are kept on host {i}");
+        assert_eq!(
+            sib,
+            vec!["isolated", "majority"],
+            "both sides' writes are kept on host {i}"
+        );
         assert_eq!(lab.cli(i, &["kv", "list", "shared"])["count"], 3);
         assert_eq!(lab.cli(i, &["task", "get", &id])["result"], 7);
     }

@@ -61,7 +61,11 @@ pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proc 
 }
 
 /// Like [`start_env`], but returns the stderr text if the process exits first.
-pub fn try_start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Proc, String> {
+pub fn try_start_env(
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Proc, String> {
     std::fs::create_dir_all(data_dir).unwrap();
     let stderr_path = data_dir.with_extension("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).unwrap();
@@ -146,17 +150,26 @@ impl Proc {
 
     /// The convergence digest.
     pub fn digest(&self) -> String {
-        self.get("/v1/cluster/stats")["digest"].as_str().unwrap().to_owned()
+        self.get("/v1/cluster/stats")["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     /// How many members this node sees with `status`.
     pub fn count_status(&self, status: &str) -> u64 {
-        self.get(&format!("/v1/nodes?status={status}"))["count"].as_u64().unwrap()
+        self.get(&format!("/v1/nodes?status={status}"))["count"]
+            .as_u64()
+            .unwrap()
     }
 
     /// A metric's value (0 if absent).
     pub fn metric(&self, line_prefix: &str) -> f64 {
-        let text = ureq::get(&self.url("/metrics")).call().unwrap().into_string().unwrap();
+        let text = ureq::get(&self.url("/metrics"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap();
         text.lines()
             .find(|l| l.starts_with(line_prefix))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
