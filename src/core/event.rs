@@ -94,6 +94,13 @@ pub enum Event {
         /// How it ended.
         status: TaskStatus,
     },
+    /// A knowledge entry changed by a merge from a peer (now durable here).
+    KvMerged {
+        /// Namespace.
+        ns: String,
+        /// Key.
+        key: String,
+    },
     /// Something an operator should look at.
     Alert {
         /// A short machine-readable kind.

@@ -305,13 +305,17 @@ impl Net {
     /// Publishes encoded gossip messages; failures are counted, never silent.
     pub fn publish(&mut self, messages: Vec<Vec<u8>>) {
         for m in messages {
+            let len = m.len() as u64;
             match self
                 .swarm
                 .behaviour_mut()
                 .gossipsub
                 .publish(self.topic.clone(), m)
             {
-                Ok(_) => self.metrics.net("gossip_published"),
+                Ok(_) => {
+                    self.metrics.net("gossip_published");
+                    self.metrics.network.get_or_create(&crate::runtime::metrics::Label { value: "gossip_bytes_published".into() }).inc_by(len);
+                }
                 Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                     // Nobody to tell yet: anti-entropy delivers it when peers come.
                     self.metrics.drop_reason("publish_no_peers");

@@ -335,6 +335,7 @@ impl Engine {
                 let namespace = self.state.namespaces.entry(ns.clone()).or_default();
                 namespace.merge_entry(key.clone(), entry);
                 let entry = namespace.entries[&key].clone();
+                self.emit(Output::Event(Event::KvMerged { ns: ns.clone(), key: key.clone() }));
                 self.emit(Output::Merged(Delta::Kv { ns, key, entry }));
             }
             Delta::Policy { ns, policy } => {

@@ -1,0 +1,174 @@
+//! Federation benchmark: N nodes in one process on loopback (real libp2p
+//! sockets, shared tokio runtime on the machine's cores).
+//!
+//! 1. Propagation: writes on node 0, one every 20 ms; for each, the time until
+//!    each other node has merged it durably (its `kv_merged` event), and until
+//!    all have.
+//! 2. Sustained replicated writes (with `--load`): concurrent writers on node 0
+//!    for a few seconds; acknowledged writes/s, then the time until every
+//!    node's digest equals node 0's after the load stops; gossip payload bytes
+//!    per update.
+//!
+//! Run: `cargo run --release --example bench_federation -- NODES [WRITES] [--load]`
+
+use shoal::config::ConfigLayer;
+use shoal::core::event::Event;
+use shoal::runtime::executor::Handlers;
+use shoal::{Node, NodeHandle};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn start(i: usize, dir: &std::path::Path, bootstrap: Option<String>) -> Node {
+    let cfg = ConfigLayer {
+        data_dir: Some(dir.join(format!("n{i}"))),
+        mdns: Some(false),
+        api: Some("127.0.0.1:0".into()),
+        listen: Some(vec!["/ip4/127.0.0.1/tcp/0".into()]),
+        bootstrap: bootstrap.map(|b| vec![b]),
+        profile: Some(shoal::config::Profile::Fast),
+        ..ConfigLayer::default()
+    }
+    .build()
+    .unwrap();
+    Node::start(cfg, Handlers::new()).await.unwrap()
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn alive(h: &NodeHandle) -> usize {
+    h.read(|e, _| e.state().members.keys().filter(|id| e.member_status(id) == "alive").count()).await.unwrap()
+}
+
+async fn digest(h: &NodeHandle) -> String {
+    h.read(|e, _| e.state().digest().to_hex().to_string()).await.unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let writes: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);
+    let load = args.iter().any(|a| a == "--load");
+    std::env::set_var("SHOAL_SECRET", "42".repeat(32));
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(0, dir.path(), None).await;
+    let boot = first.handle().info().p2p_addrs[0].clone();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(start(i, dir.path(), Some(boot.clone())).await);
+    }
+    let handles: Vec<NodeHandle> = nodes.iter().map(|n| n.handle()).collect();
+    let t0 = Instant::now();
+    for h in &handles {
+        while alive(h).await < n {
+            tokio::time::sleep(Duration::from_millis(20)).await; // poll until formed
+        }
+    }
+    println!("{n} nodes formed a federation in {:?}", t0.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await; // let the gossip mesh settle
+
+    let mut per_node = Vec::new();
+    let mut all_nodes = Vec::new();
+    let mut subs: Vec<_> = handles[1..].iter().map(|h| h.subscribe()).collect();
+    for i in 0..writes {
+        let key = format!("p{i}");
+        let k = key.clone();
+        let start = Instant::now();
+        handles[0].write(move |e, now| e.kv_put(now, "prop", &k, &serde_json::json!(i)).map(|_| ())).await.unwrap();
+        let mut slowest = 0.0f64;
+        for sub in subs.iter_mut() {
+            let got = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match sub.recv().await {
+                        Ok(Event::KvMerged { key: k, .. }) if k == key => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+            .await;
+            assert!(got.is_ok(), "write {key} did not propagate in 10 s");
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            per_node.push(ms);
+            slowest = slowest.max(ms);
+        }
+        all_nodes.push(slowest);
+        tokio::time::sleep(Duration::from_millis(20)).await; // pacing between writes
+    }
+    println!(
+        "propagation over {writes} writes: per node p50 {:.2} ms p99 {:.2} ms; all nodes p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        pct(&mut per_node, 0.5),
+        pct(&mut per_node, 0.99),
+        pct(&mut all_nodes, 0.5),
+        pct(&mut all_nodes, 0.99),
+        pct(&mut all_nodes, 1.0)
+    );
+    drop(subs);
+
+    if load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::new();
+        let t0 = Instant::now();
+        for w in 0..256 {
+            let (h, stop) = (handles[0].clone(), stop.clone());
+            workers.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let key = format!("w{w}-{i}");
+                    h.write(move |e, now| e.kv_put(now, "load", &key, &serde_json::json!(i)).map(|_| ())).await.unwrap();
+                }
+                i
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for w in workers {
+            total += w.await.unwrap();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let stopped = Instant::now();
+        let target = digest(&handles[0]).await;
+        let mut converged = false;
+        while stopped.elapsed() < Duration::from_secs(120) {
+            let mut all = true;
+            for h in &handles[1..] {
+                if digest(h).await != target {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                converged = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // poll until converged
+        }
+        let bytes = {
+            let text = handles[0].metrics().encode();
+            text.lines()
+                .find(|l| l.contains("gossip_bytes_published"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        println!(
+            "sustained: {total} writes in {secs:.1} s = {:.0} acknowledged/s on node 0; all {n} digests equal {} {:?} after the load stopped",
+            total as f64 / secs,
+            if converged { "after" } else { "NOT within" },
+            stopped.elapsed()
+        );
+        println!("gossip payload: {:.0} bytes per update (postcard deltas, before noise/yamux framing)", bytes / (total as f64 + writes as f64));
+    }
+    for n in nodes {
+        let _ = n.shutdown().await;
+    }
+}
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
