@@ -40,11 +40,21 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn alive(h: &NodeHandle) -> usize {
-    h.read(|e, _| e.state().members.keys().filter(|id| e.member_status(id) == "alive").count()).await.unwrap()
+    h.read(|e, _| {
+        e.state()
+            .members
+            .keys()
+            .filter(|id| e.member_status(id) == "alive")
+            .count()
+    })
+    .await
+    .unwrap()
 }
 
 async fn digest(h: &NodeHandle) -> String {
-    h.read(|e, _| e.state().digest().to_hex().to_string()).await.unwrap()
+    h.read(|e, _| e.state().digest().to_hex().to_string())
+        .await
+        .unwrap()
 }
 
 #[tokio::main]
@@ -78,7 +88,10 @@ async fn main() {
         let key = format!("p{i}");
         let k = key.clone();
         let start = Instant::now();
-        handles[0].write(move |e, now| e.kv_put(now, "prop", &k, &serde_json::json!(i)).map(|_| ())).await.unwrap();
+        handles[0]
+            .write(move |e, now| e.kv_put(now, "prop", &k, &serde_json::json!(i)).map(|_| ()))
+            .await
+            .unwrap();
         let mut slowest = 0.0f64;
         for sub in subs.iter_mut() {
             let got = tokio::time::timeout(Duration::from_secs(10), async {
@@ -121,7 +134,12 @@ async fn main() {
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     let key = format!("w{w}-{i}");
-                    h.write(move |e, now| e.kv_put(now, "load", &key, &serde_json::json!(i)).map(|_| ())).await.unwrap();
+                    h.write(move |e, now| {
+                        e.kv_put(now, "load", &key, &serde_json::json!(i))
+                            .map(|_| ())
+                    })
+                    .await
+                    .unwrap();
                 }
                 i
             }));
@@ -163,7 +181,10 @@ async fn main() {
             if converged { "after" } else { "NOT within" },
             stopped.elapsed()
         );
-        println!("gossip payload: {:.0} bytes per update (postcard deltas, before noise/yamux framing)", bytes / (total as f64 + writes as f64));
+        println!(
+            "gossip payload: {:.0} bytes per update (postcard deltas, before noise/yamux framing)",
+            bytes / (total as f64 + writes as f64)
+        );
     }
     for n in nodes {
         let _ = n.shutdown().await;

@@ -31,15 +31,7 @@ pub struct SubmitBody {
 }
 
 fn task_view(e: &crate::core::Engine, id: &TaskId) -> Result<TaskView, EngineError> {
-    let t = e
-        .state()
-        .tasks
-        .get(id)
-        .ok_or_else(|| EngineError::NotFound {
-            what: "task",
-            id: id.to_string(),
-        })?;
-    Ok(TaskView::new(id, t))
+    Ok(TaskView::new(id, e.task(id)?))
 }
 
 pub(super) async fn submit(

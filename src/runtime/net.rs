@@ -314,7 +314,12 @@ impl Net {
             {
                 Ok(_) => {
                     self.metrics.net("gossip_published");
-                    self.metrics.network.get_or_create(&crate::runtime::metrics::Label { value: "gossip_bytes_published".into() }).inc_by(len);
+                    self.metrics
+                        .network
+                        .get_or_create(&crate::runtime::metrics::Label {
+                            value: "gossip_bytes_published".into(),
+                        })
+                        .inc_by(len);
                 }
                 Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                     // Nobody to tell yet: anti-entropy delivers it when peers come.

@@ -12,7 +12,7 @@ use crate::config::NodeConfig;
 use crate::core::engine::{Claimed, Outcome, StartTask};
 use crate::core::event::{AuditRecord, Event};
 use crate::core::ids::{Fence, Millis, NodeId, TaskId};
-use crate::core::member::{MemberRecord, MemberStatus};
+use crate::core::member::MemberRecord;
 use crate::core::state::Delta;
 use crate::core::sync;
 use crate::core::wire::{self, Gossip, SyncRequest, SyncResponse};
@@ -737,20 +737,12 @@ impl Owner {
         if alone {
             self.net.dial_bootstrap();
         }
-        let me = self.engine.node().clone();
         let addrs: Vec<String> = self
             .engine
-            .state()
-            .members
+            .other_members_in_service()
             .iter()
-            .filter(|(id, m)| {
-                **id != me
-                    && matches!(
-                        m.record().status,
-                        MemberStatus::Alive | MemberStatus::Draining
-                    )
-            })
-            .flat_map(|(_, m)| m.record().addrs.clone())
+            .filter_map(|id| self.engine.state().members.get(id))
+            .flat_map(|m| m.record().addrs.clone())
             .collect();
         self.net.dial_known(&addrs);
         alone

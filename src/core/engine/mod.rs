@@ -335,7 +335,10 @@ impl Engine {
                 let namespace = self.state.namespaces.entry(ns.clone()).or_default();
                 namespace.merge_entry(key.clone(), entry);
                 let entry = namespace.entries[&key].clone();
-                self.emit(Output::Event(Event::KvMerged { ns: ns.clone(), key: key.clone() }));
+                self.emit(Output::Event(Event::KvMerged {
+                    ns: ns.clone(),
+                    key: key.clone(),
+                }));
                 self.emit(Output::Merged(Delta::Kv { ns, key, entry }));
             }
             Delta::Policy { ns, policy } => {
@@ -425,14 +428,10 @@ impl Engine {
         self.put_member(me, entry);
     }
 
-    /// Runs the failure detector over the other members: suspects, recoveries
-    /// and death verdicts (a dead verdict is written to the replicated record,
-    /// so it spreads to every node).
-    fn detect_failures(&mut self, now: Millis) {
-        use crate::core::failure::{Detector, Verdict};
-        let f = self.cfg.failure;
-        let watched: Vec<NodeId> = self
-            .state
+    /// The other members that are alive or draining (the ones to watch and
+    /// to stay connected to).
+    pub fn other_members_in_service(&self) -> Vec<NodeId> {
+        self.state
             .members
             .iter()
             .filter(|(id, m)| {
@@ -443,7 +442,27 @@ impl Engine {
                     )
             })
             .map(|(id, _)| id.clone())
-            .collect();
+            .collect()
+    }
+
+    /// A task by id.
+    pub fn task(&self, id: &TaskId) -> Result<&TaskEntry, crate::core::EngineError> {
+        self.state
+            .tasks
+            .get(id)
+            .ok_or_else(|| crate::core::EngineError::NotFound {
+                what: "task",
+                id: id.to_string(),
+            })
+    }
+
+    /// Runs the failure detector over the other members: suspects, recoveries
+    /// and death verdicts (a dead verdict is written to the replicated record,
+    /// so it spreads to every node).
+    fn detect_failures(&mut self, now: Millis) {
+        use crate::core::failure::{Detector, Verdict};
+        let f = self.cfg.failure;
+        let watched = self.other_members_in_service();
         for id in watched {
             let d = self
                 .detectors

@@ -352,14 +352,7 @@ impl Engine {
     }
 
     fn check_fence(&self, id: &TaskId, fence: Fence) -> Result<&TaskEntry, EngineError> {
-        let entry = self
-            .state
-            .tasks
-            .get(id)
-            .ok_or_else(|| EngineError::NotFound {
-                what: "task",
-                id: id.to_string(),
-            })?;
+        let entry = self.task(id)?;
         let st = entry.state();
         if st.fence != fence {
             return Err(EngineError::StaleFence {
@@ -476,14 +469,7 @@ impl Engine {
 
     /// Cancels a task that has not finished.
     pub fn cancel(&mut self, now: Millis, id: &TaskId) -> Result<(), EngineError> {
-        let entry = self
-            .state
-            .tasks
-            .get(id)
-            .ok_or_else(|| EngineError::NotFound {
-                what: "task",
-                id: id.to_string(),
-            })?;
+        let entry = self.task(id)?;
         let prev = entry.state().clone();
         if prev.status.is_terminal() {
             return Err(EngineError::Conflict(format!(
