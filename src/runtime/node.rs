@@ -378,6 +378,9 @@ const MAX_BATCH: usize = 8192;
 /// What waits for one commit: the changes, the answers and the side effects.
 #[derive(Default)]
 struct Batch {
+    /// True when the batch holds local changes or audit records, which must
+    /// be fsynced before they are acknowledged.
+    sync: bool,
     deltas: Vec<Delta>,
     publish: Vec<Delta>,
     audit: Vec<AuditRecord>,
@@ -504,12 +507,16 @@ impl Owner {
         for out in self.engine.take_outputs() {
             match out {
                 Output::Changed(d) => {
+                    next.sync = true;
                     next.publish.push(d.clone());
                     next.deltas.push(d);
                 }
                 Output::Merged(d) => next.deltas.push(d),
                 Output::Gossip(d) => next.publish.push(d),
-                Output::Audit(a) => next.audit.push(a),
+                Output::Audit(a) => {
+                    next.sync = true;
+                    next.audit.push(a);
+                }
                 other => next.effects.push(other),
             }
         }
@@ -523,7 +530,9 @@ impl Owner {
                 return (Ok(()), batch);
             }
             let t0 = Instant::now();
-            let r = store.commit(&batch.deltas, &batch.audit);
+            // Replies to reads are released after this commit too; a batch of
+            // only merged deltas needs no fsync.
+            let r = store.commit(&batch.deltas, &batch.audit, batch.sync);
             metrics.commit_seconds.observe(t0.elapsed().as_secs_f64());
             metrics.batch_size.observe(batch.deltas.len() as f64);
             match &r {

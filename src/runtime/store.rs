@@ -361,10 +361,24 @@ impl Store {
         Ok(state)
     }
 
-    /// Makes `deltas` and `audit` records durable in one atomic batch
-    /// (journal fsync before it returns).
-    pub fn commit(&self, deltas: &[Delta], audit: &[AuditRecord]) -> Result<(), StoreError> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+    /// Writes `deltas` and `audit` records in one atomic batch. With `sync`
+    /// the journal is fsynced before it returns (local changes about to be
+    /// acknowledged); without, it reaches the OS (it survives a process
+    /// crash) and the next synced commit makes it durable, since the journal
+    /// is sequential. Unsynced commits carry only changes merged from peers,
+    /// which those peers still hold.
+    pub fn commit(
+        &self,
+        deltas: &[Delta],
+        audit: &[AuditRecord],
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let mode = if sync {
+            PersistMode::SyncAll
+        } else {
+            PersistMode::Buffer
+        };
+        let mut batch = self.db.batch().durability(Some(mode));
         let seq = self
             .watermark
             .next
@@ -460,8 +474,8 @@ mod tests {
         expected.apply(delta.clone());
         {
             let store = Store::open(&path).unwrap();
-            store.commit(&[delta], &[rec(), rec()]).unwrap();
-            store.commit(&[], &[rec()]).unwrap();
+            store.commit(&[delta], &[rec(), rec()], true).unwrap();
+            store.commit(&[], &[rec()], false).unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.load().unwrap().digest(), expected.digest());
@@ -491,6 +505,7 @@ mod tests {
                             entry,
                         }],
                         &[],
+                        true,
                     )
                     .unwrap();
             }
