@@ -106,18 +106,9 @@ fn spawn_node(
             dir.join(format!("node-{i}.log")).display()
         ))
     })?;
-    let api = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("api="))
-        .ok_or_else(|| CliError::failed(format!("unexpected ready line: {line}")))?
-        .to_owned();
-    let id = line.split_whitespace().nth(2).unwrap_or("?").to_owned();
-    let p2p = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("p2p="))
-        .and_then(|p| p.split(',').next())
-        .unwrap_or_default()
-        .to_owned();
+    let ready = super::Ready::parse(&line)
+        .ok_or_else(|| CliError::failed(format!("unexpected ready line: {line}")))?;
+    let (api, id, p2p) = (ready.api, ready.id, ready.p2p);
     Ok(DemoNode {
         child,
         api,

@@ -8,6 +8,8 @@ mod demo;
 mod start;
 mod table;
 
+pub use start::Ready;
+
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 

@@ -180,6 +180,36 @@ fn read_token(path: &Path) -> Result<Arc<str>, CliError> {
     Ok(Arc::from(token))
 }
 
+/// The line `shoal start` prints once it is ready:
+/// `shoal node ID ready: name=NAME p2p=ADDR,... api=http://IP:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// Node id.
+    pub id: String,
+    /// The first p2p address (with `/p2p/ID`), or empty.
+    pub p2p: String,
+    /// API base URL.
+    pub api: String,
+}
+
+impl Ready {
+    /// Parses a ready line; `None` if it is not one.
+    pub fn parse(line: &str) -> Option<Ready> {
+        let mut words = line.split_whitespace();
+        let id = words.nth(2)?.to_owned();
+        let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key));
+        Some(Ready {
+            id,
+            p2p: field("p2p=")?
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            api: field("api=")?.to_owned(),
+        })
+    }
+}
+
 /// `shoal start`.
 pub fn start(args: StartArgs) -> Result<(), CliError> {
     let cfg = resolve(args)?;

@@ -20,14 +20,14 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     connection_limits, identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
     StreamProtocol, Swarm, Transport,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -166,8 +166,6 @@ pub struct Net {
     bootstrap: Vec<Multiaddr>,
     metrics: Arc<Metrics>,
     warned: HashSet<String>,
-    pending: HashMap<OutboundRequestId, PeerId>,
-    subscribed_peers: usize,
     listen_count: usize,
 }
 
@@ -230,8 +228,6 @@ impl Net {
             bootstrap: parsed,
             metrics,
             warned: HashSet::new(),
-            pending: HashMap::new(),
-            subscribed_peers: 0,
             listen_count: listen.len(),
         };
         net.dial_bootstrap();
@@ -336,8 +332,7 @@ impl Net {
 
     /// Sends a sync request.
     pub fn request(&mut self, peer: PeerId, data: Vec<u8>) {
-        let id = self.swarm.behaviour_mut().sync.send_request(&peer, data);
-        self.pending.insert(id, peer);
+        self.swarm.behaviour_mut().sync.send_request(&peer, data);
         self.metrics.net("sync_requests_sent");
     }
 
@@ -479,14 +474,7 @@ impl Net {
                 );
                 None
             }
-            gossipsub::Event::Subscribed { .. } => {
-                self.subscribed_peers += 1;
-                None
-            }
-            gossipsub::Event::Unsubscribed { .. } => {
-                self.subscribed_peers = self.subscribed_peers.saturating_sub(1);
-                None
-            }
+            gossipsub::Event::Subscribed { .. } | gossipsub::Event::Unsubscribed { .. } => None,
             gossipsub::Event::GossipsubNotSupported { peer_id } => {
                 self.warn_once(
                     &format!("nogossip:{peer_id}"),
@@ -507,24 +495,14 @@ impl Net {
                     data: request,
                     channel,
                 }),
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    self.pending.remove(&request_id);
+                request_response::Message::Response { response, .. } => {
                     Some(NetEvent::SyncResponse {
                         peer,
                         data: response,
                     })
                 }
             },
-            request_response::Event::OutboundFailure {
-                peer,
-                error,
-                request_id,
-                ..
-            } => {
-                self.pending.remove(&request_id);
+            request_response::Event::OutboundFailure { peer, error, .. } => {
                 self.metrics.drop_reason("sync_request_failed");
                 debug!(%peer, %error, "sync request failed");
                 None

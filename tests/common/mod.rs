@@ -103,18 +103,9 @@ pub fn try_start_env(
         let _ = child.wait();
         return Err(std::fs::read_to_string(&stderr_path).unwrap_or_default());
     };
-    let api = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("api="))
-        .unwrap_or_else(|| panic!("no api in ready line: {line}"))
-        .to_owned();
-    let id = line.split_whitespace().nth(2).unwrap().to_owned();
-    let p2p = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("p2p="))
-        .and_then(|p| p.split(',').next())
-        .unwrap_or_default()
-        .to_owned();
+    let ready =
+        shoal::cli::Ready::parse(&line).unwrap_or_else(|| panic!("not a ready line: {line}"));
+    let (api, id, p2p) = (ready.api, ready.id, ready.p2p);
     Ok(Proc {
         child,
         api,

@@ -140,12 +140,6 @@ impl Engine {
         };
         engine.state.members = state.members;
         engine.state.namespaces = state.namespaces;
-        for ns in engine.state.namespaces.values_mut() {
-            ns.clock = ns.entries.values().fold(Default::default(), |mut c, e| {
-                crdts::CvRDT::merge(&mut c, e.version().clone());
-                c
-            });
-        }
         for (id, entry) in state.tasks {
             engine.index(&id, &entry);
             engine.state.tasks.insert(id, entry);
