@@ -52,7 +52,7 @@ async fn alive(h: &NodeHandle) -> usize {
 }
 
 async fn digest(h: &NodeHandle) -> String {
-    h.read(|e, _| e.state().digest().to_hex().to_string())
+    h.read(|e, _| e.digest().to_hex().to_string())
         .await
         .unwrap()
 }
@@ -63,6 +63,10 @@ async fn main() {
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     let writes: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);
     let load = args.iter().any(|a| a == "--load");
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     std::env::set_var("SHOAL_SECRET", "42".repeat(32));
     let dir = tempfile::tempdir().unwrap();
     let first = start(0, dir.path(), None).await;

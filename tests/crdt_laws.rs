@@ -3,8 +3,11 @@
 //! Several replicas each apply random local operations (knowledge puts and
 //! deletes under every policy, including concurrent writes to the same key,
 //! task submissions, transitions and cancels) and sometimes sync from one
-//! another. Then merging their states must be commutative, associative and
-//! idempotent, and the digest must depend only on the state.
+//! another, in full or by anti-entropy. Then merging their states must be
+//! commutative, associative and idempotent, the digest must depend only on
+//! the state, the digests an engine keeps up to date must equal digests taken
+//! from scratch, and an anti-entropy round must bring everything that
+//! differs.
 
 use proptest::prelude::*;
 use shoal::core::engine::SubmitRequest;
@@ -12,6 +15,7 @@ use shoal::core::ids::{Millis, NodeId};
 use shoal::core::knowledge::Policy;
 use shoal::core::member::MemberRecord;
 use shoal::core::state::{Delta, ReplicatedState};
+use shoal::core::sync::{differing, SyncIndex};
 use shoal::core::{Engine, EngineConfig};
 
 #[derive(Clone, Debug)]
@@ -39,6 +43,11 @@ enum Op {
         from: usize,
         to: usize,
     },
+    /// Anti-entropy: `to` asks `from` for what differs, by bucket digests.
+    Repair {
+        from: usize,
+        to: usize,
+    },
 }
 
 const REPLICAS: usize = 3;
@@ -51,7 +60,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (r.clone(), 0..3usize, 0..3usize).prop_map(|(replica, ns, key)| Op::Del { replica, ns, key }),
         2 => (r.clone(), proptest::option::of(0..3u8)).prop_map(|(replica, key)| Op::Submit { replica, key }),
         1 => (r.clone(), 0..8usize).prop_map(|(replica, task)| Op::Cancel { replica, task }),
-        2 => (r.clone(), r).prop_map(|(from, to)| Op::Sync { from, to }),
+        2 => (r.clone(), r.clone()).prop_map(|(from, to)| Op::Sync { from, to }),
+        2 => (r.clone(), r).prop_map(|(from, to)| Op::Repair { from, to }),
     ]
 }
 
@@ -117,9 +127,31 @@ fn run(history: &[Op]) -> Vec<ReplicatedState> {
                     engines[*to].apply_remote(now, d);
                 }
             }
+            Op::Repair { from, to } => {
+                let theirs = engines[*from].sync_summary();
+                let diff = differing(&engines[*to].sync_summary(), &theirs);
+                let (buckets, have) = engines[*to].sync_have(&diff);
+                assert_eq!(buckets, diff, "small states fit in one request");
+                for d in engines[*from].sync_missing(&buckets, &have) {
+                    engines[*to].apply_remote(now, d);
+                }
+                let mut both = engines[*to].state().clone();
+                both.merge(engines[*from].state());
+                assert_eq!(
+                    both.digest(),
+                    engines[*to].state().digest(),
+                    "after a repair, {to} holds everything {from} holds"
+                );
+            }
         }
         for e in engines.iter_mut() {
             e.take_outputs();
+            // The engine's incremental digests equal digests from scratch.
+            assert_eq!(e.digest(), e.state().digest());
+            assert_eq!(
+                e.sync_summary(),
+                SyncIndex::new(e.state()).summary(e.state())
+            );
         }
     }
     engines.iter().map(|e| e.state().clone()).collect()

@@ -182,7 +182,7 @@ pub(super) async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiE
                 },
                 "knowledge": {"namespaces": e.state().namespaces.len(), "entries": kv},
                 "strategy": e.default_strategy(),
-                "digest": e.state().digest().to_hex().to_string(),
+                "digest": e.digest().to_hex().to_string(),
             })
         })
         .await?;

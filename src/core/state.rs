@@ -150,26 +150,12 @@ impl ReplicatedState {
         }
     }
 
-    /// The digest over all tasks, in id order.
-    pub fn tasks_digest(&self) -> blake3::Hash {
-        let mut h = blake3::Hasher::new();
-        for (id, t) in &self.tasks {
-            h.update(t.digest(id).as_bytes());
-        }
-        h.finalize()
-    }
-
     /// The convergence digest: tasks and knowledge (membership load figures
     /// are ephemeral and left out). Equal on two replicas exactly when their
     /// tasks and knowledge are equal, whatever order updates arrived in.
+    /// Computed from scratch; the engine keeps it up to date incrementally
+    /// (`Engine::digest`), with the same result.
     pub fn digest(&self) -> blake3::Hash {
-        let mut h = blake3::Hasher::new();
-        h.update(b"shoal-state-v1");
-        h.update(self.tasks_digest().as_bytes());
-        for (ns, n) in &self.namespaces {
-            canon::hash_value(&mut h, ns);
-            h.update(n.digest().as_bytes());
-        }
-        h.finalize()
+        crate::core::sync::SyncIndex::new(self).digest(self)
     }
 }

@@ -1,94 +1,375 @@
-//! Anti-entropy: bucketed digests of the replicated state, so two nodes can
-//! find the parts where they differ and exchange only those.
+//! Anti-entropy: bucketed digests of the replicated state, kept up to date
+//! as the state changes, so two nodes can find where they differ and
+//! exchange only the entries that differ.
 //!
-//! Every entry (member, task, knowledge entry, namespace policy) falls in one
-//! of [`BUCKETS`] buckets by a hash of its key. A summary is one digest per
-//! bucket; a node pulls the buckets whose digests differ and merges what it
-//! gets. Merging is idempotent, so pulling a bucket that only looked different
-//! (for example because the peer's heartbeat moved on) is harmless.
+//! Every entry (member, task, knowledge entry, namespace policy) has a 64-bit
+//! id, a hash of its key, and falls in one of [`BUCKETS`] buckets by that id.
+//! Its digest is a hash of its canonical form (for members, of the stable
+//! part only: heartbeats and load figures change all the time and spread by
+//! gossip; they must not look like divergence). A bucket's digest is the XOR
+//! of its entries' digests, so it does not depend on the order entries were
+//! added in and can be updated one entry at a time.
+//!
+//! Repair takes two round trips. A node asks a peer for its bucket digests
+//! (a summary), then sends, for the buckets that differ, the (id, digest)
+//! pair of every entry it holds there; the peer answers with its entries in
+//! those buckets that the node lacks or holds in another state. Merging is
+//! idempotent, so an entry that only looked different (it changed while the
+//! messages were in flight) does no harm.
+//!
+//! The [`SyncIndex`] is lazy: a change only marks the entry, and its digest
+//! is taken again the next time a summary, a diff or the state digest is
+//! asked for. A write therefore costs no hashing of the entry's value.
 
 use crate::core::canon;
+use crate::core::ids::{NodeId, TaskId};
 use crate::core::state::{Delta, ReplicatedState};
+use std::collections::{HashMap, HashSet};
 
 /// Number of buckets.
 pub const BUCKETS: usize = 256;
-/// Most buckets asked for in one pull.
+/// Most buckets asked for in one diff request.
 pub const MAX_PULL: usize = 64;
+/// Most (id, digest) pairs sent in one diff request (about 20 bytes each
+/// encoded, so a request stays well under the sync message limit).
+pub const MAX_HAVE: usize = 400_000;
 
-fn bucket(kind: u8, parts: &[&str]) -> usize {
+/// Names one entry of the replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EntryRef {
+    /// A member record.
+    Member(NodeId),
+    /// A task.
+    Task(TaskId),
+    /// A knowledge entry.
+    Kv {
+        /// Namespace.
+        ns: String,
+        /// Key.
+        key: String,
+    },
+    /// A namespace's conflict policy.
+    Policy(String),
+}
+
+fn id_of(kind: u8, parts: &[&str]) -> u64 {
     let mut h = blake3::Hasher::new();
     h.update(&[kind]);
     for p in parts {
         h.update(p.as_bytes());
         h.update(&[0]);
     }
-    h.finalize().as_bytes()[0] as usize % BUCKETS
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(out)
 }
 
-fn delta_bucket(d: &Delta) -> usize {
-    match d {
-        Delta::Member(id, _) => bucket(b'm', &[id.as_str()]),
-        Delta::Task(id, _) => bucket(b't', &[id.as_str()]),
-        Delta::Kv { ns, key, .. } => bucket(b'k', &[ns, key]),
-        Delta::Policy { ns, .. } => bucket(b'p', &[ns]),
-    }
+/// The bucket of an entry id.
+pub fn bucket_of(id: u64) -> usize {
+    (id % BUCKETS as u64) as usize
 }
 
-fn delta_digest(d: &Delta) -> blake3::Hash {
-    match d {
-        Delta::Task(id, t) => t.digest(id),
-        Delta::Kv { ns, key, entry } => {
-            let mut h = blake3::Hasher::new();
-            canon::hash_value(&mut h, ns);
-            canon::hash_value(&mut h, key);
-            h.update(entry.digest().as_bytes());
-            h.finalize()
-        }
-        Delta::Member(id, m) => {
-            // Only the stable part: heartbeats and load figures change all
-            // the time and spread by gossip; they must not look like divergence.
-            let r = m.record();
-            let mut h = blake3::Hasher::new();
-            canon::hash_value(&mut h, id);
-            canon::hash_value(
-                &mut h,
-                &(
-                    m.marker().incarnation,
-                    r.status,
-                    &r.name,
-                    &r.addrs,
-                    &r.capabilities,
-                    &r.tags,
-                    r.capacity,
-                ),
-            );
-            h.finalize()
-        }
-        Delta::Policy { .. } => {
-            let mut h = blake3::Hasher::new();
-            canon::hash_value(&mut h, d);
-            h.finalize()
+impl EntryRef {
+    /// The entry a delta changes.
+    pub fn of(d: &Delta) -> EntryRef {
+        match d {
+            Delta::Member(id, _) => EntryRef::Member(id.clone()),
+            Delta::Task(id, _) => EntryRef::Task(id.clone()),
+            Delta::Kv { ns, key, .. } => EntryRef::Kv {
+                ns: ns.clone(),
+                key: key.clone(),
+            },
+            Delta::Policy { ns, .. } => EntryRef::Policy(ns.clone()),
         }
     }
-}
 
-/// One digest per bucket.
-pub fn summary(state: &ReplicatedState) -> Vec<[u8; 8]> {
-    let mut hashers: Vec<blake3::Hasher> = (0..BUCKETS).map(|_| blake3::Hasher::new()).collect();
-    // deltas() walks the state in a fixed order, so each bucket's hasher sees
-    // its entries in the same order on every node.
-    for d in state.deltas() {
-        let b = delta_bucket(&d);
-        hashers[b].update(delta_digest(&d).as_bytes());
+    /// The entry's 64-bit id: the same on every node.
+    pub fn id(&self) -> u64 {
+        match self {
+            EntryRef::Member(id) => id_of(b'm', &[id.as_str()]),
+            EntryRef::Task(id) => id_of(b't', &[id.as_str()]),
+            EntryRef::Kv { ns, key } => id_of(b'k', &[ns, key]),
+            EntryRef::Policy(ns) => id_of(b'p', &[ns]),
+        }
     }
-    hashers
-        .into_iter()
-        .map(|h| {
-            let mut out = [0u8; 8];
-            out.copy_from_slice(&h.finalize().as_bytes()[..8]);
-            out
+
+    fn delta_id(d: &Delta) -> u64 {
+        match d {
+            Delta::Member(id, _) => id_of(b'm', &[id.as_str()]),
+            Delta::Task(id, _) => id_of(b't', &[id.as_str()]),
+            Delta::Kv { ns, key, .. } => id_of(b'k', &[ns, key]),
+            Delta::Policy { ns, .. } => id_of(b'p', &[ns]),
+        }
+    }
+
+    /// The entry's digest as `state` holds it, or `None` when it is absent.
+    pub fn digest(&self, state: &ReplicatedState) -> Option<u128> {
+        let mut h = blake3::Hasher::new();
+        match self {
+            EntryRef::Member(id) => {
+                let m = state.members.get(id)?;
+                let r = m.record();
+                h.update(b"m");
+                canon::hash_value(&mut h, id);
+                canon::hash_value(
+                    &mut h,
+                    &(
+                        m.marker().incarnation,
+                        r.status,
+                        &r.name,
+                        &r.addrs,
+                        &r.capabilities,
+                        &r.tags,
+                        r.capacity,
+                    ),
+                );
+            }
+            EntryRef::Task(id) => {
+                h.update(b"t");
+                h.update(state.tasks.get(id)?.digest(id).as_bytes());
+            }
+            EntryRef::Kv { ns, key } => {
+                let entry = state.namespaces.get(ns)?.entries.get(key)?;
+                h.update(b"k");
+                canon::hash_value(&mut h, ns);
+                canon::hash_value(&mut h, key);
+                h.update(entry.digest().as_bytes());
+            }
+            EntryRef::Policy(ns) => {
+                let n = state.namespaces.get(ns)?;
+                h.update(b"p");
+                canon::hash_value(&mut h, ns);
+                canon::hash_value(&mut h, &n.policy);
+            }
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        Some(u128::from_le_bytes(out))
+    }
+
+    /// The entry's current state as a delta, or `None` when it is absent.
+    pub fn delta(&self, state: &ReplicatedState) -> Option<Delta> {
+        Some(match self {
+            EntryRef::Member(id) => Delta::Member(id.clone(), state.members.get(id)?.clone()),
+            EntryRef::Task(id) => Delta::Task(id.clone(), state.tasks.get(id)?.clone()),
+            EntryRef::Kv { ns, key } => Delta::Kv {
+                ns: ns.clone(),
+                key: key.clone(),
+                entry: state.namespaces.get(ns)?.entries.get(key)?.clone(),
+            },
+            EntryRef::Policy(ns) => Delta::Policy {
+                ns: ns.clone(),
+                policy: state.namespaces.get(ns)?.policy.clone(),
+            },
         })
-        .collect()
+    }
+
+    fn is_member(&self) -> bool {
+        matches!(self, EntryRef::Member(_))
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    entry: EntryRef,
+    /// `None` while the entry has changed since its digest was taken.
+    digest: Option<u128>,
+}
+
+/// Bucket digests and per-entry digests of a replicated state, kept in step
+/// with it: every change to the state must be reported with
+/// [`SyncIndex::touch`]. The engine does this for every delta it emits.
+#[derive(Debug)]
+pub struct SyncIndex {
+    /// Per bucket: entry id → entry and digest.
+    slots: Vec<HashMap<u64, Slot>>,
+    /// Per bucket: XOR of the digests taken.
+    buckets: Vec<u128>,
+    /// XOR of the digests of tasks, knowledge entries and policies (the
+    /// convergence digest leaves members out).
+    content: u128,
+    /// Entries whose digest must be taken again.
+    dirty: Vec<u64>,
+    /// Namespaces whose policy is indexed (a namespace comes into being
+    /// with its first entry, with the default policy).
+    namespaces: HashSet<String>,
+}
+
+impl Default for SyncIndex {
+    fn default() -> Self {
+        SyncIndex {
+            slots: (0..BUCKETS).map(|_| HashMap::new()).collect(),
+            buckets: vec![0; BUCKETS],
+            content: 0,
+            dirty: Vec::new(),
+            namespaces: HashSet::new(),
+        }
+    }
+}
+
+impl SyncIndex {
+    /// An index of every entry of `state`.
+    pub fn new(state: &ReplicatedState) -> Self {
+        let mut index = SyncIndex::default();
+        for id in state.members.keys() {
+            index.touch_ref(EntryRef::Member(id.clone()));
+        }
+        for id in state.tasks.keys() {
+            index.touch_ref(EntryRef::Task(id.clone()));
+        }
+        for (ns, n) in &state.namespaces {
+            index.touch_ref(EntryRef::Policy(ns.clone()));
+            index.namespaces.insert(ns.clone());
+            for key in n.entries.keys() {
+                index.touch_ref(EntryRef::Kv {
+                    ns: ns.clone(),
+                    key: key.clone(),
+                });
+            }
+        }
+        index
+    }
+
+    /// Records that the entry `d` is about has changed.
+    pub fn touch(&mut self, d: &Delta) {
+        if let Delta::Kv { ns, .. } = d {
+            if !self.namespaces.contains(ns) {
+                self.namespaces.insert(ns.clone());
+                self.touch_ref(EntryRef::Policy(ns.clone()));
+            }
+        }
+        let id = EntryRef::delta_id(d);
+        self.touch_id(id, || EntryRef::of(d));
+    }
+
+    fn touch_ref(&mut self, entry: EntryRef) {
+        let id = entry.id();
+        self.touch_id(id, || entry);
+    }
+
+    fn touch_id(&mut self, id: u64, entry: impl FnOnce() -> EntryRef) {
+        let b = bucket_of(id);
+        match self.slots[b].get_mut(&id) {
+            Some(slot) => {
+                if let Some(d) = slot.digest.take() {
+                    self.buckets[b] ^= d;
+                    if !slot.entry.is_member() {
+                        self.content ^= d;
+                    }
+                    self.dirty.push(id);
+                }
+            }
+            None => {
+                self.slots[b].insert(
+                    id,
+                    Slot {
+                        entry: entry(),
+                        digest: None,
+                    },
+                );
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    /// Takes the digests of the entries that changed.
+    pub fn refresh(&mut self, state: &ReplicatedState) {
+        for id in std::mem::take(&mut self.dirty) {
+            let b = bucket_of(id);
+            let Some(slot) = self.slots[b].get_mut(&id) else {
+                continue;
+            };
+            if slot.digest.is_some() {
+                continue;
+            }
+            match slot.entry.digest(state) {
+                Some(d) => {
+                    slot.digest = Some(d);
+                    self.buckets[b] ^= d;
+                    if !slot.entry.is_member() {
+                        self.content ^= d;
+                    }
+                }
+                None => {
+                    self.slots[b].remove(&id);
+                }
+            }
+        }
+    }
+
+    /// One 8-byte digest per bucket.
+    pub fn summary(&mut self, state: &ReplicatedState) -> Vec<[u8; 8]> {
+        self.refresh(state);
+        self.buckets
+            .iter()
+            .map(|d| (*d as u64).to_le_bytes())
+            .collect()
+    }
+
+    /// The convergence digest: tasks and knowledge (membership load figures
+    /// are ephemeral and left out). Equal on two replicas exactly when their
+    /// tasks and knowledge are equal, whatever order updates arrived in.
+    pub fn digest(&mut self, state: &ReplicatedState) -> blake3::Hash {
+        self.refresh(state);
+        let mut h = blake3::Hasher::new();
+        h.update(b"shoal-state-v2");
+        h.update(&self.content.to_le_bytes());
+        h.finalize()
+    }
+
+    /// The (id, digest) pairs of every entry in `buckets`, for a diff
+    /// request. Buckets are taken in order while the pairs fit in `limit`
+    /// (the first is always taken); the first value is the buckets taken.
+    pub fn have(
+        &mut self,
+        state: &ReplicatedState,
+        buckets: &[u16],
+        limit: usize,
+    ) -> (Vec<u16>, Vec<(u64, u64)>) {
+        self.refresh(state);
+        let mut taken = Vec::new();
+        let mut pairs = Vec::new();
+        for &b in buckets {
+            let Some(slots) = self.slots.get(b as usize) else {
+                continue;
+            };
+            if !taken.is_empty() && pairs.len() + slots.len() > limit {
+                break;
+            }
+            taken.push(b);
+            pairs.extend(
+                slots
+                    .iter()
+                    .filter_map(|(id, s)| Some((*id, s.digest? as u64))),
+            );
+        }
+        (taken, pairs)
+    }
+
+    /// This replica's entries in `buckets` that a peer holding `have` lacks
+    /// or holds in another state.
+    pub fn missing(
+        &mut self,
+        state: &ReplicatedState,
+        buckets: &[u16],
+        have: &[(u64, u64)],
+    ) -> Vec<Delta> {
+        self.refresh(state);
+        let have: HashMap<u64, u64> = have.iter().copied().collect();
+        let mut out = Vec::new();
+        for &b in buckets {
+            let Some(slots) = self.slots.get(b as usize) else {
+                continue;
+            };
+            for (id, slot) in slots {
+                let ours = slot.digest.map(|d| d as u64);
+                if ours.is_some() && have.get(id).copied() != ours {
+                    out.extend(slot.entry.delta(state));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// The buckets where `theirs` differs from `ours` (at most [`MAX_PULL`]).
@@ -106,59 +387,70 @@ pub fn differing(ours: &[[u8; 8]], theirs: &[[u8; 8]]) -> Vec<u16> {
         .collect()
 }
 
-/// Every entry in the given buckets.
-pub fn entries_in(state: &ReplicatedState, buckets: &[u16]) -> Vec<Delta> {
-    let mut wanted = [false; BUCKETS];
-    for b in buckets {
-        if let Some(w) = wanted.get_mut(*b as usize) {
-            *w = true;
-        }
-    }
-    state
-        .deltas()
-        .into_iter()
-        .filter(|d| wanted[delta_bucket(d)])
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::ids::{Millis, NodeId};
+    use crate::core::ids::Millis;
     use crate::core::knowledge::{KvEntry, Policy};
 
-    fn kv(state: &mut ReplicatedState, key: &str, v: &str, node: &str) {
+    fn kv(state: &mut ReplicatedState, index: &mut SyncIndex, key: &str, v: &str, node: &str) {
         let mut e = KvEntry::default();
         e.put(Policy::Lww, v.into(), &NodeId::from(node), Millis(1), 1);
-        state.apply(Delta::Kv {
+        let d = Delta::Kv {
             ns: "n".into(),
             key: key.into(),
             entry: e,
-        });
+        };
+        index.touch(&d);
+        state.apply(d);
+    }
+
+    /// One round of repair: `to` pulls what differs from `from`.
+    fn pull(to: &mut ReplicatedState, ti: &mut SyncIndex, from: &ReplicatedState) -> usize {
+        let mut fi = SyncIndex::new(from);
+        let diff = differing(&ti.summary(to), &fi.summary(from));
+        let (buckets, have) = ti.have(to, &diff, MAX_HAVE);
+        let got = fi.missing(from, &buckets, &have);
+        let n = got.len();
+        for d in got {
+            ti.touch(&d);
+            to.apply(d);
+        }
+        n
     }
 
     #[test]
-    fn pulling_differing_buckets_repairs_a_replica() {
-        let mut a = ReplicatedState::default();
-        let mut b = ReplicatedState::default();
-        for i in 0..500 {
-            kv(&mut a, &format!("k{i}"), "1", "a");
-            kv(&mut b, &format!("k{i}"), "1", "a");
+    fn a_diff_sends_only_the_entries_that_differ() {
+        let (mut a, mut ai) = (ReplicatedState::default(), SyncIndex::default());
+        let (mut b, mut bi) = (ReplicatedState::default(), SyncIndex::default());
+        for i in 0..2000 {
+            kv(&mut a, &mut ai, &format!("k{i}"), "1", "a");
+            kv(&mut b, &mut bi, &format!("k{i}"), "1", "a");
         }
-        kv(&mut a, "only-a", "2", "a");
-        kv(&mut b, "k7", "3", "b");
-        let diff = differing(&summary(&b), &summary(&a));
-        assert!(!diff.is_empty() && diff.len() <= 2, "{diff:?}");
-        let pulled = entries_in(&a, &diff);
-        assert!(pulled.len() < 20, "only the differing buckets are sent");
-        for d in pulled {
-            b.apply(d);
+        assert_eq!(ai.digest(&a), bi.digest(&b));
+        kv(&mut a, &mut ai, "only-a", "2", "a");
+        kv(&mut b, &mut bi, "k7", "3", "b");
+        assert_ne!(ai.digest(&a), bi.digest(&b));
+        // b lacks only-a and holds k7 in another state: exactly two entries
+        assert_eq!(pull(&mut b, &mut bi, &a), 2);
+        assert_eq!(pull(&mut a, &mut ai, &b), 1, "a lacks b's write to k7");
+        assert_eq!(ai.digest(&a), bi.digest(&b));
+        assert_eq!(ai.digest(&a), a.digest(), "incremental equals from scratch");
+        assert!(differing(&ai.summary(&a), &bi.summary(&b)).is_empty());
+        assert_eq!(pull(&mut b, &mut bi, &a), 0);
+    }
+
+    #[test]
+    fn a_large_have_list_is_cut_at_whole_buckets() {
+        let (mut a, mut ai) = (ReplicatedState::default(), SyncIndex::default());
+        for i in 0..4000 {
+            kv(&mut a, &mut ai, &format!("k{i}"), "1", "a");
         }
-        // b now has everything a has; a pulls from b the same way
-        for d in entries_in(&b, &differing(&summary(&a), &summary(&b))) {
-            a.apply(d);
-        }
-        assert_eq!(a.digest(), b.digest());
-        assert!(differing(&summary(&a), &summary(&b)).is_empty());
+        let all: Vec<u16> = (0..BUCKETS as u16).collect();
+        let (taken, pairs) = ai.have(&a, &all, 1000);
+        assert!(pairs.len() <= 1000 && !taken.is_empty());
+        assert!(taken.len() < BUCKETS, "cut before the last bucket");
+        let expected: usize = taken.iter().map(|b| ai.slots[*b as usize].len()).sum();
+        assert_eq!(pairs.len(), expected, "whole buckets only");
     }
 }

@@ -7,7 +7,7 @@ use crate::core::state::Delta;
 use serde::{Deserialize, Serialize};
 
 /// The wire format version.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 /// Largest gossip message, bytes.
 pub const MAX_GOSSIP_BYTES: usize = 1 << 20;
 /// Largest sync request or response, bytes.
@@ -25,8 +25,15 @@ pub enum Gossip {
 pub enum SyncRequest {
     /// "Send me your bucket digests."
     Summary,
-    /// "Send me every entry in these buckets."
-    Pull(Vec<u16>),
+    /// "Send me your entries in these buckets that I lack or hold in
+    /// another state; here is the (id, digest) pair of each entry I hold
+    /// there."
+    Diff {
+        /// Bucket numbers.
+        buckets: Vec<u16>,
+        /// (entry id, entry digest) of every entry the sender holds in them.
+        have: Vec<(u64, u64)>,
+    },
 }
 
 /// A state-sync response.
@@ -35,7 +42,13 @@ pub enum SyncResponse {
     /// One 8-byte digest per bucket.
     Summary(Vec<[u8; 8]>),
     /// The entries asked for.
-    Deltas(Vec<Delta>),
+    Deltas {
+        /// Entry states.
+        deltas: Vec<Delta>,
+        /// True when more were left out to keep the answer under the size
+        /// limit: ask again.
+        more: bool,
+    },
     /// The request was refused.
     Refused(String),
 }
@@ -111,8 +124,13 @@ mod tests {
             decode::<SyncRequest>(&[9, 0], 10).unwrap_err(),
             WireError::Version(Some(9))
         );
+        assert_eq!(
+            decode::<SyncRequest>(&[1, 0], 10).unwrap_err(),
+            WireError::Version(Some(1)),
+            "the first format is no longer understood"
+        );
         assert!(matches!(
-            decode::<SyncRequest>(&[1, 77], 10),
+            decode::<SyncRequest>(&[WIRE_VERSION, 77], 10),
             Err(WireError::Malformed(_))
         ));
         assert_eq!(
@@ -123,8 +141,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn sync_requests_round_trip(buckets in proptest::collection::vec(any::<u16>(), 0..300)) {
-            let req = SyncRequest::Pull(buckets);
+        fn sync_requests_round_trip(
+            buckets in proptest::collection::vec(any::<u16>(), 0..300),
+            have in proptest::collection::vec(any::<(u64, u64)>(), 0..300),
+        ) {
+            let req = SyncRequest::Diff { buckets, have };
             prop_assert_eq!(decode::<SyncRequest>(&encode(&req), MAX_SYNC_BYTES).unwrap(), req);
         }
 

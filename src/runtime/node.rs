@@ -319,6 +319,7 @@ impl Node {
             exec_tx,
             net,
             initial_sync: HashSet::new(),
+            resync: HashSet::new(),
         };
         owner.engine.start(now());
         owner.flush_now().await?;
@@ -344,19 +345,20 @@ impl Node {
 type ExecDone = (TaskId, Fence, Option<Outcome>);
 
 /// Keeps a sync answer under the size limit; what does not fit is sent in a
-/// later round (the bucket digests still differ then).
-fn fit(mut deltas: Vec<Delta>) -> Vec<Delta> {
+/// later round (the answer says there is more).
+fn fit(mut deltas: Vec<Delta>) -> SyncResponse {
     let mut size = 64;
     let mut keep = 0;
     for d in &deltas {
-        size += postcard::to_stdvec(d).map(|b| b.len()).unwrap_or(0) + 8;
+        size += postcard::experimental::serialized_size(d).unwrap_or(0) + 8;
         if size > wire::MAX_SYNC_BYTES {
             break;
         }
         keep += 1;
     }
+    let more = keep < deltas.len();
     deltas.truncate(keep);
-    deltas
+    SyncResponse::Deltas { deltas, more }
 }
 
 struct Owner {
@@ -368,8 +370,12 @@ struct Owner {
     running: HashMap<TaskId, (Fence, oneshot::Sender<()>)>,
     exec_tx: mpsc::UnboundedSender<ExecDone>,
     net: Net,
-    /// Peers whose first summary we are waiting for (not anti-entropy).
+    /// Peers we are catching up with after connecting (what they send is
+    /// not divergence).
     initial_sync: HashSet<PeerId>,
+    /// Peers to ask for a summary again as soon as a diff is answered,
+    /// because not every differing bucket fitted in it.
+    resync: HashSet<PeerId>,
 }
 
 /// Most commands answered by one commit.
@@ -669,11 +675,9 @@ impl Owner {
                 channel,
             } => {
                 let answer = match wire::decode::<SyncRequest>(&data, wire::MAX_SYNC_BYTES) {
-                    Ok(SyncRequest::Summary) => {
-                        SyncResponse::Summary(sync::summary(self.engine.state()))
-                    }
-                    Ok(SyncRequest::Pull(buckets)) => {
-                        SyncResponse::Deltas(fit(sync::entries_in(self.engine.state(), &buckets)))
+                    Ok(SyncRequest::Summary) => SyncResponse::Summary(self.engine.sync_summary()),
+                    Ok(SyncRequest::Diff { buckets, have }) => {
+                        fit(self.engine.sync_missing(&buckets, &have))
                     }
                     Err(e) => {
                         self.handle.metrics.drop_reason("sync_malformed");
@@ -694,30 +698,46 @@ impl Owner {
     fn on_sync_response(&mut self, peer: PeerId, data: Vec<u8>) {
         match wire::decode::<SyncResponse>(&data, wire::MAX_SYNC_BYTES) {
             Ok(SyncResponse::Summary(theirs)) => {
-                let initial = self.initial_sync.remove(&peer);
-                let diff = sync::differing(&sync::summary(self.engine.state()), &theirs);
+                let diff = sync::differing(&self.engine.sync_summary(), &theirs);
                 if diff.is_empty() {
+                    self.initial_sync.remove(&peer);
                     return;
                 }
-                if !initial {
+                let (buckets, have) = self.engine.sync_have(&diff);
+                if buckets.len() < diff.len() || diff.len() == sync::MAX_PULL {
+                    self.resync.insert(peer);
+                }
+                debug!(%peer, buckets = buckets.len(), entries = have.len(), "asking for differing entries");
+                self.net
+                    .request(peer, wire::encode(&SyncRequest::Diff { buckets, have }));
+            }
+            Ok(SyncResponse::Deltas { deltas, more }) => {
+                self.handle.metrics.sync_entries.inc_by(deltas.len() as u64);
+                let t = now();
+                let mut changed = 0usize;
+                for d in deltas {
+                    changed += usize::from(self.engine.apply_remote(t, d));
+                }
+                let again = self.resync.remove(&peer) || more;
+                let initial = if again {
+                    self.initial_sync.contains(&peer)
+                } else {
+                    self.initial_sync.remove(&peer)
+                };
+                if changed > 0 && !initial {
+                    // Entries that gossip had not brought: lost, or still in
+                    // flight when the summaries were taken.
                     self.handle.metrics.divergences.inc();
                     let _ = self.handle.events.send(Event::Alert {
                         kind: "divergence_repaired".into(),
                         message: format!(
-                            "{} state bucket(s) differed from peer {peer}; pulling them",
-                            diff.len()
+                            "anti-entropy with peer {peer} brought {changed} entr{} that gossip had not",
+                            if changed == 1 { "y" } else { "ies" }
                         ),
                     });
                 }
-                debug!(%peer, buckets = diff.len(), "pulling differing buckets");
-                self.net
-                    .request(peer, wire::encode(&SyncRequest::Pull(diff)));
-            }
-            Ok(SyncResponse::Deltas(deltas)) => {
-                self.handle.metrics.sync_entries.inc_by(deltas.len() as u64);
-                let t = now();
-                for d in deltas {
-                    self.engine.apply_remote(t, d);
+                if again {
+                    self.net.request(peer, wire::encode(&SyncRequest::Summary));
                 }
             }
             Ok(SyncResponse::Refused(why)) => warn!(%peer, %why, "peer refused our sync request"),

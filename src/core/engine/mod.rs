@@ -18,7 +18,9 @@ use crate::core::member::{MemberEntry, MemberMarker, MemberRecord, MemberStatus}
 use crate::core::placement::Strategy;
 use crate::core::rng::Rng;
 use crate::core::state::{Delta, ReplicatedState};
+use crate::core::sync::SyncIndex;
 use crate::core::task::{TaskEntry, TaskStatus};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What the engine needs to know about its node.
@@ -115,6 +117,9 @@ pub struct Engine {
     // Failure detection: local verdicts, never replicated.
     detectors: HashMap<NodeId, crate::core::failure::Detector>,
     suspects: BTreeSet<NodeId>,
+    // Digests for anti-entropy, kept in step by `emit`. Refreshed lazily,
+    // also from `&self` readers, hence the cell.
+    sync: RefCell<SyncIndex>,
 }
 
 impl Engine {
@@ -137,6 +142,7 @@ impl Engine {
             leaving: false,
             detectors: HashMap::new(),
             suspects: BTreeSet::new(),
+            sync: RefCell::new(SyncIndex::new(&state)),
         };
         engine.state.members = state.members;
         engine.state.namespaces = state.namespaces;
@@ -157,12 +163,40 @@ impl Engine {
         &self.state
     }
 
+    /// The convergence digest of the state (see [`ReplicatedState::digest`]),
+    /// from digests kept up to date as the state changes.
+    pub fn digest(&self) -> blake3::Hash {
+        self.sync.borrow_mut().digest(&self.state)
+    }
+
+    /// One digest per anti-entropy bucket.
+    pub fn sync_summary(&self) -> Vec<[u8; 8]> {
+        self.sync.borrow_mut().summary(&self.state)
+    }
+
+    /// For a diff request: the buckets taken of `buckets` and the (id,
+    /// digest) pairs of this replica's entries in them.
+    pub fn sync_have(&self, buckets: &[u16]) -> (Vec<u16>, Vec<(u64, u64)>) {
+        self.sync
+            .borrow_mut()
+            .have(&self.state, buckets, crate::core::sync::MAX_HAVE)
+    }
+
+    /// For a diff answer: this replica's entries in `buckets` that a peer
+    /// holding `have` lacks or holds in another state.
+    pub fn sync_missing(&self, buckets: &[u16], have: &[(u64, u64)]) -> Vec<Delta> {
+        self.sync.borrow_mut().missing(&self.state, buckets, have)
+    }
+
     /// Takes the outputs produced since the last call.
     pub fn take_outputs(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.outputs)
     }
 
     fn emit(&mut self, out: Output) {
+        if let Output::Changed(d) | Output::Merged(d) | Output::Gossip(d) = &out {
+            self.sync.get_mut().touch(d);
+        }
         self.outputs.push(out);
     }
 
@@ -303,8 +337,10 @@ impl Engine {
     }
 
     /// Merges a delta that came from another node (by gossip or sync).
-    pub fn apply_remote(&mut self, now: Millis, delta: Delta) {
-        match delta {
+    /// Returns true when it changed this replica (a delta already seen
+    /// changes nothing and produces no output).
+    pub fn apply_remote(&mut self, now: Millis, delta: Delta) -> bool {
+        let changed = match delta {
             Delta::Task(id, entry) => {
                 let mut merged = self
                     .state
@@ -319,40 +355,59 @@ impl Engine {
                     && merged.history().len() == history
                     && self.state.tasks.contains_key(&id)
                 {
-                    return;
+                    return false;
                 }
                 self.emit(Output::Merged(Delta::Task(id.clone(), merged.clone())));
                 self.put_task(now, id, merged, false);
+                true
             }
             Delta::Member(id, entry) => self.merge_member(now, id, entry),
             Delta::Kv { ns, key, entry } => {
                 let namespace = self.state.namespaces.entry(ns.clone()).or_default();
+                let before = namespace.entries.get(&key).map(|e| e.version().clone());
                 namespace.merge_entry(key.clone(), entry);
-                let entry = namespace.entries[&key].clone();
+                let merged = &namespace.entries[&key];
+                // Every change advances an entry's version: an unchanged
+                // version means the delta was already contained here.
+                if before.as_ref() == Some(merged.version()) {
+                    return false;
+                }
+                let entry = merged.clone();
                 self.emit(Output::Event(Event::KvMerged {
                     ns: ns.clone(),
                     key: key.clone(),
                 }));
                 self.emit(Output::Merged(Delta::Kv { ns, key, entry }));
+                true
             }
             Delta::Policy { ns, policy } => {
                 let namespace = self.state.namespaces.entry(ns.clone()).or_default();
+                let before = namespace.policy.clone();
                 crdts::CvRDT::merge(&mut namespace.policy, policy);
+                if namespace.policy == before {
+                    return false;
+                }
                 let policy = namespace.policy.clone();
                 self.emit(Output::Merged(Delta::Policy { ns, policy }));
-                self.pending_dirty = true;
+                true
             }
-        }
+        };
         self.pending_dirty = true;
+        changed
     }
 
-    fn merge_member(&mut self, now: Millis, id: NodeId, entry: MemberEntry) {
+    /// Merges a member record; true when the record changed.
+    fn merge_member(&mut self, now: Millis, id: NodeId, entry: MemberEntry) -> bool {
         let before = self.state.members.get(&id).map(|m| m.marker().clone());
         let known = before.is_some();
-        self.state.apply(Delta::Member(id.clone(), entry));
+        let delta = Delta::Member(id.clone(), entry);
+        // Any change to the record (not only to its marker) must reach the
+        // sync index; touching an unchanged entry is harmless.
+        self.sync.get_mut().touch(&delta);
+        self.state.apply(delta);
         let merged = self.state.members[&id].clone();
         if before.as_ref() == Some(merged.marker()) {
-            return;
+            return false;
         }
         // Persist only what is not a mere heartbeat.
         let stable = |m: &MemberMarker| (m.incarnation, m.status);
@@ -361,7 +416,7 @@ impl Engine {
         }
         if id == self.cfg.node {
             self.refute(now, &merged);
-            return;
+            return true;
         }
         let rec = merged.record();
         match rec.status {
@@ -400,6 +455,7 @@ impl Engine {
                 self.emit(Output::Event(Event::MemberDead { node: id.clone() }));
             }
         }
+        true
     }
 
     /// Another node declared this one dead or departed while it runs: come
