@@ -186,9 +186,21 @@ async fn main() {
             stopped.elapsed()
         );
         println!(
-            "gossip payload: {:.0} bytes per update (postcard deltas, before noise/yamux framing)",
+            "gossip payload: {:.0} bytes per update (compressed postcard deltas, before noise/yamux framing)",
             bytes / (total as f64 + writes as f64)
         );
+        let pulled: f64 = handles
+            .iter()
+            .filter_map(|h| {
+                let text = h.metrics().encode();
+                let line = text
+                    .lines()
+                    .find(|l| l.starts_with("shoal_sync_entries"))?
+                    .to_owned();
+                line.rsplit(' ').next()?.parse::<f64>().ok()
+            })
+            .sum();
+        println!("anti-entropy brought {pulled:.0} entries in all (the rest came by gossip)");
     }
     for n in nodes {
         let _ = n.shutdown().await;

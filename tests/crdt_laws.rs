@@ -130,9 +130,11 @@ fn run(history: &[Op]) -> Vec<ReplicatedState> {
             Op::Repair { from, to } => {
                 let theirs = engines[*from].sync_summary();
                 let diff = differing(&engines[*to].sync_summary(), &theirs);
-                let (buckets, have) = engines[*to].sync_have(&diff);
-                assert_eq!(buckets, diff, "small states fit in one request");
-                for d in engines[*from].sync_missing(&buckets, &have) {
+                let leaves = engines[*from].sync_leaves(&diff);
+                let cells = engines[*to].sync_differing_cells(&leaves);
+                let (taken, have) = engines[*to].sync_have(&cells);
+                assert_eq!(taken, cells, "small states fit in one request");
+                for d in engines[*from].sync_missing(&cells, &have) {
                     engines[*to].apply_remote(now, d);
                 }
                 let mut both = engines[*to].state().clone();

@@ -10,12 +10,22 @@
 //! of its entries' digests, so it does not depend on the order entries were
 //! added in and can be updated one entry at a time.
 //!
-//! Repair takes two round trips. A node asks a peer for its bucket digests
-//! (a summary), then sends, for the buckets that differ, the (id, digest)
-//! pair of every entry it holds there; the peer answers with its entries in
-//! those buckets that the node lacks or holds in another state. Merging is
-//! idempotent, so an entry that only looked different (it changed while the
-//! messages were in flight) does no harm.
+//! Each bucket is split again into [`LEAVES`] leaves by the next byte of the
+//! id; a (bucket, leaf) pair is a *cell*. Repair takes three round trips,
+//! a two-level hash tree walked on demand:
+//!
+//! 1. a node asks a peer for its bucket digests (a summary);
+//! 2. for the buckets that differ, it asks for their leaf digests (computed
+//!    on the fly from the cached entry digests, no hashing);
+//! 3. for the cells that differ, it sends the (id, digest) pair of every
+//!    entry it holds there, and the peer answers with its entries in those
+//!    cells that the node lacks or holds in another state.
+//!
+//! Under load every bucket differs for a moment (deltas in flight), but only
+//! a few cells do, so what a round costs follows the number of entries that
+//! differ, not the size of the state. Merging is idempotent, so an entry that
+//! only looked different (it changed while the messages were in flight) does
+//! no harm.
 //!
 //! The [`SyncIndex`] is lazy: a change only marks the entry, and its digest
 //! is taken again the next time a summary, a diff or the state digest is
@@ -28,7 +38,9 @@ use std::collections::{HashMap, HashSet};
 
 /// Number of buckets.
 pub const BUCKETS: usize = 256;
-/// Most buckets asked for in one diff request.
+/// Leaves per bucket.
+pub const LEAVES: usize = 256;
+/// Most buckets whose leaves are asked for in one request.
 pub const MAX_PULL: usize = 64;
 /// Most (id, digest) pairs sent in one diff request (about 20 bytes each
 /// encoded, so a request stays well under the sync message limit).
@@ -67,6 +79,16 @@ fn id_of(kind: u8, parts: &[&str]) -> u64 {
 /// The bucket of an entry id.
 pub fn bucket_of(id: u64) -> usize {
     (id % BUCKETS as u64) as usize
+}
+
+/// The cell of an entry id: the bucket in the low byte, the leaf in the
+/// high byte.
+pub fn cell_of(id: u64) -> u16 {
+    (id & 0xFFFF) as u16
+}
+
+fn short(d: u128) -> [u8; 8] {
+    (d as u64).to_le_bytes()
 }
 
 impl EntryRef {
@@ -300,10 +322,7 @@ impl SyncIndex {
     /// One 8-byte digest per bucket.
     pub fn summary(&mut self, state: &ReplicatedState) -> Vec<[u8; 8]> {
         self.refresh(state);
-        self.buckets
-            .iter()
-            .map(|d| (*d as u64).to_le_bytes())
-            .collect()
+        self.buckets.iter().map(|d| short(*d)).collect()
     }
 
     /// The convergence digest: tasks and knowledge (membership load figures
@@ -317,53 +336,111 @@ impl SyncIndex {
         h.finalize()
     }
 
-    /// The (id, digest) pairs of every entry in `buckets`, for a diff
-    /// request. Buckets are taken in order while the pairs fit in `limit`
-    /// (the first is always taken); the first value is the buckets taken.
+    /// The leaf digests of each of `buckets` (at most [`MAX_PULL`] of
+    /// them; bucket numbers out of range are skipped).
+    pub fn leaves(&mut self, state: &ReplicatedState, buckets: &[u16]) -> Vec<(u16, Vec<[u8; 8]>)> {
+        self.refresh(state);
+        buckets
+            .iter()
+            .filter(|b| (**b as usize) < BUCKETS)
+            .take(MAX_PULL)
+            .map(|&b| {
+                let mut acc = vec![0u128; LEAVES];
+                for (id, slot) in &self.slots[b as usize] {
+                    if let Some(d) = slot.digest {
+                        acc[(cell_of(*id) >> 8) as usize] ^= d;
+                    }
+                }
+                (b, acc.into_iter().map(short).collect())
+            })
+            .collect()
+    }
+
+    /// The cells where a peer's leaf digests differ from ours.
+    pub fn differing_cells(
+        &mut self,
+        state: &ReplicatedState,
+        theirs: &[(u16, Vec<[u8; 8]>)],
+    ) -> Vec<u16> {
+        let buckets: Vec<u16> = theirs.iter().map(|(b, _)| *b).collect();
+        let ours: HashMap<u16, Vec<[u8; 8]>> = self.leaves(state, &buckets).into_iter().collect();
+        let mut cells = Vec::new();
+        for (b, leaves) in theirs {
+            let Some(mine) = ours.get(b) else { continue };
+            if leaves.len() != LEAVES {
+                cells.extend((0..LEAVES as u16).map(|l| *b | (l << 8)));
+                continue;
+            }
+            for (l, (a, z)) in mine.iter().zip(leaves).enumerate() {
+                if a != z {
+                    cells.push(*b | ((l as u16) << 8));
+                }
+            }
+        }
+        cells
+    }
+
+    /// Entries (id and slot) in `cells`, grouped by cell in the given order.
+    fn in_cells(&self, cells: &[u16]) -> Vec<(u16, Vec<(u64, &Slot)>)> {
+        let mut wanted: HashMap<u16, Vec<(u64, &Slot)>> =
+            cells.iter().map(|c| (*c, Vec::new())).collect();
+        let buckets: HashSet<u16> = cells.iter().map(|c| c & 0xFF).collect();
+        for b in buckets {
+            for (id, slot) in &self.slots[b as usize] {
+                if let Some(list) = wanted.get_mut(&cell_of(*id)) {
+                    list.push((*id, slot));
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        cells
+            .iter()
+            .filter(|c| seen.insert(**c))
+            .map(|c| (*c, wanted.remove(c).unwrap_or_default()))
+            .collect()
+    }
+
+    /// The (id, digest) pairs of every entry in `cells`, for a diff request.
+    /// Cells are taken in order while the pairs fit in `limit` (the first is
+    /// always taken); the first value is the cells taken.
     pub fn have(
         &mut self,
         state: &ReplicatedState,
-        buckets: &[u16],
+        cells: &[u16],
         limit: usize,
     ) -> (Vec<u16>, Vec<(u64, u64)>) {
         self.refresh(state);
         let mut taken = Vec::new();
         let mut pairs = Vec::new();
-        for &b in buckets {
-            let Some(slots) = self.slots.get(b as usize) else {
-                continue;
-            };
-            if !taken.is_empty() && pairs.len() + slots.len() > limit {
+        for (cell, entries) in self.in_cells(cells) {
+            if !taken.is_empty() && pairs.len() + entries.len() > limit {
                 break;
             }
-            taken.push(b);
+            taken.push(cell);
             pairs.extend(
-                slots
-                    .iter()
-                    .filter_map(|(id, s)| Some((*id, s.digest? as u64))),
+                entries
+                    .into_iter()
+                    .filter_map(|(id, s)| Some((id, s.digest? as u64))),
             );
         }
         (taken, pairs)
     }
 
-    /// This replica's entries in `buckets` that a peer holding `have` lacks
-    /// or holds in another state.
+    /// This replica's entries in `cells` that a peer holding `have` lacks or
+    /// holds in another state.
     pub fn missing(
         &mut self,
         state: &ReplicatedState,
-        buckets: &[u16],
+        cells: &[u16],
         have: &[(u64, u64)],
     ) -> Vec<Delta> {
         self.refresh(state);
         let have: HashMap<u64, u64> = have.iter().copied().collect();
         let mut out = Vec::new();
-        for &b in buckets {
-            let Some(slots) = self.slots.get(b as usize) else {
-                continue;
-            };
-            for (id, slot) in slots {
+        for (_, entries) in self.in_cells(cells) {
+            for (id, slot) in entries {
                 let ours = slot.digest.map(|d| d as u64);
-                if ours.is_some() && have.get(id).copied() != ours {
+                if ours.is_some() && have.get(&id).copied() != ours {
                     out.extend(slot.entry.delta(state));
                 }
             }
@@ -409,8 +486,11 @@ mod tests {
     fn pull(to: &mut ReplicatedState, ti: &mut SyncIndex, from: &ReplicatedState) -> usize {
         let mut fi = SyncIndex::new(from);
         let diff = differing(&ti.summary(to), &fi.summary(from));
-        let (buckets, have) = ti.have(to, &diff, MAX_HAVE);
-        let got = fi.missing(from, &buckets, &have);
+        let cells = ti.differing_cells(to, &fi.leaves(from, &diff));
+        assert!(cells.len() <= 2, "{cells:?}");
+        let (cells, have) = ti.have(to, &cells, MAX_HAVE);
+        assert!(have.len() < 10, "only the differing cells are listed");
+        let got = fi.missing(from, &cells, &have);
         let n = got.len();
         for d in got {
             ti.touch(&d);
@@ -441,16 +521,20 @@ mod tests {
     }
 
     #[test]
-    fn a_large_have_list_is_cut_at_whole_buckets() {
+    fn a_large_have_list_is_cut_at_whole_cells() {
         let (mut a, mut ai) = (ReplicatedState::default(), SyncIndex::default());
         for i in 0..4000 {
             kv(&mut a, &mut ai, &format!("k{i}"), "1", "a");
         }
-        let all: Vec<u16> = (0..BUCKETS as u16).collect();
+        let all: Vec<u16> = (0..=u16::MAX).collect();
         let (taken, pairs) = ai.have(&a, &all, 1000);
         assert!(pairs.len() <= 1000 && !taken.is_empty());
-        assert!(taken.len() < BUCKETS, "cut before the last bucket");
-        let expected: usize = taken.iter().map(|b| ai.slots[*b as usize].len()).sum();
-        assert_eq!(pairs.len(), expected, "whole buckets only");
+        assert!(taken.len() < all.len(), "cut before the last cell");
+        let expected = ai
+            .in_cells(&taken)
+            .iter()
+            .map(|(_, e)| e.len())
+            .sum::<usize>();
+        assert_eq!(pairs.len(), expected, "whole cells only");
     }
 }

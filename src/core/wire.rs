@@ -30,12 +30,13 @@ pub enum Gossip {
 pub enum SyncRequest {
     /// "Send me your bucket digests."
     Summary,
-    /// "Send me your entries in these buckets that I lack or hold in
-    /// another state; here is the (id, digest) pair of each entry I hold
-    /// there."
+    /// "Send me the leaf digests of these buckets."
+    Leaves(Vec<u16>),
+    /// "Send me your entries in these cells that I lack or hold in another
+    /// state; here is the (id, digest) pair of each entry I hold there."
     Diff {
-        /// Bucket numbers.
-        buckets: Vec<u16>,
+        /// Cells: bucket in the low byte, leaf in the high byte.
+        cells: Vec<u16>,
         /// (entry id, entry digest) of every entry the sender holds in them.
         have: Vec<(u64, u64)>,
     },
@@ -46,6 +47,8 @@ pub enum SyncRequest {
 pub enum SyncResponse {
     /// One 8-byte digest per bucket.
     Summary(Vec<[u8; 8]>),
+    /// Per bucket asked for, one 8-byte digest per leaf.
+    Leaves(Vec<(u16, Vec<[u8; 8]>)>),
     /// The entries asked for.
     Deltas {
         /// Entry states.
@@ -160,7 +163,7 @@ mod tests {
             WireError::TooLarge(1 << 30)
         );
         let req = SyncRequest::Diff {
-            buckets: vec![1, 2],
+            cells: vec![1, 2],
             have: vec![(7, 9); 100],
         };
         let bytes = encode(&req);
@@ -175,10 +178,10 @@ mod tests {
     proptest! {
         #[test]
         fn sync_requests_round_trip(
-            buckets in proptest::collection::vec(any::<u16>(), 0..300),
+            cells in proptest::collection::vec(any::<u16>(), 0..300),
             have in proptest::collection::vec(any::<(u64, u64)>(), 0..300),
         ) {
-            let req = SyncRequest::Diff { buckets, have };
+            let req = SyncRequest::Diff { cells, have };
             prop_assert_eq!(decode::<SyncRequest>(&encode(&req), MAX_SYNC_BYTES).unwrap(), req);
         }
 

@@ -676,8 +676,11 @@ impl Owner {
             } => {
                 let answer = match wire::decode::<SyncRequest>(&data, wire::MAX_SYNC_BYTES) {
                     Ok(SyncRequest::Summary) => SyncResponse::Summary(self.engine.sync_summary()),
-                    Ok(SyncRequest::Diff { buckets, have }) => {
-                        fit(self.engine.sync_missing(&buckets, &have))
+                    Ok(SyncRequest::Leaves(buckets)) => {
+                        SyncResponse::Leaves(self.engine.sync_leaves(&buckets))
+                    }
+                    Ok(SyncRequest::Diff { cells, have }) => {
+                        fit(self.engine.sync_missing(&cells, &have))
                     }
                     Err(e) => {
                         self.handle.metrics.drop_reason("sync_malformed");
@@ -703,13 +706,31 @@ impl Owner {
                     self.initial_sync.remove(&peer);
                     return;
                 }
-                let (buckets, have) = self.engine.sync_have(&diff);
-                if buckets.len() < diff.len() || diff.len() == sync::MAX_PULL {
+                if diff.len() == sync::MAX_PULL {
                     self.resync.insert(peer);
                 }
-                debug!(%peer, buckets = buckets.len(), entries = have.len(), "asking for differing entries");
                 self.net
-                    .request(peer, wire::encode(&SyncRequest::Diff { buckets, have }));
+                    .request(peer, wire::encode(&SyncRequest::Leaves(diff)));
+            }
+            Ok(SyncResponse::Leaves(theirs)) => {
+                let cells = self.engine.sync_differing_cells(&theirs);
+                if cells.is_empty() {
+                    // What differed is no longer different (it was in flight).
+                    if self.resync.remove(&peer) {
+                        self.net.request(peer, wire::encode(&SyncRequest::Summary));
+                    } else {
+                        self.initial_sync.remove(&peer);
+                    }
+                    return;
+                }
+                let (taken, have) = self.engine.sync_have(&cells);
+                if taken.len() < cells.len() {
+                    self.resync.insert(peer);
+                }
+                let cells = taken;
+                debug!(%peer, cells = cells.len(), entries = have.len(), "asking for differing entries");
+                self.net
+                    .request(peer, wire::encode(&SyncRequest::Diff { cells, have }));
             }
             Ok(SyncResponse::Deltas { deltas, more }) => {
                 self.handle.metrics.sync_entries.inc_by(deltas.len() as u64);

@@ -174,18 +174,28 @@ impl Engine {
         self.sync.borrow_mut().summary(&self.state)
     }
 
-    /// For a diff request: the buckets taken of `buckets` and the (id,
-    /// digest) pairs of this replica's entries in them.
-    pub fn sync_have(&self, buckets: &[u16]) -> (Vec<u16>, Vec<(u64, u64)>) {
-        self.sync
-            .borrow_mut()
-            .have(&self.state, buckets, crate::core::sync::MAX_HAVE)
+    /// The leaf digests of anti-entropy buckets.
+    pub fn sync_leaves(&self, buckets: &[u16]) -> Vec<(u16, Vec<[u8; 8]>)> {
+        self.sync.borrow_mut().leaves(&self.state, buckets)
     }
 
-    /// For a diff answer: this replica's entries in `buckets` that a peer
+    /// The cells where a peer's leaf digests differ from this replica's.
+    pub fn sync_differing_cells(&self, theirs: &[(u16, Vec<[u8; 8]>)]) -> Vec<u16> {
+        self.sync.borrow_mut().differing_cells(&self.state, theirs)
+    }
+
+    /// For a diff request: the cells taken of `cells` and the (id, digest)
+    /// pairs of this replica's entries in them.
+    pub fn sync_have(&self, cells: &[u16]) -> (Vec<u16>, Vec<(u64, u64)>) {
+        self.sync
+            .borrow_mut()
+            .have(&self.state, cells, crate::core::sync::MAX_HAVE)
+    }
+
+    /// For a diff answer: this replica's entries in `cells` that a peer
     /// holding `have` lacks or holds in another state.
-    pub fn sync_missing(&self, buckets: &[u16], have: &[(u64, u64)]) -> Vec<Delta> {
-        self.sync.borrow_mut().missing(&self.state, buckets, have)
+    pub fn sync_missing(&self, cells: &[u16], have: &[(u64, u64)]) -> Vec<Delta> {
+        self.sync.borrow_mut().missing(&self.state, cells, have)
     }
 
     /// Takes the outputs produced since the last call.
