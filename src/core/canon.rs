@@ -41,9 +41,16 @@ fn mirror<T: Serialize, U: DeserializeOwned>(value: &T) -> Option<U> {
     postcard::from_bytes(&bytes).ok()
 }
 
-/// Hashes a vector clock (its dots are already ordered).
+/// Hashes a vector clock (its dots are already ordered), without
+/// allocating: the number of dots, then each node id (length-prefixed) and
+/// counter.
 pub fn hash_clock(h: &mut blake3::Hasher, clock: &VClock<NodeId>) {
-    hash_value(h, &clock.dots);
+    h.update(&(clock.dots.len() as u64).to_le_bytes());
+    for (node, counter) in &clock.dots {
+        h.update(&(node.as_str().len() as u64).to_le_bytes());
+        h.update(node.as_str().as_bytes());
+        h.update(&counter.to_le_bytes());
+    }
 }
 
 /// Hashes a multi-value register with its values sorted by (clock, value).

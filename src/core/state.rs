@@ -158,4 +158,20 @@ impl ReplicatedState {
     pub fn digest(&self) -> blake3::Hash {
         crate::core::sync::SyncIndex::new(self).digest(self)
     }
+
+    /// A digest over the canonical form of every task and knowledge entry
+    /// (registers, sets and versions), in key order. Slower than
+    /// [`ReplicatedState::digest`], which trusts entry versions; tests use it
+    /// to check the merge laws on the entries' full contents.
+    pub fn deep_digest(&self) -> blake3::Hash {
+        let mut h = blake3::Hasher::new();
+        for (id, t) in &self.tasks {
+            h.update(t.digest(id).as_bytes());
+        }
+        for (ns, n) in &self.namespaces {
+            canon::hash_value(&mut h, ns);
+            h.update(n.digest().as_bytes());
+        }
+        h.finalize()
+    }
 }
