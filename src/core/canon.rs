@@ -41,14 +41,19 @@ fn mirror<T: Serialize, U: DeserializeOwned>(value: &T) -> Option<U> {
     postcard::from_bytes(&bytes).ok()
 }
 
+/// Hashes a string, length first, without allocating.
+pub fn hash_str(h: &mut blake3::Hasher, s: &str) {
+    h.update(&(s.len() as u64).to_le_bytes());
+    h.update(s.as_bytes());
+}
+
 /// Hashes a vector clock (its dots are already ordered), without
 /// allocating: the number of dots, then each node id (length-prefixed) and
 /// counter.
 pub fn hash_clock(h: &mut blake3::Hasher, clock: &VClock<NodeId>) {
     h.update(&(clock.dots.len() as u64).to_le_bytes());
     for (node, counter) in &clock.dots {
-        h.update(&(node.as_str().len() as u64).to_le_bytes());
-        h.update(node.as_str().as_bytes());
+        hash_str(h, node.as_str());
         h.update(&counter.to_le_bytes());
     }
 }

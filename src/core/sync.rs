@@ -181,8 +181,8 @@ impl EntryRef {
             EntryRef::Kv { ns, key } => {
                 let entry = state.namespaces.get(ns)?.entries.get(key)?;
                 h.update(b"k");
-                canon::hash_value(&mut h, ns);
-                canon::hash_value(&mut h, key);
+                canon::hash_str(&mut h, ns);
+                canon::hash_str(&mut h, key);
                 canon::hash_clock(&mut h, entry.version());
             }
             EntryRef::Policy(ns) => {
