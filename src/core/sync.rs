@@ -408,24 +408,28 @@ impl SyncIndex {
         cells
     }
 
-    /// Entries (id and slot) in `cells`, grouped by cell in the given order.
+    /// Entries (id and slot) in `cells`, grouped by cell in the given order
+    /// (a cell named twice is listed once).
     fn in_cells(&self, cells: &[u16]) -> Vec<(u16, Vec<(u64, &Slot)>)> {
-        let mut wanted: HashMap<u16, Vec<(u64, &Slot)>> =
-            cells.iter().map(|c| (*c, Vec::new())).collect();
-        let buckets: HashSet<u16> = cells.iter().map(|c| c & 0xFF).collect();
+        let mut index: HashMap<u16, usize, BuildHasherDefault<IdHasher>> = HashMap::default();
+        let mut out: Vec<(u16, Vec<(u64, &Slot)>)> = Vec::new();
+        for c in cells {
+            index.entry(*c).or_insert_with(|| {
+                out.push((*c, Vec::new()));
+                out.len() - 1
+            });
+        }
+        let mut buckets: Vec<u16> = cells.iter().map(|c| c & 0xFF).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
         for b in buckets {
             for (id, slot) in &self.slots[b as usize] {
-                if let Some(list) = wanted.get_mut(&cell_of(*id)) {
-                    list.push((*id, slot));
+                if let Some(i) = index.get(&cell_of(*id)) {
+                    out[*i].1.push((*id, slot));
                 }
             }
         }
-        let mut seen = HashSet::new();
-        cells
-            .iter()
-            .filter(|c| seen.insert(**c))
-            .map(|c| (*c, wanted.remove(c).unwrap_or_default()))
-            .collect()
+        out
     }
 
     /// The (id, digest) pairs of every entry in `cells`, for a diff request.

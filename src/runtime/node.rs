@@ -706,7 +706,11 @@ impl Owner {
                     self.initial_sync.remove(&peer);
                     return;
                 }
-                if diff.len() == sync::MAX_PULL {
+                // Catching up after connecting, go on until nothing differs;
+                // otherwise the next round takes the rest (under load every
+                // bucket differs for a moment, and rounds must not run back
+                // to back).
+                if diff.len() == sync::MAX_PULL && self.initial_sync.contains(&peer) {
                     self.resync.insert(peer);
                 }
                 self.net
@@ -724,7 +728,7 @@ impl Owner {
                     return;
                 }
                 let (taken, have) = self.engine.sync_have(&cells);
-                if taken.len() < cells.len() {
+                if taken.len() < cells.len() && self.initial_sync.contains(&peer) {
                     self.resync.insert(peer);
                 }
                 let cells = taken;
