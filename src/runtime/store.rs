@@ -119,11 +119,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Memtable size per keyspace: smaller than fjall's 64 MiB default, so a
-/// memtable's skiplist stays shallow (inserts search it) and an idle node
-/// holds less memory.
-const MEMTABLE_BYTES: u64 = 8 << 20;
-
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![ENTRY_FORMAT];
     // Encoding an in-memory entry to a Vec cannot fail.
@@ -196,10 +191,8 @@ impl Store {
         })?;
         let db = Database::builder(path).open().map_err(classify)?;
         let ks = |name: &str| {
-            db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-            })
-            .map_err(classify)
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(classify)
         };
         let wm_path = path.with_extension("watermark");
         let acknowledged = Watermark::read(&wm_path);
