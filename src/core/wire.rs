@@ -78,12 +78,7 @@ pub enum WireError {
 /// Encodes a message: the version byte, then compressed postcard.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Encoding in-memory values to a Vec cannot fail.
-    let plain = postcard::to_stdvec(msg).unwrap_or_default();
-    let packed = lz4_flex::block::compress_prepend_size(&plain);
-    let mut out = Vec::with_capacity(packed.len() + 1);
-    out.push(WIRE_VERSION);
-    out.extend_from_slice(&packed);
-    out
+    seal(&postcard::to_stdvec(msg).unwrap_or_default())
 }
 
 /// Decodes a message, checking version and sizes (sent and uncompressed,
@@ -106,22 +101,55 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], limit: usize) -> Res
     postcard::from_bytes(&plain).map_err(|e| malformed(&e))
 }
 
-/// Splits deltas into gossip messages of at most `limit` encoded bytes.
-pub fn gossip_chunks(deltas: Vec<Delta>, limit: usize) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut chunk: Vec<Delta> = Vec::new();
-    let mut size = 16;
-    for d in deltas {
-        let len = postcard::to_stdvec(&d).map(|b| b.len()).unwrap_or(0) + 8;
-        if !chunk.is_empty() && size + len > limit {
-            out.push(encode(&Gossip::Deltas(std::mem::take(&mut chunk))));
-            size = 16;
-        }
-        size += len;
-        chunk.push(d);
+/// Version byte and compression around a plain postcard encoding.
+fn seal(plain: &[u8]) -> Vec<u8> {
+    let packed = lz4_flex::block::compress_prepend_size(plain);
+    let mut out = Vec::with_capacity(packed.len() + 1);
+    out.push(WIRE_VERSION);
+    out.extend_from_slice(&packed);
+    out
+}
+
+/// Appends `n` as postcard's varint (LEB128).
+fn push_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
     }
-    if !chunk.is_empty() {
-        out.push(encode(&Gossip::Deltas(chunk)));
+    out.push(n as u8);
+}
+
+/// Splits deltas into gossip messages whose plain (uncompressed) encoding is
+/// at most `limit` bytes; a delta larger than that travels alone. Each delta
+/// is serialised once: a message is postcard's form of
+/// `Gossip::Deltas(v)` (the variant index, the length, then the elements),
+/// put together here from the deltas' own encodings.
+pub fn gossip_chunks(deltas: &[Delta], limit: usize) -> Vec<Vec<u8>> {
+    const HEAD: usize = 1 + 10; // variant index and the longest varint
+    let mut out = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
+    let mut count = 0u64;
+    let finish = |body: &[u8], count: u64, out: &mut Vec<Vec<u8>>| {
+        let mut plain = Vec::with_capacity(body.len() + HEAD);
+        plain.push(0); // Gossip::Deltas
+        push_varint(&mut plain, count);
+        plain.extend_from_slice(body);
+        out.push(seal(&plain));
+    };
+    for d in deltas {
+        let start = body.len();
+        // Serialising an in-memory value into a Vec cannot fail.
+        body = postcard::to_extend(d, body).unwrap_or_else(|_| Vec::new());
+        if count > 0 && body.len() + HEAD > limit {
+            let last = body.split_off(start);
+            finish(&body, count, &mut out);
+            body = last;
+            count = 0;
+        }
+        count += 1;
+    }
+    if count > 0 {
+        finish(&body, count, &mut out);
     }
     out
 }
@@ -173,6 +201,56 @@ mod tests {
             bytes.len()
         );
         assert_eq!(decode::<SyncRequest>(&bytes, 10_000).unwrap(), req);
+    }
+
+    fn kv(i: usize, len: usize) -> Delta {
+        let mut entry = crate::core::knowledge::KvEntry::default();
+        entry.put(
+            crate::core::knowledge::Policy::Lww,
+            "x".repeat(len),
+            &crate::core::ids::NodeId::from("n"),
+            crate::core::ids::Millis(1),
+            i as u64 + 1,
+        );
+        Delta::Kv {
+            ns: "ns".into(),
+            key: format!("k{i}"),
+            entry,
+        }
+    }
+
+    #[test]
+    fn gossip_chunks_are_what_encode_would_send() {
+        // 300 deltas cross the varint's one-byte range; a limit of 4 KiB
+        // makes several messages, and one delta larger than the limit
+        // travels alone.
+        let mut deltas: Vec<Delta> = (0..300).map(|i| kv(i, 20)).collect();
+        deltas.insert(150, kv(1000, 5000));
+        let chunks = gossip_chunks(&deltas, 4096);
+        assert!(chunks.len() > 3, "{} chunks", chunks.len());
+        let mut back = Vec::new();
+        for c in &chunks {
+            let Gossip::Deltas(part) = decode::<Gossip>(c, MAX_GOSSIP_BYTES).unwrap();
+            let plain = postcard::to_stdvec(&Gossip::Deltas(part.clone())).unwrap();
+            assert!(
+                plain.len() <= 4096 || part.len() == 1,
+                "{} bytes",
+                plain.len()
+            );
+            back.extend(part);
+        }
+        let keys = |v: &[Delta]| -> Vec<String> {
+            v.iter()
+                .map(|d| match d {
+                    Delta::Kv { key, .. } => key.clone(),
+                    _ => unreachable!(),
+                })
+                .collect()
+        };
+        assert_eq!(keys(&back), keys(&deltas), "all deltas, in order");
+        let all = gossip_chunks(&deltas, MAX_GOSSIP_BYTES);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0], encode(&Gossip::Deltas(deltas)), "byte for byte");
     }
 
     proptest! {

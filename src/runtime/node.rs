@@ -609,7 +609,7 @@ impl Owner {
     fn publish(&mut self, deltas: Vec<Delta>) {
         if !deltas.is_empty() {
             self.net
-                .publish(wire::gossip_chunks(deltas, wire::MAX_GOSSIP_BYTES));
+                .publish(wire::gossip_chunks(&deltas, wire::MAX_GOSSIP_BYTES));
         }
     }
 
