@@ -42,7 +42,13 @@ impl Namespace {
     /// Merges an entry's new state in, keeping the namespace clock in step.
     pub fn merge_entry(&mut self, key: String, entry: KvEntry) {
         self.clock.merge(entry.version().clone());
-        self.entries.entry(key).or_default().merge(entry);
+        match self.entries.entry(key) {
+            // Merging into an empty entry gives the entry itself.
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(entry);
+            }
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut().merge(entry),
+        }
     }
 
     /// The digest over the policy and every entry, in key order.

@@ -151,6 +151,8 @@ pub enum NetEvent {
     },
     /// A new peer connection (first connection to it).
     Connected(PeerId),
+    /// A sync request of ours got no answer (timeout, connection closed).
+    SyncFailed(PeerId),
 }
 
 /// A network setup failure.
@@ -505,7 +507,7 @@ impl Net {
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 self.metrics.drop_reason("sync_request_failed");
                 debug!(%peer, %error, "sync request failed");
-                None
+                Some(NetEvent::SyncFailed(peer))
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 self.metrics.drop_reason("sync_inbound_failed");

@@ -695,6 +695,11 @@ impl Owner {
                 self.initial_sync.insert(peer);
                 self.net.request(peer, wire::encode(&SyncRequest::Summary));
             }
+            NetEvent::SyncFailed(peer) => {
+                // The exchange is over; a later round or reconnect starts anew.
+                self.initial_sync.remove(&peer);
+                self.resync.remove(&peer);
+            }
         }
     }
 

@@ -373,7 +373,10 @@ impl Engine {
             }
             Delta::Member(id, entry) => self.merge_member(now, id, entry),
             Delta::Kv { ns, key, entry } => {
-                let namespace = self.state.namespaces.entry(ns.clone()).or_default();
+                if !self.state.namespaces.contains_key(&ns) {
+                    self.state.namespaces.insert(ns.clone(), Default::default());
+                }
+                let namespace = self.state.namespaces.get_mut(&ns).expect("inserted above");
                 let before = namespace.entries.get(&key).map(|e| e.version().clone());
                 namespace.merge_entry(key.clone(), entry);
                 let merged = &namespace.entries[&key];
