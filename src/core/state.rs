@@ -39,15 +39,28 @@ impl Namespace {
         self.policy.val
     }
 
-    /// Merges an entry's new state in, keeping the namespace clock in step.
-    pub fn merge_entry(&mut self, key: String, entry: KvEntry) {
-        self.clock.merge(entry.version().clone());
+    /// Merges an entry's new state in, keeping the namespace clock in step;
+    /// returns the merged entry when it changed. An entry whose version is
+    /// not newer than the local one's is already contained in it (every
+    /// change advances the version, and a node's own state of an entry only
+    /// grows), so it is not merged at all.
+    pub fn merge_entry(&mut self, key: String, entry: KvEntry) -> Option<&KvEntry> {
+        for (node, counter) in &entry.version().dots {
+            if self.clock.get(node) < *counter {
+                crdts::CmRDT::apply(&mut self.clock, crdts::Dot::new(node.clone(), *counter));
+            }
+        }
         match self.entries.entry(key) {
             // Merging into an empty entry gives the entry itself.
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(entry);
+            std::collections::btree_map::Entry::Vacant(v) => Some(v.insert(entry)),
+            std::collections::btree_map::Entry::Occupied(o) => {
+                let local = o.into_mut();
+                if entry.version() <= local.version() {
+                    return None;
+                }
+                local.merge(entry);
+                Some(local)
             }
-            std::collections::btree_map::Entry::Occupied(o) => o.into_mut().merge(entry),
         }
     }
 
@@ -113,11 +126,12 @@ impl ReplicatedState {
                     self.tasks.insert(id, entry);
                 }
             },
-            Delta::Kv { ns, key, entry } => self
-                .namespaces
-                .entry(ns)
-                .or_default()
-                .merge_entry(key, entry),
+            Delta::Kv { ns, key, entry } => {
+                self.namespaces
+                    .entry(ns)
+                    .or_default()
+                    .merge_entry(key, entry);
+            }
             Delta::Policy { ns, policy } => {
                 self.namespaces.entry(ns).or_default().policy.merge(policy)
             }

@@ -377,14 +377,9 @@ impl Engine {
                     self.state.namespaces.insert(ns.clone(), Default::default());
                 }
                 let namespace = self.state.namespaces.get_mut(&ns).expect("inserted above");
-                let before = namespace.entries.get(&key).map(|e| e.version().clone());
-                namespace.merge_entry(key.clone(), entry);
-                let merged = &namespace.entries[&key];
-                // Every change advances an entry's version: an unchanged
-                // version means the delta was already contained here.
-                if before.as_ref() == Some(merged.version()) {
+                let Some(merged) = namespace.merge_entry(key.clone(), entry) else {
                     return false;
-                }
+                };
                 let entry = merged.clone();
                 self.emit(Output::Event(Event::KvMerged {
                     ns: ns.clone(),
