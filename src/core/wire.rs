@@ -124,7 +124,10 @@ fn push_varint(out: &mut Vec<u8>, mut n: u64) {
 /// is serialised once: a message is postcard's form of
 /// `Gossip::Deltas(v)` (the variant index, the length, then the elements),
 /// put together here from the deltas' own encodings.
-pub fn gossip_chunks(deltas: &[Delta], limit: usize) -> Vec<Vec<u8>> {
+pub fn gossip_chunks<'a>(
+    deltas: impl IntoIterator<Item = &'a Delta>,
+    limit: usize,
+) -> Vec<Vec<u8>> {
     const HEAD: usize = 1 + 10; // variant index and the longest varint
     let mut out = Vec::new();
     let mut body: Vec<u8> = Vec::new();

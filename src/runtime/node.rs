@@ -387,7 +387,11 @@ struct Batch {
     /// True when the batch holds local changes or audit records, which must
     /// be fsynced before they are acknowledged.
     sync: bool,
-    deltas: Vec<Delta>,
+    /// Local changes: stored, then published.
+    changed: Vec<Delta>,
+    /// Entries merged from peers: stored only.
+    merged: Vec<Delta>,
+    /// Published only (heartbeats).
     publish: Vec<Delta>,
     audit: Vec<AuditRecord>,
     replies: Vec<Reply>,
@@ -397,7 +401,8 @@ struct Batch {
 impl Batch {
     fn is_empty(&self) -> bool {
         self.publish.is_empty()
-            && self.deltas.is_empty()
+            && self.changed.is_empty()
+            && self.merged.is_empty()
             && self.audit.is_empty()
             && self.replies.is_empty()
             && self.effects.is_empty()
@@ -514,10 +519,9 @@ impl Owner {
             match out {
                 Output::Changed(d) => {
                     next.sync = true;
-                    next.publish.push(d.clone());
-                    next.deltas.push(d);
+                    next.changed.push(d);
                 }
-                Output::Merged(d) => next.deltas.push(d),
+                Output::Merged(d) => next.merged.push(d),
                 Output::Gossip(d) => next.publish.push(d),
                 Output::Audit(a) => {
                     next.sync = true;
@@ -532,15 +536,18 @@ impl Owner {
         let store = self.store.clone();
         let metrics = self.handle.metrics.clone();
         tokio::task::spawn_blocking(move || {
-            if batch.deltas.is_empty() && batch.audit.is_empty() {
+            if batch.changed.is_empty() && batch.merged.is_empty() && batch.audit.is_empty() {
                 return (Ok(()), batch);
             }
             let t0 = Instant::now();
             // Replies to reads are released after this commit too; a batch of
             // only merged deltas needs no fsync.
-            let r = store.commit(&batch.deltas, &batch.audit, batch.sync);
+            let deltas = batch.changed.iter().chain(&batch.merged);
+            let r = store.commit(deltas, &batch.audit, batch.sync);
             metrics.commit_seconds.observe(t0.elapsed().as_secs_f64());
-            metrics.batch_size.observe(batch.deltas.len() as f64);
+            metrics
+                .batch_size
+                .observe((batch.changed.len() + batch.merged.len()) as f64);
             match &r {
                 Ok(()) => metrics.commits.inc(),
                 Err(_) => metrics.commit_failures.inc(),
@@ -562,7 +569,7 @@ impl Owner {
                 for r in batch.replies {
                     r(Ok(()));
                 }
-                self.publish(batch.publish);
+                self.publish(&batch.changed, &batch.publish);
                 for e in batch.effects {
                     self.effect(e);
                 }
@@ -598,7 +605,7 @@ impl Owner {
             .await
             .map_err(|_| NodeError::Stopped)?;
         result?;
-        self.publish(batch.publish);
+        self.publish(&batch.changed, &batch.publish);
         for e in batch.effects {
             self.effect(e);
         }
@@ -606,10 +613,11 @@ impl Owner {
     }
 
     /// Spreads committed local changes by gossip.
-    fn publish(&mut self, deltas: Vec<Delta>) {
-        if !deltas.is_empty() {
+    fn publish(&mut self, changed: &[Delta], gossip_only: &[Delta]) {
+        if !changed.is_empty() || !gossip_only.is_empty() {
+            let deltas = changed.iter().chain(gossip_only);
             self.net
-                .publish(wire::gossip_chunks(&deltas, wire::MAX_GOSSIP_BYTES));
+                .publish(wire::gossip_chunks(deltas, wire::MAX_GOSSIP_BYTES));
         }
     }
 

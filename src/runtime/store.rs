@@ -367,9 +367,9 @@ impl Store {
     /// crash) and the next synced commit makes it durable, since the journal
     /// is sequential. Unsynced commits carry only changes merged from peers,
     /// which those peers still hold.
-    pub fn commit(
+    pub fn commit<'a>(
         &self,
-        deltas: &[Delta],
+        deltas: impl IntoIterator<Item = &'a Delta>,
         audit: &[AuditRecord],
         sync: bool,
     ) -> Result<(), StoreError> {

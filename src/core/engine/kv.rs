@@ -166,10 +166,7 @@ impl Engine {
                 .insert(ns.to_owned(), Default::default());
         }
         let namespace = self.state.namespaces.get_mut(ns).expect("inserted above");
-        if !namespace.entries.contains_key(key) {
-            namespace.entries.insert(key.to_owned(), KvEntry::default());
-        }
-        namespace.entries.get_mut(key).expect("inserted above")
+        namespace.entries.entry(key.to_owned()).or_default()
     }
 
     fn write_entry(
