@@ -66,7 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn replica(i: usize) -> Engine {
-    let node = NodeId(format!("node-{i}"));
+    let node = NodeId::from(format!("node-{i}"));
     let cfg = EngineConfig {
         node: node.clone(),
         record: MemberRecord {

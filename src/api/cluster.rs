@@ -130,7 +130,7 @@ pub(super) async fn drain(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let node = NodeId(id);
+    let node = NodeId::from(id);
     let shown = node.clone();
     s.node.write(move |e, now| e.drain(now, &node)).await?;
     Ok(Json(json!({"node": shown, "status": "draining"})))
@@ -140,7 +140,7 @@ pub(super) async fn remove(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let node = NodeId(id);
+    let node = NodeId::from(id);
     let shown = node.clone();
     s.node
         .write(move |e, now| e.remove_member(now, &node))

@@ -238,7 +238,7 @@ pub fn parse_version(text: &str) -> Result<Version, String> {
             .collect::<Result<_, String>>()?
     };
     for (k, n) in pairs {
-        v.dots.insert(NodeId(k), n);
+        v.dots.insert(NodeId::from(k), n);
     }
     Ok(v)
 }

@@ -7,9 +7,18 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// A node's identity: the textual libp2p peer id derived from its ed25519 key.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Shared, not copied: every vector clock, register and record names nodes,
+/// so a clone is a reference-count increment rather than a 52-byte copy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct NodeId(pub String);
+pub struct NodeId(std::sync::Arc<str>);
+
+impl Default for NodeId {
+    fn default() -> Self {
+        NodeId::from("")
+    }
+}
 
 impl NodeId {
     /// The id as a string slice.
@@ -19,7 +28,7 @@ impl NodeId {
 
     /// A short form for logs and tables: the last eight characters.
     pub fn short(&self) -> &str {
-        let s = self.0.as_str();
+        let s: &str = &self.0;
         &s[s.len().saturating_sub(8)..]
     }
 }
@@ -32,7 +41,13 @@ impl fmt::Display for NodeId {
 
 impl From<&str> for NodeId {
     fn from(s: &str) -> Self {
-        NodeId(s.to_owned())
+        NodeId(s.into())
+    }
+}
+
+impl From<String> for NodeId {
+    fn from(s: String) -> Self {
+        NodeId(s.into())
     }
 }
 

@@ -178,7 +178,7 @@ mod tests {
     fn cands(n: usize) -> Vec<Candidate> {
         (0..n)
             .map(|i| Candidate {
-                id: NodeId(format!("node-{i:02}")),
+                id: NodeId::from(format!("node-{i:02}")),
                 capacity: 8,
                 running: i as u32,
                 cpu: 0.1 * i as f32,

@@ -234,7 +234,7 @@ impl Node {
             cfg.secret_file.as_deref(),
             &cfg.data_dir,
         )?;
-        let id = NodeId(key.public().to_peer_id().to_string());
+        let id = NodeId::from(key.public().to_peer_id().to_string());
         let name = cfg
             .name
             .clone()

@@ -333,7 +333,7 @@ impl Store {
         for (k, v) in self.rows(&self.members)? {
             let id = self.text("members", &k)?;
             let entry = self.decode("members", &id, &v)?;
-            state.apply(Delta::Member(NodeId(id), entry));
+            state.apply(Delta::Member(NodeId::from(id), entry));
         }
         for (k, v) in self.rows(&self.tasks)? {
             let id = self.text("tasks", &k)?;
