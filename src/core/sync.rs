@@ -104,6 +104,18 @@ fn id_of(kind: u8, parts: &[&str]) -> u64 {
     u64::from_le_bytes(out)
 }
 
+/// A knowledge entry's sync digest: its key and version vector.
+fn kv_digest(ns: &str, key: &str, entry: &crate::core::knowledge::KvEntry) -> u128 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"k");
+    canon::hash_str(&mut h, ns);
+    canon::hash_str(&mut h, key);
+    canon::hash_clock(&mut h, entry.version());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    u128::from_le_bytes(out)
+}
+
 /// The bucket of an entry id.
 pub fn bucket_of(id: u64) -> usize {
     (id % BUCKETS as u64) as usize
@@ -180,10 +192,7 @@ impl EntryRef {
             }
             EntryRef::Kv { ns, key } => {
                 let entry = state.namespaces.get(ns)?.entries.get(key)?;
-                h.update(b"k");
-                canon::hash_str(&mut h, ns);
-                canon::hash_str(&mut h, key);
-                canon::hash_clock(&mut h, entry.version());
+                return Some(kv_digest(ns, key, entry));
             }
             EntryRef::Policy(ns) => {
                 let n = state.namespaces.get(ns)?;
@@ -280,7 +289,8 @@ impl SyncIndex {
         index
     }
 
-    /// Records that the entry `d` is about has changed.
+    /// Records that the entry `d` is about has changed; `d` must carry the
+    /// entry's new state.
     pub fn touch(&mut self, d: &Delta) {
         if let Delta::Kv { ns, .. } = d {
             if !self.namespaces.contains(ns) {
@@ -290,6 +300,18 @@ impl SyncIndex {
         }
         let id = EntryRef::delta_id(d);
         self.touch_id(id, || EntryRef::of(d));
+        // A knowledge entry's digest needs only the delta at hand (which is
+        // the entry's new state): take it now rather than look the entry up
+        // in the state later.
+        if let Delta::Kv { ns, key, entry } = d {
+            let b = bucket_of(id);
+            if let Some(slot) = self.slots[b].get_mut(&id) {
+                let digest = kv_digest(ns, key, entry);
+                slot.digest = Some(digest);
+                self.buckets[b] ^= digest;
+                self.content ^= digest;
+            }
+        }
     }
 
     fn touch_ref(&mut self, entry: EntryRef) {
@@ -505,13 +527,23 @@ mod tests {
     fn kv(state: &mut ReplicatedState, index: &mut SyncIndex, key: &str, v: &str, node: &str) {
         let mut e = KvEntry::default();
         e.put(Policy::Lww, v.into(), &NodeId::from(node), Millis(1), 1);
-        let d = Delta::Kv {
-            ns: "n".into(),
-            key: key.into(),
-            entry: e,
-        };
-        index.touch(&d);
+        apply(
+            state,
+            index,
+            Delta::Kv {
+                ns: "n".into(),
+                key: key.into(),
+                entry: e,
+            },
+        );
+    }
+
+    /// Merges `d` and tells the index, with the entry's new state (as the
+    /// engine does).
+    fn apply(state: &mut ReplicatedState, index: &mut SyncIndex, d: Delta) {
+        let entry = EntryRef::of(&d);
         state.apply(d);
+        index.touch(&entry.delta(state).unwrap());
     }
 
     /// One round of repair: `to` pulls what differs from `from`.
@@ -525,8 +557,7 @@ mod tests {
         let got = fi.missing(from, &cells, &have);
         let n = got.len();
         for d in got {
-            ti.touch(&d);
-            to.apply(d);
+            apply(to, ti, d);
         }
         n
     }
