@@ -6,9 +6,8 @@
 
 mod common;
 
-use common::{poll_until, shoal_bin};
+use common::{first_line, poll_until, shoal_bin};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -131,19 +130,9 @@ impl Lab {
             .stderr(std::fs::File::create(dir.join(format!("h{i}.log"))).unwrap())
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next().and_then(|l| l.ok()));
-            for _ in lines {}
-        });
+        let line = first_line(&mut child, Duration::from_secs(60));
         self.nodes.push(child);
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .ok()
-            .flatten()
-            .expect("node ready");
+        let line = line.expect("node ready");
         assert!(line.contains("ready"), "{line}");
         "http://127.0.0.1:7070".to_owned()
     }

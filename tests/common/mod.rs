@@ -60,6 +60,20 @@ pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proc 
     try_start_env(data_dir, extra, env).unwrap_or_else(|e| panic!("node did not start: {e}"))
 }
 
+/// The first line a child prints on stdout (its ready line), waiting at most
+/// `limit`; the rest of its output is drained in the background so the child
+/// never blocks on a full pipe.
+pub fn first_line(child: &mut std::process::Child, limit: Duration) -> Option<String> {
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next().and_then(|l| l.ok()));
+        for _ in lines {}
+    });
+    rx.recv_timeout(limit).ok().flatten()
+}
+
 /// Like [`start_env`], but returns the stderr text if the process exits first.
 pub fn try_start_env(
     data_dir: &Path,
@@ -89,15 +103,7 @@ pub fn try_start_env(
         .stderr(stderr)
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let first = lines.next().and_then(|l| l.ok());
-        let _ = tx.send(first);
-        for _ in lines {}
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).ok().flatten();
+    let line = first_line(&mut child, Duration::from_secs(60));
     let Some(line) = line else {
         let _ = child.kill();
         let _ = child.wait();
