@@ -298,49 +298,57 @@ impl SyncIndex {
                 self.touch_ref(EntryRef::Policy(ns.clone()));
             }
         }
-        let id = EntryRef::delta_id(d);
-        self.touch_id(id, || EntryRef::of(d));
         // A knowledge entry's digest needs only the delta at hand (which is
         // the entry's new state): take it now rather than look the entry up
-        // in the state later.
-        if let Delta::Kv { ns, key, entry } = d {
-            let b = bucket_of(id);
-            if let Some(slot) = self.slots[b].get_mut(&id) {
-                let digest = kv_digest(ns, key, entry);
-                slot.digest = Some(digest);
-                self.buckets[b] ^= digest;
-                self.content ^= digest;
-            }
-        }
+        // in the state later. Other entries are digested lazily.
+        let digest = match d {
+            Delta::Kv { ns, key, entry } => Some(kv_digest(ns, key, entry)),
+            _ => None,
+        };
+        self.touch_id(EntryRef::delta_id(d), || EntryRef::of(d), digest);
     }
 
     fn touch_ref(&mut self, entry: EntryRef) {
         let id = entry.id();
-        self.touch_id(id, || entry);
+        self.touch_id(id, || entry, None);
     }
 
-    fn touch_id(&mut self, id: u64, entry: impl FnOnce() -> EntryRef) {
+    /// Replaces an entry's digest with `digest`, or marks the entry for
+    /// [`SyncIndex::refresh`] when it is `None`.
+    fn touch_id(&mut self, id: u64, entry: impl FnOnce() -> EntryRef, digest: Option<u128>) {
         let b = bucket_of(id);
-        match self.slots[b].get_mut(&id) {
-            Some(slot) => {
-                if let Some(d) = slot.digest.take() {
-                    self.buckets[b] ^= d;
-                    if !slot.entry.is_member() {
-                        self.content ^= d;
-                    }
-                    self.dirty.push(id);
+        let (slot, listed) = match self.slots[b].entry(id) {
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let slot = o.into_mut();
+                // A slot without a digest is already on the dirty list.
+                let listed = slot.digest.is_none();
+                (slot, listed)
+            }
+            std::collections::hash_map::Entry::Vacant(v) => (
+                v.insert(Slot {
+                    entry: entry(),
+                    digest: None,
+                }),
+                false,
+            ),
+        };
+        let counts = !slot.entry.is_member();
+        if let Some(old) = slot.digest.take() {
+            self.buckets[b] ^= old;
+            if counts {
+                self.content ^= old;
+            }
+        }
+        match digest {
+            Some(new) => {
+                slot.digest = Some(new);
+                self.buckets[b] ^= new;
+                if counts {
+                    self.content ^= new;
                 }
             }
-            None => {
-                self.slots[b].insert(
-                    id,
-                    Slot {
-                        entry: entry(),
-                        digest: None,
-                    },
-                );
-                self.dirty.push(id);
-            }
+            None if !listed => self.dirty.push(id),
+            None => {}
         }
     }
 
