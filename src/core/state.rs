@@ -116,6 +116,15 @@ pub struct ReplicatedState {
 }
 
 impl ReplicatedState {
+    /// A namespace, created (with the default policy) if it does not exist;
+    /// the name is copied only then.
+    pub fn namespace_mut(&mut self, ns: &str) -> &mut Namespace {
+        if !self.namespaces.contains_key(ns) {
+            self.namespaces.insert(ns.to_owned(), Namespace::default());
+        }
+        self.namespaces.get_mut(ns).expect("inserted above")
+    }
+
     /// Merges a delta into the state.
     pub fn apply(&mut self, delta: Delta) {
         match delta {

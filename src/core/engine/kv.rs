@@ -71,7 +71,7 @@ impl Engine {
     /// Sets a namespace's conflict policy.
     pub fn set_policy(&mut self, now: Millis, ns: &str, policy: Policy) -> Result<(), EngineError> {
         check_writable(ns, "policy")?;
-        let namespace = self.state.namespaces.entry(ns.to_owned()).or_default();
+        let namespace = self.state.namespace_mut(ns);
         let marker: PolicyMarker = (
             now.max(namespace.policy.marker.0.plus(1)),
             self.cfg.node.clone(),
@@ -160,12 +160,7 @@ impl Engine {
     }
 
     fn entry_mut(&mut self, ns: &str, key: &str) -> &mut KvEntry {
-        if !self.state.namespaces.contains_key(ns) {
-            self.state
-                .namespaces
-                .insert(ns.to_owned(), Default::default());
-        }
-        let namespace = self.state.namespaces.get_mut(ns).expect("inserted above");
+        let namespace = self.state.namespace_mut(ns);
         namespace.entries.entry(key.to_owned()).or_default()
     }
 

@@ -373,10 +373,7 @@ impl Engine {
             }
             Delta::Member(id, entry) => self.merge_member(now, id, entry),
             Delta::Kv { ns, key, entry } => {
-                if !self.state.namespaces.contains_key(&ns) {
-                    self.state.namespaces.insert(ns.clone(), Default::default());
-                }
-                let namespace = self.state.namespaces.get_mut(&ns).expect("inserted above");
+                let namespace = self.state.namespace_mut(&ns);
                 let Some(merged) = namespace.merge_entry(key.clone(), entry) else {
                     return false;
                 };
@@ -389,7 +386,7 @@ impl Engine {
                 true
             }
             Delta::Policy { ns, policy } => {
-                let namespace = self.state.namespaces.entry(ns.clone()).or_default();
+                let namespace = self.state.namespace_mut(&ns);
                 let before = namespace.policy.clone();
                 crdts::CvRDT::merge(&mut namespace.policy, policy);
                 if namespace.policy == before {
