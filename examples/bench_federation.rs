@@ -51,6 +51,24 @@ async fn alive(h: &NodeHandle) -> usize {
     .unwrap()
 }
 
+/// CPU seconds this process has used (user and system, all threads), from
+/// `/proc/self/stat`: unlike wall time, it does not count time the VM was
+/// not scheduled (steal).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and
+    // stime are the 12th and 13th of them, in clock ticks.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let ticks: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // USER_HZ, which Linux fixes at 100 for user space.
+    ticks.iter().sum::<f64>() / 100.0
+}
+
 async fn digest(h: &NodeHandle) -> String {
     h.read(|e, _| e.digest().to_hex().to_string())
         .await
@@ -63,6 +81,11 @@ async fn main() {
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     let writes: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);
     let load = args.iter().any(|a| a == "--load");
+    // Concurrent writers on node 0 during `--load` (`--writers=N`, default 256).
+    let writers: u64 = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--writers=")?.parse().ok())
+        .unwrap_or(256);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -131,7 +154,8 @@ async fn main() {
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         let t0 = Instant::now();
-        for w in 0..256 {
+        let cpu0 = cpu_seconds();
+        for w in 0..writers {
             let (h, stop) = (handles[0].clone(), stop.clone());
             workers.push(tokio::spawn(async move {
                 let mut i = 0u64;
@@ -155,6 +179,7 @@ async fn main() {
             total += w.await.unwrap();
         }
         let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds() - cpu0;
         let stopped = Instant::now();
         let target = digest(&handles[0]).await;
         let mut converged = false;
@@ -172,6 +197,11 @@ async fn main() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await; // poll until converged
         }
+        println!(
+            "CPU: {:.1} s used in {secs:.1} s of load = {:.1} µs per replicated write (all {n} nodes and the writers)",
+            cpu,
+            cpu / total as f64 * 1e6
+        );
         let bytes = {
             let text = handles[0].metrics().encode();
             text.lines()
@@ -201,6 +231,21 @@ async fn main() {
             })
             .sum();
         println!("anti-entropy brought {pulled:.0} entries in all (the rest came by gossip)");
+        for (i, h) in handles.iter().enumerate() {
+            let text = h.metrics().encode();
+            let value = |name: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let commits = value("shoal_store_commit_seconds_count");
+            println!(
+                "node {i}: {commits:.0} commits, mean {:.2} ms, mean batch {:.0} entries",
+                value("shoal_store_commit_seconds_sum") / commits * 1000.0,
+                value("shoal_store_batch_size_sum") / commits
+            );
+        }
     }
     for n in nodes {
         let _ = n.shutdown().await;

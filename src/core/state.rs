@@ -16,6 +16,7 @@ use crate::core::task::TaskEntry;
 use crdts::{CvRDT, LWWReg};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Marker of a namespace policy: when it was set and by whom.
 pub type PolicyMarker = (Millis, NodeId);
@@ -25,8 +26,10 @@ pub type PolicyMarker = (Millis, NodeId);
 pub struct Namespace {
     /// The conflict policy (last setter wins).
     pub policy: LWWReg<Policy, PolicyMarker>,
-    /// Entries by key.
-    pub entries: BTreeMap<String, KvEntry>,
+    /// Entries by key. Shared: a change hands the entry to the store and to
+    /// gossip without copying it, and the next write to the key copies it
+    /// only if they still hold it.
+    pub entries: BTreeMap<String, Arc<KvEntry>>,
     /// The merge of every entry's version: per node, its latest write
     /// counter in this namespace. Derived from `entries`.
     #[serde(skip)]
@@ -44,7 +47,7 @@ impl Namespace {
     /// not newer than the local one's is already contained in it (every
     /// change advances the version, and a node's own state of an entry only
     /// grows), so it is not merged at all.
-    pub fn merge_entry(&mut self, key: String, entry: KvEntry) -> Option<&KvEntry> {
+    pub fn merge_entry(&mut self, key: String, entry: Arc<KvEntry>) -> Option<&Arc<KvEntry>> {
         for (node, counter) in &entry.version().dots {
             if self.clock.get(node) < *counter {
                 crdts::CmRDT::apply(&mut self.clock, crdts::Dot::new(node.clone(), *counter));
@@ -58,7 +61,7 @@ impl Namespace {
                 if entry.version() <= local.version() {
                     return None;
                 }
-                local.merge(entry);
+                Arc::make_mut(local).merge(Arc::unwrap_or_clone(entry));
                 Some(local)
             }
         }
@@ -93,7 +96,7 @@ pub enum Delta {
         /// Key.
         key: String,
         /// The entry's state.
-        entry: KvEntry,
+        entry: Arc<KvEntry>,
     },
     /// A namespace's conflict policy.
     Policy {

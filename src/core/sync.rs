@@ -541,7 +541,7 @@ mod tests {
             Delta::Kv {
                 ns: "n".into(),
                 key: key.into(),
-                entry: e,
+                entry: e.into(),
             },
         );
     }

@@ -218,7 +218,7 @@ mod tests {
         Delta::Kv {
             ns: "ns".into(),
             key: format!("k{i}"),
-            entry,
+            entry: entry.into(),
         }
     }
 

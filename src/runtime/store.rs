@@ -469,7 +469,7 @@ mod tests {
         let delta = Delta::Kv {
             ns: "a".into(),
             key: "b".into(),
-            entry,
+            entry: entry.into(),
         };
         expected.apply(delta.clone());
         {
@@ -502,7 +502,7 @@ mod tests {
                         &[Delta::Kv {
                             ns: "a".into(),
                             key: format!("k{i}"),
-                            entry,
+                            entry: entry.into(),
                         }],
                         &[],
                         true,

@@ -6,6 +6,7 @@ use crate::core::ids::Millis;
 use crate::core::knowledge::{canonical_json, changed_since, KvEntry, Policy, Version};
 use crate::core::state::{Delta, PolicyMarker};
 use crdts::{CvRDT, LWWReg};
+use std::sync::Arc;
 
 /// The namespace Shoal keeps its own cluster settings in (the default
 /// placement strategy). Users can read it; only the engine writes it.
@@ -111,8 +112,8 @@ impl Engine {
         let policy = self.policy(ns);
         let counter = self.next_counter(ns);
         let entry = self.entry_mut(ns, key);
-        entry.delete(policy, &me, now, counter);
-        let entry = entry.clone();
+        Arc::make_mut(entry).delete(policy, &me, now, counter);
+        let entry = Arc::clone(entry);
         self.note_version(ns, counter);
         self.emit(Output::Changed(Delta::Kv {
             ns: ns.to_owned(),
@@ -159,7 +160,9 @@ impl Engine {
         }
     }
 
-    fn entry_mut(&mut self, ns: &str, key: &str) -> &mut KvEntry {
+    /// The entry of `key`, created if missing; `Arc::make_mut` on it copies
+    /// the entry only while a commit or a gossip message still holds it.
+    fn entry_mut(&mut self, ns: &str, key: &str) -> &mut Arc<KvEntry> {
         let namespace = self.state.namespace_mut(ns);
         namespace.entries.entry(key.to_owned()).or_default()
     }
@@ -175,13 +178,13 @@ impl Engine {
         let policy = self.policy(ns);
         let counter = self.next_counter(ns);
         let entry = self.entry_mut(ns, key);
-        write(entry, policy, &me, counter);
-        let entry = entry.clone();
+        write(Arc::make_mut(entry), policy, &me, counter);
+        let entry = Arc::clone(entry);
         self.note_version(ns, counter);
         self.emit(Output::Changed(Delta::Kv {
             ns: ns.to_owned(),
             key: key.to_owned(),
-            entry: entry.clone(),
+            entry: Arc::clone(&entry),
         }));
         Ok(KvWrite { policy, entry })
     }
@@ -237,7 +240,7 @@ pub struct KvWrite {
     /// The namespace's policy.
     pub policy: Policy,
     /// The entry's new state.
-    pub entry: KvEntry,
+    pub entry: Arc<KvEntry>,
 }
 
 impl KvWrite {
