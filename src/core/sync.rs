@@ -209,8 +209,10 @@ impl EntryRef {
     /// The entry's current state as a delta, or `None` when it is absent.
     pub fn delta(&self, state: &ReplicatedState) -> Option<Delta> {
         Some(match self {
-            EntryRef::Member(id) => Delta::Member(id.clone(), state.members.get(id)?.clone()),
-            EntryRef::Task(id) => Delta::Task(id.clone(), state.tasks.get(id)?.clone()),
+            EntryRef::Member(id) => {
+                Delta::Member(id.clone(), Box::new(state.members.get(id)?.clone()))
+            }
+            EntryRef::Task(id) => Delta::Task(id.clone(), Box::new(state.tasks.get(id)?.clone())),
             EntryRef::Kv { ns, key } => Delta::Kv {
                 ns: ns.clone(),
                 key: key.clone(),

@@ -515,7 +515,7 @@ impl Owner {
 
     /// Moves what the engine produced into `next`.
     fn collect(&mut self, next: &mut Batch) {
-        for out in self.engine.take_outputs() {
+        for out in self.engine.drain_outputs() {
             match out {
                 Output::Changed(d) => {
                     next.sync = true;

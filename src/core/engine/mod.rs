@@ -203,6 +203,12 @@ impl Engine {
         std::mem::take(&mut self.outputs)
     }
 
+    /// Drains the outputs produced since the last call, keeping the buffer
+    /// for the next ones.
+    pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, Output> {
+        self.outputs.drain(..)
+    }
+
     fn emit(&mut self, out: Output) {
         if let Output::Changed(d) | Output::Merged(d) | Output::Gossip(d) = &out {
             self.sync.get_mut().touch(d);
@@ -229,8 +235,9 @@ impl Engine {
     }
 
     fn put_member(&mut self, id: NodeId, entry: MemberEntry) {
-        self.state.apply(Delta::Member(id.clone(), entry.clone()));
-        self.emit(Output::Changed(Delta::Member(id, entry)));
+        self.state
+            .apply(Delta::Member(id.clone(), Box::new(entry.clone())));
+        self.emit(Output::Changed(Delta::Member(id, Box::new(entry))));
     }
 
     /// Marks this node as draining: it takes no new tasks and finishes what
@@ -342,8 +349,9 @@ impl Engine {
         entry.write(record, &me);
         // A heartbeat: spread, not persisted (load figures are ephemeral, and
         // a restart announces a new incarnation anyway).
-        self.state.apply(Delta::Member(me.clone(), entry.clone()));
-        self.emit(Output::Gossip(Delta::Member(me, entry)));
+        self.state
+            .apply(Delta::Member(me.clone(), Box::new(entry.clone())));
+        self.emit(Output::Gossip(Delta::Member(me, Box::new(entry))));
     }
 
     /// Merges a delta that came from another node (by gossip or sync).
@@ -360,14 +368,17 @@ impl Engine {
                     .unwrap_or_else(|| TaskEntry::new(entry.spec().clone()));
                 let before = merged.marker().clone();
                 let history = merged.history().len();
-                merged.merge(entry);
+                merged.merge(*entry);
                 if merged.marker() == &before
                     && merged.history().len() == history
                     && self.state.tasks.contains_key(&id)
                 {
                     return false;
                 }
-                self.emit(Output::Merged(Delta::Task(id.clone(), merged.clone())));
+                self.emit(Output::Merged(Delta::Task(
+                    id.clone(),
+                    Box::new(merged.clone()),
+                )));
                 self.put_task(now, id, merged, false);
                 true
             }
@@ -402,7 +413,7 @@ impl Engine {
     }
 
     /// Merges a member record; true when the record changed.
-    fn merge_member(&mut self, now: Millis, id: NodeId, entry: MemberEntry) -> bool {
+    fn merge_member(&mut self, now: Millis, id: NodeId, entry: Box<MemberEntry>) -> bool {
         let before = self.state.members.get(&id).map(|m| m.marker().clone());
         let known = before.is_some();
         let delta = Delta::Member(id.clone(), entry);
@@ -417,7 +428,10 @@ impl Engine {
         // Persist only what is not a mere heartbeat.
         let stable = |m: &MemberMarker| (m.incarnation, m.status);
         if before.as_ref().map(stable) != Some(stable(merged.marker())) || !known {
-            self.emit(Output::Merged(Delta::Member(id.clone(), merged.clone())));
+            self.emit(Output::Merged(Delta::Member(
+                id.clone(),
+                Box::new(merged.clone()),
+            )));
         }
         if id == self.cfg.node {
             self.refute(now, &merged);
@@ -701,7 +715,10 @@ impl Engine {
         }
         self.index(&id, &entry);
         if local {
-            self.emit(Output::Changed(Delta::Task(id.clone(), entry.clone())));
+            self.emit(Output::Changed(Delta::Task(
+                id.clone(),
+                Box::new(entry.clone()),
+            )));
         }
         let st = entry.state().clone();
         self.state.tasks.insert(id.clone(), entry);
