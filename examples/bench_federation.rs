@@ -202,13 +202,15 @@ async fn main() {
             cpu,
             cpu / total as f64 * 1e6
         );
-        let bytes = {
+        let published = |what: &str| {
             let text = handles[0].metrics().encode();
             text.lines()
-                .find(|l| l.contains("gossip_bytes_published"))
+                .find(|l| l.contains(what))
                 .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
+        let bytes = published("\"gossip_bytes_published\"");
+        let messages = published("\"gossip_published\"");
         println!(
             "sustained: {total} writes in {secs:.1} s = {:.0} acknowledged/s on node 0; all {n} digests equal {} {:?} after the load stopped",
             total as f64 / secs,
@@ -218,6 +220,10 @@ async fn main() {
         println!(
             "gossip payload: {:.0} bytes per update (compressed postcard deltas, before noise/yamux framing)",
             bytes / (total as f64 + writes as f64)
+        );
+        println!(
+            "gossip messages: {messages:.0} published by node 0, {:.0} updates per message",
+            (total as f64 + writes as f64) / messages
         );
         let pulled: f64 = handles
             .iter()

@@ -15,24 +15,29 @@ use crate::core::member::MemberEntry;
 use crate::core::task::TaskEntry;
 use crdts::{CvRDT, LWWReg};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Marker of a namespace policy: when it was set and by whom.
 pub type PolicyMarker = (Millis, NodeId);
 
+/// A namespace's entries by key. A hash map: writes and merges look a key
+/// up on every change, and hashing the key once is cheaper than the string
+/// comparisons down a large B-tree. What needs key order (listings, the
+/// namespace digest) sorts.
+pub type Entries = HashMap<String, Arc<KvEntry>, foldhash::fast::RandomState>;
+
 /// One namespace of the knowledge store.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Namespace {
     /// The conflict policy (last setter wins).
     pub policy: LWWReg<Policy, PolicyMarker>,
     /// Entries by key. Shared: a change hands the entry to the store and to
     /// gossip without copying it, and the next write to the key copies it
     /// only if they still hold it.
-    pub entries: BTreeMap<String, Arc<KvEntry>>,
+    pub entries: Entries,
     /// The merge of every entry's version: per node, its latest write
     /// counter in this namespace. Derived from `entries`.
-    #[serde(skip)]
     pub clock: crate::core::knowledge::Version,
 }
 
@@ -55,8 +60,8 @@ impl Namespace {
         }
         match self.entries.entry(key) {
             // Merging into an empty entry gives the entry itself.
-            std::collections::btree_map::Entry::Vacant(v) => Some(v.insert(entry)),
-            std::collections::btree_map::Entry::Occupied(o) => {
+            std::collections::hash_map::Entry::Vacant(v) => Some(v.insert(entry)),
+            std::collections::hash_map::Entry::Occupied(o) => {
                 let local = o.into_mut();
                 if entry.version() <= local.version() {
                     return None;
@@ -71,7 +76,9 @@ impl Namespace {
     pub fn digest(&self) -> blake3::Hash {
         let mut h = blake3::Hasher::new();
         canon::hash_value(&mut h, &self.policy);
-        for (key, entry) in &self.entries {
+        let mut sorted: Vec<_> = self.entries.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (key, entry) in sorted {
             canon::hash_value(&mut h, key);
             h.update(entry.digest().as_bytes());
         }

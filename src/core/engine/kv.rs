@@ -221,6 +221,7 @@ impl Engine {
                 items.push(item);
             }
         }
+        items.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         (items, version, hex::encode(namespace.digest().as_bytes()))
     }
 
