@@ -320,6 +320,7 @@ impl Node {
             net,
             initial_sync: HashSet::new(),
             resync: HashSet::new(),
+            outbox: Outbox::default(),
         };
         owner.engine.start(now());
         owner.flush_now().await?;
@@ -376,6 +377,41 @@ struct Owner {
     /// Peers to ask for a summary again as soon as a diff is answered,
     /// because not every differing bucket fitted in it.
     resync: HashSet<PeerId>,
+    /// Committed changes waiting to be gossiped.
+    outbox: Outbox,
+}
+
+/// How long committed changes may wait to share a gossip message with the
+/// next commits' changes. Each gossip message is signed by its sender and
+/// verified by every receiver (an ed25519 signature each), so under load
+/// fewer, larger messages save CPU on every node. A change made when nothing
+/// was published for this long goes out at once: idle writes wait for
+/// nothing.
+const GOSSIP_WINDOW: Duration = Duration::from_millis(5);
+
+/// A deadline for a timer branch that is disabled.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
+}
+
+/// Committed changes waiting to be gossiped, and when gossip last went out.
+#[derive(Default)]
+struct Outbox {
+    deltas: Vec<Delta>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Outbox {
+    /// When the waiting changes are due, or `None` when nothing waits.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        if self.deltas.is_empty() {
+            return None;
+        }
+        Some(
+            self.last
+                .map_or_else(tokio::time::Instant::now, |t| t + GOSSIP_WINDOW),
+        )
+    }
 }
 
 /// Most commands answered by one commit.
@@ -454,6 +490,8 @@ impl Owner {
                         self.on_net(e);
                     }
                 }
+                _ = tokio::time::sleep_until(self.outbox.due().unwrap_or_else(far_future)),
+                    if self.outbox.due().is_some() => self.flush_gossip(),
                 _ = tick.tick() => self.engine.tick(now()),
                 _ = load.tick() => self.report_load(),
                 _ = entropy.tick() => self.anti_entropy(),
@@ -569,7 +607,7 @@ impl Owner {
                 for r in batch.replies {
                     r(Ok(()));
                 }
-                self.publish(&batch.changed, &batch.publish);
+                self.publish(batch.changed, batch.publish);
                 for e in batch.effects {
                     self.effect(e);
                 }
@@ -605,20 +643,38 @@ impl Owner {
             .await
             .map_err(|_| NodeError::Stopped)?;
         result?;
-        self.publish(&batch.changed, &batch.publish);
+        self.publish(batch.changed, batch.publish);
+        self.flush_gossip();
         for e in batch.effects {
             self.effect(e);
         }
         Ok(())
     }
 
-    /// Spreads committed local changes by gossip.
-    fn publish(&mut self, changed: &[Delta], gossip_only: &[Delta]) {
-        if !changed.is_empty() || !gossip_only.is_empty() {
-            let deltas = changed.iter().chain(gossip_only);
-            self.net
-                .publish(wire::gossip_chunks(deltas, wire::MAX_GOSSIP_BYTES));
+    /// Spreads committed local changes by gossip: at once when nothing was
+    /// published within [`GOSSIP_WINDOW`], else with the changes that follow
+    /// until the window has passed.
+    fn publish(&mut self, changed: Vec<Delta>, gossip_only: Vec<Delta>) {
+        self.outbox.deltas.extend(changed);
+        self.outbox.deltas.extend(gossip_only);
+        if self
+            .outbox
+            .due()
+            .is_some_and(|due| due <= tokio::time::Instant::now())
+        {
+            self.flush_gossip();
         }
+    }
+
+    /// Publishes every change waiting in the outbox.
+    fn flush_gossip(&mut self) {
+        if self.outbox.deltas.is_empty() {
+            return;
+        }
+        let messages = wire::gossip_chunks(&self.outbox.deltas, wire::MAX_GOSSIP_BYTES);
+        self.outbox.deltas.clear();
+        self.outbox.last = Some(tokio::time::Instant::now());
+        self.net.publish(messages);
     }
 
     fn exec_done(&mut self, id: TaskId, fence: Fence, outcome: Option<Outcome>) {
