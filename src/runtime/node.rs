@@ -931,3 +931,31 @@ impl Owner {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta() -> Delta {
+        Delta::Policy {
+            ns: "n".into(),
+            policy: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_outbox_sends_at_once_after_quiet_and_holds_changes_within_the_window() {
+        let mut outbox = Outbox::default();
+        assert_eq!(outbox.due(), None, "nothing waits");
+        outbox.deltas.push(delta());
+        let now = tokio::time::Instant::now();
+        assert!(
+            outbox.due().expect("a change waits") <= tokio::time::Instant::now(),
+            "first change after quiet is due at once"
+        );
+        outbox.last = Some(now);
+        assert_eq!(outbox.due(), Some(now + GOSSIP_WINDOW));
+        outbox.deltas.clear();
+        assert_eq!(outbox.due(), None);
+    }
+}
