@@ -75,8 +75,16 @@ async fn digest(h: &NodeHandle) -> String {
         .unwrap()
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The same memory setting as the `shoal` binary, so the benchmark
+    // measures what ships.
+    shoal::runtime::memory::disable_transparent_huge_pages();
+    tokio::runtime::Runtime::new()
+        .expect("tokio runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     let writes: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);

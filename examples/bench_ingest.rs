@@ -79,8 +79,16 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // The same memory setting as the `shoal` binary, so the benchmark
+    // measures what ships.
+    shoal::runtime::memory::disable_transparent_huge_pages();
+    tokio::runtime::Runtime::new()
+        .expect("tokio runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     let args: Vec<String> = std::env::args().collect();
     let concurrency: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1024);
     let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);

@@ -3,12 +3,8 @@
 use clap::Parser;
 
 fn main() {
-    // Transparent huge pages: mimalloc asks for them on its segments, and a
-    // 2 MiB page is resident as a whole once one byte of it is touched. An
-    // idle node went from ~31 MB to ~15 MB resident without them; HTTP
-    // ingest stayed within run-to-run noise. Set before anything allocates.
-    #[cfg(target_os = "linux")]
-    let _ = nix::sys::prctl::set_thp_disable(true);
+    // Before anything allocates: see the function's docs for why.
+    shoal::runtime::memory::disable_transparent_huge_pages();
     let cli = shoal::cli::Cli::parse();
     std::process::exit(shoal::cli::run(cli));
 }

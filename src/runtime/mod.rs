@@ -8,6 +8,7 @@
 
 pub mod executor;
 pub mod identity;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod node;
