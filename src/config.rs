@@ -12,6 +12,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// Default p2p listen addresses: TCP (private by the cluster secret through
+/// libp2p-pnet) and QUIC on the same port number (private by Shoal's
+/// admission handshake, see [`crate::runtime::admit`]).
+pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7000", "/ip4/0.0.0.0/udp/7000/quic-v1"];
+
 /// A configuration that cannot be used. Nothing was started.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -228,7 +233,7 @@ impl ConfigLayer {
             name: self.name,
             listen: self
                 .listen
-                .unwrap_or_else(|| vec!["/ip4/0.0.0.0/tcp/7000".to_owned()]),
+                .unwrap_or_else(|| DEFAULT_LISTEN.iter().map(|a| (*a).to_owned()).collect()),
             bootstrap: self.bootstrap.unwrap_or_default(),
             mdns: self.mdns.unwrap_or(true),
             api,
@@ -415,6 +420,7 @@ mod tests {
         assert_eq!(cfg.capacity, 4);
         assert_eq!(cfg.timing.heartbeat_interval_ms, 500);
         assert_eq!(cfg.api.to_string(), "127.0.0.1:7070");
+        assert_eq!(cfg.listen, DEFAULT_LISTEN, "TCP and QUIC by default");
     }
 
     #[test]

@@ -252,6 +252,58 @@ fn a_node_with_another_secret_never_gets_in() {
     assert_eq!(code, 404);
 }
 
+/// QUIC has no byte stream for pnet; Shoal's admission handshake (each side
+/// proves the cluster secret) stands in for it. Every node here listens on
+/// QUIC only, so nothing can fall back to TCP.
+#[test]
+fn nodes_federate_over_quic_alone_and_another_secret_is_refused_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let quic = ["--listen", "/ip4/127.0.0.1/udp/0/quic-v1"];
+    let nodes = federation(dir.path(), 3, &quic);
+    for p in &nodes {
+        assert!(p.p2p.contains("/quic-v1/"), "{}", p.p2p);
+        poll_until(Duration::from_secs(20), "two QUIC peers", || {
+            (p.metric("shoal_peers") == 2.0).then_some(())
+        });
+    }
+    nodes[2].put("/v1/kv/q/k", &json!("over quic"));
+    poll_until(Duration::from_secs(20), "the write on node 0", || {
+        let (code, v) = nodes[0].req("GET", "/v1/kv/q/k", None);
+        (code == 200 && v["value"] == json!("over quic")).then_some(())
+    });
+
+    let other = "00".repeat(32);
+    let intruder = start_env(
+        &dir.path().join("intruder"),
+        &[&quic[..], &["--bootstrap", nodes[0].p2p.as_str()]].concat(),
+        &[("SHOAL_SECRET", other.as_str())],
+    );
+    poll_until(
+        Duration::from_secs(30),
+        "both sides to refuse the QUIC connection",
+        || {
+            let failed = intruder.metric("shoal_dropped_total{value=\"connection_failed\"}");
+            let refused = nodes[0].metric("shoal_dropped_total{value=\"connection_refused\"}");
+            (failed >= 2.0 && refused >= 2.0).then_some(())
+        },
+    );
+    let log = std::fs::read_to_string(&intruder.stderr_path).unwrap();
+    assert!(
+        log.contains("did not prove the cluster secret"),
+        "the intruder's log says why it was refused"
+    );
+    assert_eq!(intruder.get("/v1/nodes")["count"], 1);
+    assert_eq!(intruder.metric("shoal_peers"), 0.0);
+    for p in &nodes {
+        assert_eq!(
+            p.get("/v1/nodes")["count"],
+            3,
+            "a member learned about the intruder"
+        );
+        assert_eq!(p.metric("shoal_peers"), 2.0);
+    }
+}
+
 #[test]
 fn ten_nodes_form_one_federation_and_converge() {
     let dir = tempfile::tempdir().unwrap();

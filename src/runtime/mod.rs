@@ -6,6 +6,7 @@
 //!
 //! [`Engine`]: crate::core::Engine
 
+pub mod admit;
 pub mod executor;
 pub mod identity;
 pub mod memory;

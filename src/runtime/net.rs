@@ -1,10 +1,11 @@
 //! The libp2p side of a node: transport, discovery, gossip and state sync.
 //!
-//! Transport: TCP, then the private-network handshake keyed by the cluster
-//! secret (libp2p-pnet, XSalsa20), then noise and yamux. A peer without the
-//! secret fails the handshake before any Shoal protocol runs; the failure is
-//! logged and counted. QUIC is off: pnet needs a byte stream and a QUIC side
-//! would not be private (see ARCHITECTURE.md).
+//! Transports: TCP, then the private-network handshake keyed by the cluster
+//! secret (libp2p-pnet, XSalsa20), then noise and yamux; and QUIC, then
+//! Shoal's admission handshake ([`crate::runtime::admit`]), in which each
+//! side proves the cluster secret before the swarm sees the connection. A
+//! peer without the secret fails either before any Shoal protocol runs; the
+//! failure is logged and counted.
 //!
 //! Behaviours: connection limits, identify, ping, mDNS (optional), Kademlia,
 //! gossipsub for deltas (signed, strict validation, blake3 message ids, size
@@ -12,9 +13,12 @@
 //! swarm events into [`NetEvent`]s and carries out sends; the owner decides.
 
 use crate::core::wire::{MAX_GOSSIP_BYTES, MAX_SYNC_BYTES};
+use crate::runtime::admit::{Admission, Role};
 use crate::runtime::identity::ClusterSecret;
 use crate::runtime::metrics::Metrics;
 use futures::{AsyncReadExt, AsyncWriteExt};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
@@ -199,6 +203,8 @@ impl Net {
                         .timeout(Duration::from_secs(20)),
                 )
             })
+            .map_err(err)?
+            .with_other_transport(|key| quic_transport(key, secret))
             .map_err(err)?
             .with_behaviour(|key| behaviour(key, mdns_on))
             .map_err(err)?
@@ -517,6 +523,24 @@ impl Net {
             _ => None,
         }
     }
+}
+
+/// QUIC (libp2p-tls proves both peer ids), then the admission handshake
+/// (both sides prove the cluster secret); only admitted connections reach
+/// the swarm.
+pub fn quic_transport(key: &Keypair, secret: &ClusterSecret) -> Boxed<(PeerId, StreamMuxerBox)> {
+    let admission = Admission::new(secret, key.public().to_peer_id());
+    libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+        .and_then(move |(peer, conn), endpoint| {
+            let role = if endpoint.is_dialer() {
+                Role::Dialer
+            } else {
+                Role::Listener
+            };
+            admission.clone().admit(peer, conn, role)
+        })
+        .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+        .boxed()
 }
 
 fn behaviour(

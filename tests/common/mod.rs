@@ -92,7 +92,13 @@ pub fn try_start_env(
             "--api",
             "127.0.0.1:0",
         ])
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        // Loopback TCP unless the caller chose its own listen addresses.
+        .args(if extra.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "/ip4/127.0.0.1/tcp/0"][..]
+        })
+        .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
         .env_remove("SHOAL_API")
