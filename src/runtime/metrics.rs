@@ -33,7 +33,8 @@ pub struct HttpLabels {
 
 /// All of a node's metrics.
 pub struct Metrics {
-    registry: Registry,
+    /// Locked only to register libp2p's own metrics at start and to encode.
+    registry: std::sync::Mutex<Registry>,
     /// Acknowledged mutations (writes, submissions, completions...).
     pub acknowledged: Counter,
     /// Store commits.
@@ -80,7 +81,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("shoal");
         let m = Metrics {
-            registry: Registry::default(),
+            registry: std::sync::Mutex::new(Registry::default()),
             acknowledged: Counter::default(),
             commits: Counter::default(),
             commit_failures: Counter::default(),
@@ -164,7 +165,10 @@ impl Default for Metrics {
             "Divergences from a peer found by anti-entropy and repaired",
             m.divergences.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: std::sync::Mutex::new(registry),
+            ..m
+        }
     }
 }
 
@@ -204,10 +208,18 @@ impl Metrics {
         self.members.get_or_create(&Label::of(status)).set(n);
     }
 
+    /// Lets `f` register metrics kept by a library (libp2p's gossipsub) under
+    /// `shoal_PREFIX_`.
+    pub fn register_library<T>(&self, prefix: &str, f: impl FnOnce(&mut Registry) -> T) -> T {
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        f(registry.sub_registry_with_prefix(prefix))
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
 }

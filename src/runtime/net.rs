@@ -189,24 +189,15 @@ impl Net {
         mdns_on: bool,
         metrics: Arc<Metrics>,
     ) -> Result<Net, NetError> {
-        let psk = PreSharedKey::new(secret.0);
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
             .with_other_transport(|key| {
-                let noise = noise::Config::new(key)?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                        .upgrade(Version::V1Lazy)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default())
-                        .timeout(Duration::from_secs(20)),
-                )
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(tcp_transport(key, secret)?)
             })
             .map_err(err)?
             .with_other_transport(|key| quic_transport(key, secret))
             .map_err(err)?
-            .with_behaviour(|key| behaviour(key, mdns_on))
+            .with_behaviour(|key| behaviour(key, mdns_on, &metrics))
             .map_err(err)?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
             .build();
@@ -525,6 +516,24 @@ impl Net {
     }
 }
 
+/// TCP, then the private-network handshake keyed by the cluster secret
+/// (libp2p-pnet), then noise and yamux.
+pub fn tcp_transport(
+    key: &Keypair,
+    secret: &ClusterSecret,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let psk = PreSharedKey::new(secret.0);
+    Ok(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .timeout(Duration::from_secs(20))
+            .boxed(),
+    )
+}
+
 /// QUIC (libp2p-tls proves both peer ids), then the admission handshake
 /// (both sides prove the cluster secret); only admitted connections reach
 /// the swarm.
@@ -543,9 +552,40 @@ pub fn quic_transport(key: &Keypair, secret: &ClusterSecret) -> Boxed<(PeerId, S
         .boxed()
 }
 
+/// Peer scoring that penalises only what a peer provably did wrong: gossip
+/// messages that fail validation (a bad or missing signature). One such
+/// message puts a peer below the graylist threshold, so gossipsub ignores
+/// what it sends until the penalty decays (about 2 s after its last invalid
+/// message). Everything else scoring can weigh is off: loopback and NATed
+/// federations share IP addresses, peers fall behind under load (slow-peer
+/// events) and drop gossip promises then; none of that is hostile, and
+/// anti-entropy repairs what it costs. Gossipsub counts and logs invalid
+/// messages only while scoring is on.
+fn invalid_messages_only() -> gossipsub::PeerScoreParams {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..gossipsub::TopicScoreParams::default()
+    };
+    gossipsub::PeerScoreParams {
+        topics: [(IdentTopic::new(STATE_TOPIC).hash(), topic)].into(),
+        app_specific_weight: 0.0,
+        ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
+        slow_peer_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    }
+}
+
 fn behaviour(
     key: &Keypair,
     mdns_on: bool,
+    metrics: &Metrics,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer = key.public().to_peer_id();
     let gossip_cfg = gossipsub::ConfigBuilder::default()
@@ -557,8 +597,18 @@ fn behaviour(
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| e.to_string())?;
-    let gossipsub =
-        gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)?;
+    // Messages gossipsub rejects itself (bad or missing signature, malformed
+    // protobuf) reach no event; its metrics count them
+    // (`shoal_gossipsub_invalid_messages_per_topic_total`), and it logs each
+    // with its reason.
+    let mut gossipsub = metrics.register_library("gossipsub", |registry| {
+        gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)
+            .map(|b| b.with_metrics(registry, gossipsub::MetricsConfig::default()))
+    })?;
+    gossipsub.with_peer_score(
+        invalid_messages_only(),
+        gossipsub::PeerScoreThresholds::default(),
+    )?;
     let mdns = if mdns_on {
         Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer)?)
     } else {

@@ -1,0 +1,152 @@
+//! A hostile peer that holds the cluster secret (an insider, or a stolen
+//! secret) against a real node process: messages it forges or garbles are
+//! dropped and counted, and change nothing.
+
+mod common;
+
+use common::{poll_until, start_env, Proc};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, Swarm};
+use shoal::runtime::identity::ClusterSecret;
+use std::time::Duration;
+
+const SECRET: &str = "7a0a1f4c3b2d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
+
+/// A bare gossipsub peer on Shoal's own TCP transport (pnet with the
+/// secret, noise, yamux): it gets past the private network, then misbehaves.
+fn hostile(
+    authenticity: MessageAuthenticity,
+    validation: ValidationMode,
+) -> Swarm<gossipsub::Behaviour> {
+    let secret = ClusterSecret::parse(SECRET, "test").unwrap();
+    libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
+        .with_tokio()
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(shoal::runtime::net::tcp_transport(
+                key, &secret,
+            )?)
+        })
+        .unwrap()
+        .with_behaviour(|_| {
+            let cfg = gossipsub::ConfigBuilder::default()
+                .validation_mode(validation)
+                .message_id_fn(|m: &gossipsub::Message| {
+                    gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+                })
+                .build()
+                .unwrap();
+            gossipsub::Behaviour::new(authenticity, cfg).unwrap()
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Connects to `node`, waits until it has subscribed us to its state topic,
+/// then publishes each of `messages` to it.
+async fn publish_to(node: &Proc, mut swarm: Swarm<gossipsub::Behaviour>, messages: Vec<Vec<u8>>) {
+    let topic = IdentTopic::new(shoal::runtime::net::STATE_TOPIC);
+    swarm.behaviour_mut().subscribe(&topic).unwrap();
+    let addr: Multiaddr = node.p2p.parse().unwrap();
+    swarm.dial(addr).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .expect("the node to subscribe us to its topic within 30 s");
+        if let libp2p::swarm::SwarmEvent::Behaviour(gossipsub::Event::Subscribed { .. }) = event {
+            break;
+        }
+    }
+    for m in messages {
+        swarm.behaviour_mut().publish(topic.clone(), m).unwrap();
+    }
+    // Keep the connection up while the messages go out.
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while tokio::time::timeout_at(until, swarm.select_next_some())
+        .await
+        .is_ok()
+    {}
+}
+
+fn node(dir: &std::path::Path) -> Proc {
+    let p = start_env(dir, &["--name", "target"], &[("SHOAL_SECRET", SECRET)]);
+    p.put("/v1/kv/facts/a", &serde_json::json!("before"));
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_and_forged_gossip_is_rejected_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tokio::task::block_in_place(|| node(&dir.path().join("n")));
+    let digest = p.digest();
+    // No signature at all: what any peer could inject for another's name.
+    let unsigned = hostile(MessageAuthenticity::Anonymous, ValidationMode::Anonymous);
+    let messages = (0..5u8).map(|i| vec![2, i, 0, 0, 0]).collect();
+    publish_to(&p, unsigned, messages).await;
+    let rejected = tokio::task::block_in_place(|| {
+        poll_until(
+            Duration::from_secs(20),
+            "the node to count invalid messages",
+            || {
+                let n = p.metric("shoal_gossipsub_invalid_messages_per_topic_total");
+                (n >= 1.0).then_some(n)
+            },
+        )
+    });
+    assert!(rejected >= 1.0);
+    tokio::task::block_in_place(|| {
+        assert_eq!(p.digest(), digest, "an unsigned message changed the state");
+        assert_eq!(
+            p.get("/v1/nodes")["count"],
+            1,
+            "the hostile peer became a member"
+        );
+        assert_eq!(
+            p.metric("shoal_network_events_total{value=\"gossip_received\"}"),
+            0.0
+        );
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_garbage_is_dropped_as_malformed_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tokio::task::block_in_place(|| node(&dir.path().join("n")));
+    let digest = p.digest();
+    let key = Keypair::generate_ed25519();
+    let signed = hostile(MessageAuthenticity::Signed(key), ValidationMode::Strict);
+    let messages = vec![
+        b"not a shoal message".to_vec(),
+        vec![1, 0, 0, 0],                // an old wire version
+        vec![2, 0xff, 0xff, 0xff, 0x7f], // announces a huge decompressed size
+        vec![2, 8, 0, 0, 0, 1, 2, 3, 4], // truncated LZ4
+        // A sound envelope around bytes that are no Gossip message.
+        [
+            &[shoal::core::wire::WIRE_VERSION][..],
+            &lz4_flex::block::compress_prepend_size(&[0xff; 40]),
+        ]
+        .concat(),
+    ];
+    let sent = messages.len() as f64;
+    publish_to(&p, signed, messages).await;
+    tokio::task::block_in_place(|| {
+        poll_until(
+            Duration::from_secs(20),
+            "every message to be dropped as malformed",
+            || (p.metric("shoal_dropped_total{value=\"gossip_malformed\"}") == sent).then_some(()),
+        );
+        assert_eq!(p.digest(), digest, "a malformed message changed the state");
+        assert_eq!(p.get("/v1/kv/facts/a")["value"], "before");
+        let log = std::fs::read_to_string(&p.stderr_path).unwrap();
+        assert!(
+            log.contains("dropped a malformed gossip message"),
+            "logged with its reason"
+        );
+        // Still serving and writing.
+        p.put("/v1/kv/facts/b", &serde_json::json!("after"));
+        assert_eq!(p.get("/v1/kv/facts/b")["value"], "after");
+    });
+}
