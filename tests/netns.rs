@@ -14,6 +14,7 @@ use std::time::Duration;
 fn sh(args: &[&str]) -> bool {
     Command::new(args[0])
         .args(&args[1..])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
@@ -47,6 +48,8 @@ struct Lab {
     tag: String,
     hosts: Vec<String>,
     nodes: Vec<Child>,
+    /// A router host between the two bridges, if the lab has one.
+    router: Option<String>,
 }
 
 impl Lab {
@@ -56,6 +59,7 @@ impl Lab {
             tag: tag.clone(),
             hosts: Vec::new(),
             nodes: Vec::new(),
+            router: None,
         };
         let br = lab.ns_bridge();
         must(&["ip", "netns", "add", &br]);
@@ -78,6 +82,63 @@ impl Lab {
             must(&["ip", "-n", &host, "addr", "add", &addr, "dev", &inner]);
             must(&["ip", "-n", &host, "link", "set", &inner, "up"]);
             must(&["ip", "-n", &host, "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    /// Two subnets: hosts `0..split` on br0 (10.231.T.0/24), the rest on br1
+    /// (10.232.T.0/24), and a router host with a leg on each (.254) that
+    /// forwards between them. Multicast is not routed, so mDNS stays within
+    /// a subnet.
+    fn routed(n: usize, split: usize, test: u8) -> Lab {
+        let mut lab = Lab::new(n, test);
+        let br = lab.ns_bridge();
+        let router = format!("{}rt", lab.tag);
+        must(&["ip", "netns", "add", &router]);
+        lab.router = Some(router.clone());
+        for (leg, net) in [(0, 231), (1, 232)] {
+            let (inner, outer) = (format!("{}r{leg}", lab.tag), format!("{}q{leg}", lab.tag));
+            must(&[
+                "ip", "link", "add", &inner, "netns", &router, "type", "veth", "peer", "name",
+                &outer, "netns", &br,
+            ]);
+            must(&[
+                "ip",
+                "-n",
+                &br,
+                "link",
+                "set",
+                &outer,
+                "master",
+                &format!("br{leg}"),
+            ]);
+            must(&["ip", "-n", &br, "link", "set", &outer, "up"]);
+            let addr = format!("10.{net}.{test}.254/24");
+            must(&["ip", "-n", &router, "addr", "add", &addr, "dev", &inner]);
+            must(&["ip", "-n", &router, "link", "set", &inner, "up"]);
+        }
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &router,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+        ]);
+        for i in split..n {
+            // Move host i to the second subnet.
+            lab.attach(i, "br1");
+            let (host, dev) = (lab.hosts[i].clone(), format!("{}v{i}", lab.tag));
+            must(&["ip", "-n", &host, "addr", "flush", "dev", &dev]);
+            let addr = format!("10.232.{test}.{}/24", i + 1);
+            must(&["ip", "-n", &host, "addr", "add", &addr, "dev", &dev]);
+        }
+        for (i, host) in lab.hosts.iter().enumerate() {
+            let net = if i < split { 231 } else { 232 };
+            let via = format!("10.{net}.{test}.254");
+            must(&["ip", "-n", host, "route", "add", "default", "via", &via]);
         }
         lab
     }
@@ -113,14 +174,8 @@ impl Lab {
                 "--profile",
                 "fast",
             ])
-            .args([
-                "--api",
-                "127.0.0.1:7070",
-                "--listen",
-                "/ip4/0.0.0.0/tcp/7000",
-                "--handler",
-                "echo=cat",
-            ])
+            // The default listen addresses: TCP and QUIC on port 7000.
+            .args(["--api", "127.0.0.1:7070", "--handler", "echo=cat"])
             .arg("--data-dir")
             .arg(dir.join(format!("h{i}")))
             .args(extra)
@@ -171,6 +226,9 @@ impl Drop for Lab {
         }
         for h in &self.hosts {
             let _ = sh(&["ip", "netns", "del", h]);
+        }
+        if let Some(router) = &self.router {
+            let _ = sh(&["ip", "netns", "del", router]);
         }
         let _ = sh(&["ip", "netns", "del", &self.ns_bridge()]);
     }
@@ -274,4 +332,40 @@ fn writes_on_both_sides_of_a_cut_converge_after_it_heals() {
         assert_eq!(lab.cli(i, &["kv", "list", "shared"])["count"], 3);
         assert_eq!(lab.cli(i, &["task", "get", &id])["result"], 7);
     }
+}
+
+/// Two LANs joined by a router: each finds its own members by mDNS, one
+/// node knows a bootstrap address on the other LAN, and every node ends up
+/// connected to every other, across the router, without being told.
+#[test]
+fn two_lans_joined_by_one_bootstrap_address_form_one_federation() {
+    if !can_run("two-lans") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::routed(4, 2, 3);
+    lab.start(0, dir.path(), &[]);
+    lab.start(1, dir.path(), &[]);
+    lab.start(2, dir.path(), &["--bootstrap", "/ip4/10.231.3.1/tcp/7000"]);
+    lab.start(3, dir.path(), &[]);
+    for i in 0..4 {
+        poll_until(Duration::from_secs(60), "one federation of 4", || {
+            (lab.cli(i, &["nodes", "--status", "alive"])["count"] == 4).then_some(())
+        });
+    }
+    // Host 3 was told nothing about the first LAN, and mDNS does not cross
+    // the router: it reached hosts 0 and 1 from their member records.
+    for i in 0..4 {
+        poll_until(
+            Duration::from_secs(30),
+            "direct links to all 3 others",
+            || (lab.cli(i, &["status"])["peers"] == 3).then_some(()),
+        );
+    }
+    lab.cli(3, &["kv", "put", "lans", "from", "\"the second LAN\""]);
+    poll_until(
+        Duration::from_secs(20),
+        "the write on the first LAN",
+        || (lab.cli(0, &["kv", "get", "lans", "from"])["value"] == "the second LAN").then_some(()),
+    );
 }

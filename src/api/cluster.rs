@@ -59,6 +59,7 @@ pub(super) async fn status(State(s): State<AppState>) -> Result<Json<Value>, Api
         info.secret_fingerprint.clone(),
         info.started.elapsed().as_secs(),
     );
+    let peers = s.node.metrics().peers.get();
     let body = s
         .node
         .read(move |e, _| {
@@ -80,6 +81,7 @@ pub(super) async fn status(State(s): State<AppState>) -> Result<Json<Value>, Api
                 },
                 "leader": Value::Null,
                 "term": e.term().0,
+                "peers": peers,
                 "uptime_secs": uptime,
                 "secret_fingerprint": fp,
                 "version": env!("CARGO_PKG_VERSION"),
