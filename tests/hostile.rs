@@ -111,14 +111,37 @@ async fn unsigned_and_forged_gossip_is_rejected_and_counted() {
     });
 }
 
+/// The sum of every series of a metric (all label sets).
+fn metric_sum(p: &Proc, name: &str) -> f64 {
+    let text = ureq::get(&p.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signed_garbage_is_dropped_as_malformed_and_changes_nothing() {
+async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let p = tokio::task::block_in_place(|| node(&dir.path().join("n")));
-    let digest = p.digest();
-    let key = Keypair::generate_ed25519();
-    let signed = hostile(MessageAuthenticity::Signed(key), ValidationMode::Strict);
-    let messages = vec![
+    let (p, q) = tokio::task::block_in_place(|| {
+        let p = node(&dir.path().join("n"));
+        let q = start_env(
+            &dir.path().join("q"),
+            &["--name", "honest", "--bootstrap", p.p2p.as_str()],
+            &[("SHOAL_SECRET", SECRET)],
+        );
+        // q in p's gossip mesh: what p forwards, q gets.
+        poll_until(Duration::from_secs(30), "q in p's gossip mesh", || {
+            (metric_sum(&p, "shoal_gossipsub_mesh_peer_counts") >= 1.0).then_some(())
+        });
+        (p, q)
+    });
+    let digest = tokio::task::block_in_place(|| wait_equal_digests(&p, &q));
+    let messages: Vec<Vec<u8>> = vec![
         b"not a shoal message".to_vec(),
         vec![1, 0, 0, 0],                // an old wire version
         vec![2, 0xff, 0xff, 0xff, 0x7f], // announces a huge decompressed size
@@ -131,22 +154,50 @@ async fn signed_garbage_is_dropped_as_malformed_and_changes_nothing() {
         .concat(),
     ];
     let sent = messages.len() as f64;
-    publish_to(&p, signed, messages).await;
+    // One hostile identity per message: the first rejected message graylists
+    // its sender, and gossipsub then ignores what else it sends.
+    for m in messages {
+        let key = Keypair::generate_ed25519();
+        let signed = hostile(MessageAuthenticity::Signed(key), ValidationMode::Strict);
+        publish_to(&p, signed, vec![m]).await;
+    }
     tokio::task::block_in_place(|| {
         poll_until(
             Duration::from_secs(20),
             "every message to be dropped as malformed",
             || (p.metric("shoal_dropped_total{value=\"gossip_malformed\"}") == sent).then_some(()),
         );
+        assert_eq!(
+            metric_sum(&p, "shoal_gossipsub_rejected_messages_per_topic"),
+            sent,
+            "each was reported to gossipsub as rejected (which scores its sender)"
+        );
         assert_eq!(p.digest(), digest, "a malformed message changed the state");
         assert_eq!(p.get("/v1/kv/facts/a")["value"], "before");
         let log = std::fs::read_to_string(&p.stderr_path).unwrap();
-        assert!(
-            log.contains("dropped a malformed gossip message"),
-            "logged with its reason"
+        assert_eq!(
+            log.matches("dropped a malformed gossip message").count(),
+            sent as usize,
+            "logged once per peer, with its reason"
         );
-        // Still serving and writing.
+        // A barrier: p's next change reaches q on the same gossip stream as
+        // anything p forwarded before it.
         p.put("/v1/kv/facts/b", &serde_json::json!("after"));
-        assert_eq!(p.get("/v1/kv/facts/b")["value"], "after");
+        poll_until(Duration::from_secs(20), "p's new write on q", || {
+            let (code, v) = q.req("GET", "/v1/kv/facts/b", None);
+            (code == 200 && v["value"] == "after").then_some(())
+        });
+        assert_eq!(
+            q.metric("shoal_dropped_total{value=\"gossip_malformed\"}"),
+            0.0,
+            "p forwarded malformed messages to q"
+        );
     });
+}
+
+fn wait_equal_digests(p: &Proc, q: &Proc) -> String {
+    poll_until(Duration::from_secs(30), "equal digests", || {
+        let d = p.digest();
+        (d == q.digest()).then_some(d)
+    })
 }

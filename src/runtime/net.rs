@@ -20,7 +20,7 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
@@ -131,9 +131,15 @@ pub use composed::{Behaviour, BehaviourEvent};
 #[derive(Debug)]
 pub enum NetEvent {
     /// A gossip message (still encoded) from a peer.
+    /// Gossipsub holds it until the owner calls [`Net::accept`] or
+    /// [`Net::reject`]: only accepted messages are forwarded.
     Gossip {
         /// The peer that published it.
         source: Option<PeerId>,
+        /// The peer it came from (the publisher or a forwarder).
+        via: PeerId,
+        /// Gossipsub's id of the message.
+        id: gossipsub::MessageId,
         /// The bytes.
         data: Vec<u8>,
     },
@@ -329,6 +335,30 @@ impl Net {
         }
     }
 
+    /// A gossip message decoded: gossipsub may forward it now.
+    pub fn accept(&mut self, id: &gossipsub::MessageId, via: &PeerId) {
+        self.validated(id, via, MessageAcceptance::Accept);
+    }
+
+    /// A gossip message that does not decode: it is not forwarded, it counts
+    /// against the peer it came from (see [`invalid_messages_only`]), and it
+    /// is counted and logged (once per peer).
+    pub fn reject(&mut self, id: &gossipsub::MessageId, via: &PeerId, why: &str) {
+        self.metrics.drop_reason("gossip_malformed");
+        self.warn_once(
+            &format!("malformed:{via}"),
+            format!("dropped a malformed gossip message from peer {via}: {why}"),
+        );
+        self.validated(id, via, MessageAcceptance::Reject);
+    }
+
+    fn validated(&mut self, id: &gossipsub::MessageId, via: &PeerId, verdict: MessageAcceptance) {
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(id, via, verdict);
+    }
+
     /// Sends a sync request.
     pub fn request(&mut self, peer: PeerId, data: Vec<u8>) {
         self.swarm.behaviour_mut().sync.send_request(&peer, data);
@@ -450,14 +480,21 @@ impl Net {
 
     fn on_gossip(&mut self, e: gossipsub::Event) -> Option<NetEvent> {
         match e {
-            gossipsub::Event::Message { message, .. } => {
+            gossipsub::Event::Message {
+                message,
+                message_id,
+                propagation_source,
+            } => {
                 self.metrics.net("gossip_received");
                 if message.data.len() > MAX_GOSSIP_BYTES {
                     self.metrics.drop_reason("gossip_too_large");
+                    self.validated(&message_id, &propagation_source, MessageAcceptance::Reject);
                     return None;
                 }
                 Some(NetEvent::Gossip {
                     source: message.source,
+                    via: propagation_source,
+                    id: message_id,
                     data: message.data,
                 })
             }
@@ -553,7 +590,8 @@ pub fn quic_transport(key: &Keypair, secret: &ClusterSecret) -> Boxed<(PeerId, S
 }
 
 /// Peer scoring that penalises only what a peer provably did wrong: gossip
-/// messages that fail validation (a bad or missing signature). One such
+/// messages that fail validation (a bad or missing signature, or contents
+/// that do not decode, see [`Net::reject`]). One such
 /// message puts a peer below the graylist threshold, so gossipsub ignores
 /// what it sends until the penalty decays (about 2 s after its last invalid
 /// message). Everything else scoring can weigh is off: loopback and NATed
@@ -594,6 +632,8 @@ fn behaviour(
             gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
         })
         .max_transmit_size(MAX_GOSSIP_BYTES + 4096)
+        // Forward a message only once the owner has decoded it.
+        .validate_messages()
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| e.to_string())?;

@@ -719,18 +719,16 @@ impl Owner {
     /// Acts on what the network reported.
     fn on_net(&mut self, event: NetEvent) {
         match event {
-            NetEvent::Gossip { data, source } => {
+            NetEvent::Gossip { data, via, id, .. } => {
                 match wire::decode::<Gossip>(&data, wire::MAX_GOSSIP_BYTES) {
                     Ok(Gossip::Deltas(deltas)) => {
+                        self.net.accept(&id, &via);
                         let t = now();
                         for d in deltas {
                             self.engine.apply_remote(t, d);
                         }
                     }
-                    Err(e) => {
-                        self.handle.metrics.drop_reason("gossip_malformed");
-                        warn!(peer = ?source, error = %e, "dropped a malformed gossip message");
-                    }
+                    Err(e) => self.net.reject(&id, &via, &e.to_string()),
                 }
             }
             NetEvent::SyncRequest {
