@@ -195,7 +195,11 @@ impl Admission {
                     return Err(AdmitError::BadProof(remote));
                 }
                 s.write_all(&[ACCEPTED]).await.map_err(io)?;
-                s.close().await.map_err(io)?;
+                s.flush().await.map_err(io)?;
+                // The dialer may already have read the answer and dropped the
+                // stream; the proof is checked, so how the close goes does
+                // not matter.
+                let _ = s.close().await;
                 Ok(())
             }
         }
