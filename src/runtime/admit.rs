@@ -131,78 +131,81 @@ impl Admission {
     }
 
     /// The handshake itself, over one stream.
-    pub async fn handshake<S>(&self, mut s: S, remote: PeerId, role: Role) -> Result<(), AdmitError>
+    pub async fn handshake<S>(&self, s: S, remote: PeerId, role: Role) -> Result<(), AdmitError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let io = |source: std::io::Error| match source.kind() {
-            std::io::ErrorKind::UnexpectedEof if role == Role::Dialer => {
-                AdmitError::Refused(remote)
-            }
-            _ => AdmitError::Io {
-                peer: remote,
-                source,
-            },
-        };
-        let (dialer, listener) = match role {
-            Role::Dialer => (self.local, remote),
-            Role::Listener => (remote, self.local),
-        };
         match role {
-            Role::Dialer => {
-                let nonce_d: [u8; 32] = rand::random();
-                let mut hello = [0u8; 48];
-                hello[..16].copy_from_slice(MAGIC);
-                hello[16..].copy_from_slice(&nonce_d);
-                s.write_all(&hello).await.map_err(io)?;
-                s.flush().await.map_err(io)?;
-                let mut answer = [0u8; 64];
-                s.read_exact(&mut answer).await.map_err(io)?;
-                let nonce_l: [u8; 32] = answer[..32].try_into().expect("32 bytes");
-                let theirs = blake3::Hash::from_bytes(answer[32..].try_into().expect("32 bytes"));
-                let transcript = (dialer, listener, nonce_d, nonce_l);
-                if theirs != self.mac(Role::Listener, transcript) {
-                    return Err(AdmitError::BadProof(remote));
-                }
-                let mine = self.mac(Role::Dialer, transcript);
-                s.write_all(mine.as_bytes()).await.map_err(io)?;
-                s.flush().await.map_err(io)?;
-                let mut accepted = [0u8; 1];
-                s.read_exact(&mut accepted).await.map_err(io)?;
-                if accepted[0] != ACCEPTED {
-                    return Err(AdmitError::Refused(remote));
-                }
-                let _ = s.close().await;
-                Ok(())
-            }
-            Role::Listener => {
-                let mut hello = [0u8; 48];
-                s.read_exact(&mut hello).await.map_err(io)?;
-                if &hello[..16] != MAGIC {
-                    return Err(AdmitError::Protocol(remote));
-                }
-                let nonce_d: [u8; 32] = hello[16..].try_into().expect("32 bytes");
-                let nonce_l: [u8; 32] = rand::random();
-                let transcript = (dialer, listener, nonce_d, nonce_l);
-                let mut answer = [0u8; 64];
-                answer[..32].copy_from_slice(&nonce_l);
-                answer[32..].copy_from_slice(self.mac(Role::Listener, transcript).as_bytes());
-                s.write_all(&answer).await.map_err(io)?;
-                s.flush().await.map_err(io)?;
-                let mut proof = [0u8; 32];
-                s.read_exact(&mut proof).await.map_err(io)?;
-                if blake3::Hash::from_bytes(proof) != self.mac(Role::Dialer, transcript) {
-                    return Err(AdmitError::BadProof(remote));
-                }
-                s.write_all(&[ACCEPTED]).await.map_err(io)?;
-                s.flush().await.map_err(io)?;
-                // The dialer may already have read the answer and dropped the
-                // stream; the proof is checked, so how the close goes does
-                // not matter.
-                let _ = s.close().await;
-                Ok(())
-            }
+            Role::Dialer => self.dial(s, remote).await,
+            Role::Listener => self.listen(s, remote).await,
         }
+    }
+
+    /// The dialer's side: hello, check the listener's proof, send ours, wait
+    /// for admission.
+    async fn dial<S>(&self, mut s: S, remote: PeerId) -> Result<(), AdmitError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let io = io_error(remote, Role::Dialer);
+        let nonce_d: [u8; 32] = rand::random();
+        let mut hello = [0u8; 48];
+        hello[..16].copy_from_slice(MAGIC);
+        hello[16..].copy_from_slice(&nonce_d);
+        s.write_all(&hello).await.map_err(io)?;
+        s.flush().await.map_err(io)?;
+        let mut answer = [0u8; 64];
+        s.read_exact(&mut answer).await.map_err(io)?;
+        let nonce_l: [u8; 32] = answer[..32].try_into().expect("32 bytes");
+        let theirs = blake3::Hash::from_bytes(answer[32..].try_into().expect("32 bytes"));
+        let transcript = (self.local, remote, nonce_d, nonce_l);
+        if theirs != self.mac(Role::Listener, transcript) {
+            return Err(AdmitError::BadProof(remote));
+        }
+        let mine = self.mac(Role::Dialer, transcript);
+        s.write_all(mine.as_bytes()).await.map_err(io)?;
+        s.flush().await.map_err(io)?;
+        let mut accepted = [0u8; 1];
+        s.read_exact(&mut accepted).await.map_err(io)?;
+        if accepted[0] != ACCEPTED {
+            return Err(AdmitError::Refused(remote));
+        }
+        let _ = s.close().await;
+        Ok(())
+    }
+
+    /// The listener's side: answer the hello with our proof, check the
+    /// dialer's, admit it.
+    async fn listen<S>(&self, mut s: S, remote: PeerId) -> Result<(), AdmitError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let io = io_error(remote, Role::Listener);
+        let mut hello = [0u8; 48];
+        s.read_exact(&mut hello).await.map_err(io)?;
+        if &hello[..16] != MAGIC {
+            return Err(AdmitError::Protocol(remote));
+        }
+        let nonce_d: [u8; 32] = hello[16..].try_into().expect("32 bytes");
+        let nonce_l: [u8; 32] = rand::random();
+        let transcript = (remote, self.local, nonce_d, nonce_l);
+        let mut answer = [0u8; 64];
+        answer[..32].copy_from_slice(&nonce_l);
+        answer[32..].copy_from_slice(self.mac(Role::Listener, transcript).as_bytes());
+        s.write_all(&answer).await.map_err(io)?;
+        s.flush().await.map_err(io)?;
+        let mut proof = [0u8; 32];
+        s.read_exact(&mut proof).await.map_err(io)?;
+        if blake3::Hash::from_bytes(proof) != self.mac(Role::Dialer, transcript) {
+            return Err(AdmitError::BadProof(remote));
+        }
+        s.write_all(&[ACCEPTED]).await.map_err(io)?;
+        s.flush().await.map_err(io)?;
+        // The dialer may already have read the answer and dropped the
+        // stream; the proof is checked, so how the close goes does not
+        // matter.
+        let _ = s.close().await;
+        Ok(())
     }
 
     /// The proof of `role` over the handshake's transcript.
@@ -225,6 +228,18 @@ impl Admission {
 
 /// Dialer id, listener id, dialer nonce, listener nonce.
 type Transcript = (PeerId, PeerId, [u8; 32], [u8; 32]);
+
+/// Maps an IO failure during the handshake: a dialer whose stream ends
+/// early was refused (the listener could not verify its proof).
+fn io_error(remote: PeerId, role: Role) -> impl Fn(std::io::Error) -> AdmitError + Copy {
+    move |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::UnexpectedEof if role == Role::Dialer => AdmitError::Refused(remote),
+        _ => AdmitError::Io {
+            peer: remote,
+            source,
+        },
+    }
+}
 
 #[cfg(test)]
 mod tests {

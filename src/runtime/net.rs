@@ -134,8 +134,6 @@ pub enum NetEvent {
     /// Gossipsub holds it until the owner calls [`Net::accept`] or
     /// [`Net::reject`]: only accepted messages are forwarded.
     Gossip {
-        /// The peer that published it.
-        source: Option<PeerId>,
         /// The peer it came from (the publisher or a forwarder).
         via: PeerId,
         /// Gossipsub's id of the message.
@@ -492,7 +490,6 @@ impl Net {
                     return None;
                 }
                 Some(NetEvent::Gossip {
-                    source: message.source,
                     via: propagation_source,
                     id: message_id,
                     data: message.data,

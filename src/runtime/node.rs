@@ -719,7 +719,7 @@ impl Owner {
     /// Acts on what the network reported.
     fn on_net(&mut self, event: NetEvent) {
         match event {
-            NetEvent::Gossip { data, via, id, .. } => {
+            NetEvent::Gossip { data, via, id } => {
                 match wire::decode::<Gossip>(&data, wire::MAX_GOSSIP_BYTES) {
                     Ok(Gossip::Deltas(deltas)) => {
                         self.net.accept(&id, &via);
