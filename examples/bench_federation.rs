@@ -124,7 +124,7 @@ async fn bench() {
         let k = key.clone();
         let start = Instant::now();
         handles[0]
-            .write(move |e, now| e.kv_put(now, "prop", &k, &serde_json::json!(i)).map(|_| ()))
+            .kv_put("prop", &k, serde_json::json!(i))
             .await
             .unwrap();
         let mut slowest = 0.0f64;
@@ -170,12 +170,7 @@ async fn bench() {
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     let key = format!("w{w}-{i}");
-                    h.write(move |e, now| {
-                        e.kv_put(now, "load", &key, &serde_json::json!(i))
-                            .map(|_| ())
-                    })
-                    .await
-                    .unwrap();
+                    h.kv_put("load", &key, serde_json::json!(i)).await.unwrap();
                 }
                 i
             }));

@@ -9,7 +9,7 @@
 //! Run: `cargo run --release --example bench_ingest [CONCURRENCY] [SECS]`
 
 use shoal::config::ConfigLayer;
-use shoal::core::engine::SubmitRequest;
+use shoal::core::replica::SubmitRequest;
 use shoal::runtime::executor::Handlers;
 use shoal::Node;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,11 +42,9 @@ async fn run(
                 let r = match kind {
                     Kind::Kv => {
                         let key = format!("w{w}-{i}");
-                        node.write(move |e, now| {
-                            e.kv_put(now, "bench", &key, &serde_json::json!({"i": i}))
-                                .map(|_| ())
-                        })
-                        .await
+                        node.kv_put("bench", &key, serde_json::json!({"i": i}))
+                            .await
+                            .map(|_| ())
                     }
                     Kind::Task => {
                         let req = SubmitRequest {
@@ -54,8 +52,7 @@ async fn run(
                             payload: serde_json::json!({"i": i}),
                             ..SubmitRequest::default()
                         };
-                        node.write(move |e, now| e.submit(now, req).map(|_| ()))
-                            .await
+                        node.submit(req).await.map(|_| ())
                     }
                 };
                 r.expect("write acknowledged");

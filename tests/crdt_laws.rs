@@ -10,13 +10,13 @@
 //! differs.
 
 use proptest::prelude::*;
-use shoal::core::engine::SubmitRequest;
 use shoal::core::ids::{Millis, NodeId};
 use shoal::core::knowledge::Policy;
 use shoal::core::member::MemberRecord;
+use shoal::core::replica::SubmitRequest;
+use shoal::core::replica::{Replica as Engine, ReplicaConfig as EngineConfig};
 use shoal::core::state::{Delta, ReplicatedState};
 use shoal::core::sync::{differing, SyncIndex};
-use shoal::core::{Engine, EngineConfig};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -147,7 +147,7 @@ fn run(history: &[Op]) -> Vec<ReplicatedState> {
             }
         }
         for e in engines.iter_mut() {
-            e.take_outputs();
+            e.take_effects();
             // The engine's incremental digests equal digests from scratch.
             assert_eq!(e.digest(), e.state().digest());
             assert_eq!(

@@ -5,7 +5,7 @@ use super::types::NodeView;
 use super::AppState;
 use crate::core::ids::NodeId;
 use crate::core::placement::Strategy;
-use crate::core::Engine;
+use crate::core::replica::Replica;
 use crate::runtime::node::now;
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-fn views(e: &Engine) -> Vec<NodeView> {
+fn views(e: &Replica) -> Vec<NodeView> {
     let t = now();
     e.state()
         .members
@@ -33,7 +33,7 @@ fn by_status(nodes: &[NodeView]) -> BTreeMap<String, usize> {
     out
 }
 
-fn tasks_by_status(e: &Engine) -> BTreeMap<&'static str, usize> {
+fn tasks_by_status(e: &Replica) -> BTreeMap<&'static str, usize> {
     let mut out: BTreeMap<&'static str, usize> = BTreeMap::new();
     for s in [
         "pending",
@@ -134,7 +134,7 @@ pub(super) async fn drain(
 ) -> Result<Json<Value>, ApiError> {
     let node = NodeId::from(id);
     let shown = node.clone();
-    s.node.write(move |e, now| e.drain(now, &node)).await?;
+    s.node.drain(node).await?;
     Ok(Json(json!({"node": shown, "status": "draining"})))
 }
 
@@ -144,9 +144,7 @@ pub(super) async fn remove(
 ) -> Result<Json<Value>, ApiError> {
     let node = NodeId::from(id);
     let shown = node.clone();
-    s.node
-        .write(move |e, now| e.remove_member(now, &node))
-        .await?;
+    s.node.remove(node).await?;
     Ok(Json(
         json!({"node": shown, "status": "dead", "removed": true}),
     ))
@@ -209,12 +207,7 @@ pub(super) async fn set_balance(
     Body(b): Body<BalanceBody>,
 ) -> Result<Json<Value>, ApiError> {
     let strategy: Strategy = b.strategy.parse().map_err(ApiError::bad_request)?;
-    s.node
-        .write(move |e, now| {
-            e.set_default_strategy(now, strategy);
-            Ok(())
-        })
-        .await?;
+    s.node.set_strategy(strategy).await?;
     Ok(Json(json!({"strategy": strategy})))
 }
 

@@ -62,7 +62,9 @@ impl From<NodeError> for ApiError {
             NodeError::Engine(EngineError::StaleFence { .. }) => {
                 Self::new(StatusCode::CONFLICT, "stale_fence", message)
             }
-            NodeError::Store(StoreError::Io { .. }) | NodeError::Store(_) => Self::new(
+            NodeError::Store(StoreError::Io { .. })
+            | NodeError::Store(_)
+            | NodeError::Engine(EngineError::NotDurable(_)) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
                 message,

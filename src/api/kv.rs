@@ -16,10 +16,7 @@ pub(super) async fn put(
     Body(value): Body<Value>,
 ) -> Result<Json<KvView>, ApiError> {
     let (n, k) = (ns.clone(), key.clone());
-    let written = s
-        .node
-        .write(move |e, now| e.kv_put(now, &n, &k, &value))
-        .await?;
+    let written = s.node.kv_put(&n, &k, value).await?;
     let item = written
         .resolve(&ns, &key)
         .ok_or_else(|| ApiError::bad_request("the write left no value"))?;
@@ -38,7 +35,7 @@ pub(super) async fn delete(
     State(s): State<AppState>,
     Path((ns, key)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    s.node.write(move |e, now| e.kv_del(now, &ns, &key)).await?;
+    s.node.kv_del(&ns, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -93,9 +90,7 @@ pub(super) async fn set_policy(
 ) -> Result<Json<Value>, ApiError> {
     let policy: Policy = b.policy.parse().map_err(ApiError::bad_request)?;
     let name = ns.clone();
-    s.node
-        .write(move |e, now| e.set_policy(now, &ns, policy))
-        .await?;
+    s.node.set_policy(&ns, policy).await?;
     Ok(Json(json!({"ns": name, "policy": policy})))
 }
 

@@ -3,10 +3,10 @@
 use super::error::{ApiError, Body};
 use super::types::TaskView;
 use super::AppState;
-use crate::core::engine::{Outcome, SubmitRequest};
 use crate::core::ids::{Fence, NodeId, TaskId};
 use crate::core::knowledge::canonical_json;
 use crate::core::placement::Strategy;
+use crate::core::replica::{Outcome, SubmitRequest};
 use crate::core::task::TaskStatus;
 use crate::core::EngineError;
 use axum::extract::{Path, Query, State};
@@ -30,7 +30,7 @@ pub struct SubmitBody {
     timeout_secs: Option<u64>,
 }
 
-fn task_view(e: &crate::core::Engine, id: &TaskId) -> Result<TaskView, EngineError> {
+fn task_view(e: &crate::core::replica::Replica, id: &TaskId) -> Result<TaskView, EngineError> {
     Ok(TaskView::new(id, e.task(id)?))
 }
 
@@ -53,13 +53,8 @@ pub(super) async fn submit(
         max_attempts: b.max_attempts,
         timeout_secs: b.timeout_secs,
     };
-    let (view, created) = s
-        .node
-        .write(move |e, now| {
-            let (id, created) = e.submit(now, req)?;
-            Ok((task_view(e, &id)?, created))
-        })
-        .await?;
+    let (id, created) = s.node.submit(req).await?;
+    let view = s.node.read(move |e, _| task_view(e, &id)).await??;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -142,13 +137,8 @@ pub(super) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = TaskId(id);
-    let view = s
-        .node
-        .write(move |e, now| {
-            e.cancel(now, &id)?;
-            task_view(e, &id)
-        })
-        .await?;
+    s.node.cancel(id.clone()).await?;
+    let view = s.node.read(move |e, _| task_view(e, &id)).await??;
     Ok(Json(view))
 }
 
@@ -203,10 +193,7 @@ pub(super) async fn heartbeat(
 ) -> Result<Json<Value>, ApiError> {
     let fence = parse_fence(&b.fence)?;
     let id = TaskId(id);
-    let ttl = s
-        .node
-        .write(move |e, now| e.heartbeat(now, &id, fence))
-        .await?;
+    let ttl = s.node.heartbeat(id, fence).await?;
     Ok(Json(json!({ "claim_ttl_ms": ttl })))
 }
 
@@ -231,13 +218,8 @@ pub(super) async fn complete(
         _ => return Err(ApiError::bad_request("give exactly one of result or error")),
     };
     let id = TaskId(id);
-    let view = s
-        .node
-        .write(move |e, now| {
-            e.complete(now, &id, fence, outcome)?;
-            task_view(e, &id)
-        })
-        .await?;
+    s.node.complete(id.clone(), fence, outcome).await?;
+    let view = s.node.read(move |e, _| task_view(e, &id)).await??;
     Ok(Json(view))
 }
 

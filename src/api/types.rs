@@ -1,9 +1,9 @@
 //! JSON shapes of the API (see CONTRACT.md), built from core values.
 
-use crate::core::engine::KvItem;
 use crate::core::ids::{Millis, NodeId, TaskId};
 use crate::core::knowledge::Version;
 use crate::core::member::MemberEntry;
+use crate::core::replica::KvItem;
 use crate::core::task::{HistoryEvent, TaskEntry};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -46,7 +46,12 @@ pub struct NodeView {
 
 impl NodeView {
     /// Builds the view from the engine's knowledge of a member.
-    pub fn of(e: &crate::core::Engine, id: &NodeId, m: &MemberEntry, now: Millis) -> Self {
+    pub fn of(
+        e: &crate::core::replica::Replica,
+        id: &NodeId,
+        m: &MemberEntry,
+        now: Millis,
+    ) -> Self {
         let mut v = Self::new(id, m, e.active_on(id), now, id == e.node());
         v.status = e.member_status(id).to_owned();
         v.last_seen_ms = e.last_heard_ms(now, id);

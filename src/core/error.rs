@@ -32,4 +32,8 @@ pub enum EngineError {
         /// The task's current fence.
         current: Fence,
     },
+    /// The change could not be made durable, so it was not acknowledged
+    /// (the node rebuilds its state from its store).
+    #[error("not durable: {0}")]
+    NotDurable(String),
 }

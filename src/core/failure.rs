@@ -7,7 +7,7 @@
 //! declared dead when nothing was heard for `removed_after`. Pure: the caller
 //! passes the time.
 
-use crate::core::ids::Millis;
+use crate::core::ids::Mono;
 
 const LOG10_E: f64 = std::f64::consts::LOG10_E;
 /// Intervals kept for the mean.
@@ -49,7 +49,7 @@ pub enum Verdict {
 /// Heartbeat history of one node.
 #[derive(Clone, Debug)]
 pub struct Detector {
-    last: Millis,
+    last: Mono,
     intervals: std::collections::VecDeque<u64>,
     expected_ms: u64,
 }
@@ -57,7 +57,7 @@ pub struct Detector {
 impl Detector {
     /// A detector that heard from the node at `now`, expecting heartbeats
     /// every `expected_ms` until it has observed real intervals.
-    pub fn new(now: Millis, expected_ms: u64) -> Self {
+    pub fn new(now: Mono, expected_ms: u64) -> Self {
         Detector {
             last: now,
             intervals: std::collections::VecDeque::new(),
@@ -66,7 +66,7 @@ impl Detector {
     }
 
     /// Records a heartbeat at `now`.
-    pub fn heartbeat(&mut self, now: Millis) {
+    pub fn heartbeat(&mut self, now: Mono) {
         let gap = now.since(self.last);
         if gap > 0 {
             if self.intervals.len() == WINDOW {
@@ -85,22 +85,17 @@ impl Detector {
     }
 
     /// Phi at `now`.
-    pub fn phi(&self, now: Millis) -> f64 {
+    pub fn phi(&self, now: Mono) -> f64 {
         now.since(self.last) as f64 / self.mean() * LOG10_E
     }
 
     /// When the node was last heard from.
-    pub fn last_heard(&self) -> Millis {
+    pub fn last_heard(&self) -> Mono {
         self.last
     }
 
     /// The verdict at `now`.
-    pub fn verdict(
-        &self,
-        now: Millis,
-        suspect_after_missed: u32,
-        removed_after_ms: u64,
-    ) -> Verdict {
+    pub fn verdict(&self, now: Mono, suspect_after_missed: u32, removed_after_ms: u64) -> Verdict {
         if now.since(self.last) >= removed_after_ms {
             Verdict::Dead
         } else if self.phi(now) >= suspect_after_missed as f64 * LOG10_E {
@@ -117,17 +112,17 @@ mod tests {
 
     #[test]
     fn steady_heartbeats_stay_alive_then_silence_suspects_then_kills() {
-        let mut d = Detector::new(Millis(0), 500);
+        let mut d = Detector::new(Mono(0), 500);
         for i in 1..=20 {
-            d.heartbeat(Millis(i * 500));
+            d.heartbeat(Mono(i * 500));
         }
         let last = 20 * 500;
-        assert_eq!(d.verdict(Millis(last + 400), 3, 10_000), Verdict::Alive);
-        assert_eq!(d.verdict(Millis(last + 1_400), 3, 10_000), Verdict::Alive);
-        assert_eq!(d.verdict(Millis(last + 1_600), 3, 10_000), Verdict::Suspect);
-        assert_eq!(d.verdict(Millis(last + 10_000), 3, 10_000), Verdict::Dead);
-        assert!(d.phi(Millis(last + 1_000)) < d.phi(Millis(last + 2_000)));
-        d.heartbeat(Millis(last + 3_000));
-        assert_eq!(d.verdict(Millis(last + 3_100), 3, 10_000), Verdict::Alive);
+        assert_eq!(d.verdict(Mono(last + 400), 3, 10_000), Verdict::Alive);
+        assert_eq!(d.verdict(Mono(last + 1_400), 3, 10_000), Verdict::Alive);
+        assert_eq!(d.verdict(Mono(last + 1_600), 3, 10_000), Verdict::Suspect);
+        assert_eq!(d.verdict(Mono(last + 10_000), 3, 10_000), Verdict::Dead);
+        assert!(d.phi(Mono(last + 1_000)) < d.phi(Mono(last + 2_000)));
+        d.heartbeat(Mono(last + 3_000));
+        assert_eq!(d.verdict(Mono(last + 3_100), 3, 10_000), Verdict::Alive);
     }
 }

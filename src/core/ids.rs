@@ -134,6 +134,49 @@ impl Millis {
     }
 }
 
+/// Monotonic time in milliseconds since an arbitrary origin (the process
+/// start, or the simulator's zero). It never goes back, and a step of the
+/// wall clock (NTP) does not move it: timers, the failure detector and
+/// deadlines run on it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Mono(pub u64);
+
+impl Mono {
+    /// `self + ms`, saturating.
+    pub fn plus(self, ms: u64) -> Mono {
+        Mono(self.0.saturating_add(ms))
+    }
+
+    /// Milliseconds elapsed from `earlier` to `self` (0 if `earlier` is later).
+    pub fn since(self, earlier: Mono) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// The two clocks that enter the engine with every input: monotonic time
+/// for timers and failure detection, wall time for last-writer-wins
+/// timestamps and display.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic time.
+    pub mono: Mono,
+    /// Wall-clock time (Unix ms).
+    pub wall: Millis,
+}
+
+impl Now {
+    /// Both clocks at `ms` (tests and examples, where the two agree).
+    pub fn at(ms: u64) -> Now {
+        Now {
+            mono: Mono(ms),
+            wall: Millis(ms),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

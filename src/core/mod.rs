@@ -14,11 +14,12 @@ pub mod ids;
 pub mod knowledge;
 pub mod member;
 pub mod placement;
+pub mod replica;
 pub mod rng;
 pub mod state;
 pub mod sync;
 pub mod task;
 pub mod wire;
 
-pub use engine::{Engine, EngineConfig, Output};
+pub use engine::{Engine, EngineConfig, Input, Output};
 pub use error::EngineError;

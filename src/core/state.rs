@@ -25,7 +25,7 @@ pub type PolicyMarker = (Millis, NodeId);
 /// up on every change, and hashing the key once is cheaper than the string
 /// comparisons down a large B-tree. What needs key order (listings, the
 /// namespace digest) sorts.
-pub type Entries = HashMap<String, Arc<KvEntry>, foldhash::fast::RandomState>;
+pub type Entries = HashMap<String, Arc<KvEntry>, foldhash::fast::FixedState>;
 
 /// One namespace of the knowledge store.
 #[derive(Clone, Debug, Default)]

@@ -7,9 +7,9 @@
 //! a non-zero exit or the timeout is a failure. Commands run in their own
 //! process group, which is killed on timeout or cancel.
 
-use crate::core::engine::{Outcome, StartTask};
 use crate::core::ids::{Fence, NodeId, TaskId};
 use crate::core::knowledge::canonical_json;
+use crate::core::replica::{Outcome, StartTask};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::process::Stdio;

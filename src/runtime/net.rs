@@ -159,6 +159,8 @@ pub enum NetEvent {
     },
     /// A new peer connection (first connection to it).
     Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
     /// A sync request of ours got no answer (timeout, connection closed).
     SyncFailed(PeerId),
 }
@@ -446,6 +448,7 @@ impl Net {
                     .set(self.swarm.connected_peers().count() as i64);
                 if num_established == 0 {
                     info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
+                    return Some(NetEvent::Disconnected(peer_id));
                 }
                 None
             }

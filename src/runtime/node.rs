@@ -1,22 +1,30 @@
-//! The node: one tokio task that owns the engine and the store.
+//! The node: one tokio task that owns the engine, the store and the swarm,
+//! and translates between them.
 //!
-//! Callers hold a cloneable [`NodeHandle`] and send it closures over the
-//! engine: [`NodeHandle::write`] for changes, [`NodeHandle::read`] for
-//! queries. The owner task takes whatever commands are waiting, runs them,
-//! commits all the deltas they produced in one durable transaction, and only
-//! then answers them (group commit). If a commit fails nothing is
-//! acknowledged, and the engine is rebuilt from the store so that memory and
-//! disk agree again.
+//! Callers hold a cloneable [`NodeHandle`] and send it typed commands
+//! ([`Command`]) or read closures over the replica. The owner task feeds
+//! every command, swarm event, handler completion and timer to
+//! [`Engine::handle`] and carries out the engine's outputs: it persists the
+//! batches the engine hands out (group commit, one at a time, on a blocking
+//! thread), publishes gossip, sends and answers sync messages, dials, runs
+//! handlers and answers callers. Every protocol decision is the engine's.
+//! If a commit fails nothing is acknowledged, and the engine is rebuilt from
+//! the store so that memory and disk agree again.
 
 use crate::config::NodeConfig;
-use crate::core::engine::{Claimed, Outcome, StartTask};
-use crate::core::event::{AuditRecord, Event};
-use crate::core::ids::{Fence, Millis, NodeId, TaskId};
+use crate::core::engine::{
+    Answer, BatchId, Command, Counter, EngineConfig, Input, LoadSample, MsgRef, Persist,
+    ProtocolConfig, ReqId, SyncRef,
+};
+use crate::core::event::Event;
+use crate::core::ids::{Fence, Millis, Mono, NodeId, Now, TaskId};
+use crate::core::knowledge::Policy;
 use crate::core::member::MemberRecord;
-use crate::core::state::Delta;
-use crate::core::sync;
-use crate::core::wire::{self, Gossip, SyncRequest, SyncResponse};
-use crate::core::{Engine, EngineConfig, EngineError, Output};
+use crate::core::placement::Strategy;
+use crate::core::replica::{
+    Claimed, KvWrite, Outcome, Replica, ReplicaConfig, StartTask, SubmitRequest,
+};
+use crate::core::{Engine, EngineError, Output};
 use crate::runtime::executor::{self, Handler, Handlers};
 use crate::runtime::identity::{self, ClusterSecret, IdentityError};
 use crate::runtime::metrics::Metrics;
@@ -24,9 +32,10 @@ use crate::runtime::net::{Net, NetEvent};
 use crate::runtime::store::{Store, StoreError};
 use crate::runtime::sysload;
 use futures::StreamExt;
+use libp2p::gossipsub::MessageId;
+use libp2p::request_response::ResponseChannel;
 use libp2p::PeerId;
 use std::collections::HashMap;
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +63,7 @@ pub enum NodeError {
     Stopped,
 }
 
-/// The current time as the core sees it.
+/// The wall-clock time, as the core's timestamps use it.
 pub fn now() -> Millis {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -81,19 +90,30 @@ pub struct NodeInfo {
 }
 
 type Reply = Box<dyn FnOnce(Result<(), NodeError>) + Send>;
-type WriteJob = Box<dyn FnOnce(&mut Engine, Millis) -> Reply + Send>;
-type ReadJob = Box<dyn FnOnce(&Engine, &Store) -> Reply + Send>;
+type ReadJob = Box<dyn FnOnce(&Replica, &Store) -> Reply + Send>;
 
-enum Command {
-    Write(WriteJob),
+/// What callers send the owner task.
+enum Request {
+    /// A command for the engine, answered with its outcome.
+    Command(Command, oneshot::Sender<Result<Answer, NodeError>>),
+    /// A read: computed at once, answered once what it saw is durable.
     Read(ReadJob),
+    /// Leave gracefully, then stop.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Who waits for an engine reply.
+enum Waiter {
+    Command(oneshot::Sender<Result<Answer, NodeError>>),
+    Read(Reply),
+    /// The graceful leave: stop once its changes are durable and spread.
+    Leave,
 }
 
 /// A cloneable handle to a running node.
 #[derive(Clone)]
 pub struct NodeHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Request>,
     events: broadcast::Sender<Event>,
     work: Arc<Notify>,
     info: Arc<NodeInfo>,
@@ -109,48 +129,132 @@ impl std::fmt::Debug for NodeHandle {
     }
 }
 
+/// An answer of an unexpected kind: a bug in the engine's dispatch.
+fn unexpected(a: Answer) -> NodeError {
+    NodeError::Engine(EngineError::Conflict(format!(
+        "unexpected answer from the engine: {a:?}"
+    )))
+}
+
 impl NodeHandle {
-    /// Runs `f` on the engine; answers once its changes are on disk.
-    pub async fn write<T, F>(&self, f: F) -> Result<T, NodeError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Engine, Millis) -> Result<T, EngineError> + Send + 'static,
-    {
+    /// Runs a command; answers once its changes are on disk.
+    pub async fn command(&self, cmd: Command) -> Result<Answer, NodeError> {
         let (tx, rx) = oneshot::channel();
-        let job: WriteJob = Box::new(move |engine, now| {
-            let result = f(engine, now);
-            Box::new(move |stored: Result<(), NodeError>| {
-                let answer = match (result, stored) {
-                    (Err(e), _) => Err(NodeError::Engine(e)),
-                    (Ok(_), Err(e)) => Err(e),
-                    (Ok(v), Ok(())) => Ok(v),
-                };
-                let _ = tx.send(answer);
-            })
-        });
         self.tx
-            .send(Command::Write(job))
+            .send(Request::Command(cmd, tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
     }
 
-    /// Runs `f` against the engine (and store) and returns what it computes.
+    async fn done(&self, cmd: Command) -> Result<(), NodeError> {
+        self.command(cmd).await.map(|_| ())
+    }
+
+    /// Writes a knowledge value; returns the entry as written.
+    pub async fn kv_put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<KvWrite, NodeError> {
+        let cmd = Command::KvPut {
+            ns: ns.to_owned(),
+            key: key.to_owned(),
+            value,
+        };
+        match self.command(cmd).await? {
+            Answer::Written(w) => Ok(w),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a knowledge key.
+    pub async fn kv_del(&self, ns: &str, key: &str) -> Result<(), NodeError> {
+        self.done(Command::KvDel {
+            ns: ns.to_owned(),
+            key: key.to_owned(),
+        })
+        .await
+    }
+
+    /// Sets a namespace's conflict policy.
+    pub async fn set_policy(&self, ns: &str, policy: Policy) -> Result<(), NodeError> {
+        self.done(Command::SetPolicy {
+            ns: ns.to_owned(),
+            policy,
+        })
+        .await
+    }
+
+    /// Sets the cluster's default placement strategy.
+    pub async fn set_strategy(&self, strategy: Strategy) -> Result<(), NodeError> {
+        self.done(Command::SetStrategy(strategy)).await
+    }
+
+    /// Submits a task: its id, and whether it was created (false for a
+    /// repeated idempotency key).
+    pub async fn submit(&self, req: SubmitRequest) -> Result<(TaskId, bool), NodeError> {
+        match self.command(Command::Submit(req)).await? {
+            Answer::Submitted { id, created } => Ok((id, created)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Cancels a task.
+    pub async fn cancel(&self, task: TaskId) -> Result<(), NodeError> {
+        self.done(Command::Cancel(task)).await
+    }
+
+    /// A worker keeps its claim alive; returns the claim's lifetime in ms.
+    pub async fn heartbeat(&self, task: TaskId, fence: Fence) -> Result<u64, NodeError> {
+        match self.command(Command::Heartbeat { task, fence }).await? {
+            Answer::ClaimTtl(ttl) => Ok(ttl),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A worker reports how an attempt ended.
+    pub async fn complete(
+        &self,
+        task: TaskId,
+        fence: Fence,
+        outcome: Outcome,
+    ) -> Result<(), NodeError> {
+        self.done(Command::Complete {
+            task,
+            fence,
+            outcome,
+        })
+        .await
+    }
+
+    /// Drains a node.
+    pub async fn drain(&self, node: NodeId) -> Result<(), NodeError> {
+        self.done(Command::Drain(node)).await
+    }
+
+    /// Force-removes a dead or departed member.
+    pub async fn remove(&self, node: NodeId) -> Result<(), NodeError> {
+        self.done(Command::Remove(node)).await
+    }
+
+    /// Runs `f` against the replica (and store) and returns what it
+    /// computes, once every change it may have seen is durable.
     pub async fn read<T, F>(&self, f: F) -> Result<T, NodeError>
     where
         T: Send + 'static,
-        F: FnOnce(&Engine, &Store) -> T + Send + 'static,
+        F: FnOnce(&Replica, &Store) -> T + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: ReadJob = Box::new(move |engine, store| {
-            // Computed now, answered once every write it may have seen is durable.
-            let value = f(engine, store);
+        let job: ReadJob = Box::new(move |replica, store| {
+            let value = f(replica, store);
             Box::new(move |stored: Result<(), NodeError>| {
                 let _ = tx.send(stored.map(|()| value));
             })
         });
         self.tx
-            .send(Command::Read(job))
+            .send(Request::Read(job))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
@@ -168,9 +272,14 @@ impl NodeHandle {
             let notified = self.work.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (w, c) = (worker.clone(), caps.clone());
-            if let Some(task) = self.write(move |e, now| e.claim(now, &w, &c)).await? {
-                return Ok(Some(task));
+            let cmd = Command::Claim {
+                worker: worker.clone(),
+                capabilities: caps.clone(),
+            };
+            match self.command(cmd).await? {
+                Answer::Claimed(Some(task)) => return Ok(Some(task)),
+                Answer::Claimed(None) => {}
+                other => return Err(unexpected(other)),
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Ok(None);
@@ -204,7 +313,7 @@ impl NodeHandle {
         self.ready.store(false, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Shutdown(tx))
+            .send(Request::Shutdown(tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)
@@ -264,7 +373,7 @@ impl Node {
         capabilities.extend(cfg.capabilities.iter().cloned());
         capabilities.sort();
         capabilities.dedup();
-        let engine_cfg = EngineConfig {
+        let replica_cfg = ReplicaConfig {
             node: id.clone(),
             record: MemberRecord {
                 name: name.clone(),
@@ -282,6 +391,10 @@ impl Node {
                 suspect_after_missed: cfg.timing.suspect_after_missed,
                 removed_after_ms: cfg.timing.removed_after_ms,
             },
+        };
+        let engine_cfg = EngineConfig {
+            replica: replica_cfg,
+            protocol: ProtocolConfig::for_heartbeat(cfg.timing.heartbeat_interval_ms),
         };
         let info = Arc::new(NodeInfo {
             id: id.clone(),
@@ -307,7 +420,10 @@ impl Node {
                 .await
                 .map_err(|_| NodeError::Stopped)??
         };
-        let engine = Engine::new(engine_cfg.clone(), state, rand::random());
+        let seed: u64 = rand::random();
+        let engine = Engine::new(engine_cfg.clone(), state, seed);
+        let span = info_span!("node", node = %id.short());
+        span.in_scope(|| info!(seed, "engine seeded"));
         let (exec_tx, exec_rx) = mpsc::unbounded_channel();
         let mut owner = Owner {
             engine,
@@ -318,14 +434,19 @@ impl Node {
             running: HashMap::new(),
             exec_tx,
             net,
-            initial_sync: HashSet::new(),
-            resync: HashSet::new(),
-            outbox: Outbox::default(),
+            origin: tokio::time::Instant::now(),
+            waiters: HashMap::new(),
+            next_req: 0,
+            msgs: HashMap::new(),
+            syncs: HashMap::new(),
+            next_ref: 0,
+            peer_ids: HashMap::new(),
+            inflight: None,
+            leaving_until: None,
         };
-        owner.engine.start(now());
-        owner.flush_now().await?;
+        owner.input(Input::Start);
+        owner.settle().await?;
         handle.ready.store(true, Ordering::Relaxed);
-        let span = info_span!("node", node = %id.short());
         let task = tokio::spawn(owner.run(rx, exec_rx).instrument(span));
         Ok(Node { handle, task })
     }
@@ -345,22 +466,15 @@ impl Node {
 
 type ExecDone = (TaskId, Fence, Option<Outcome>);
 
-/// Keeps a sync answer under the size limit; what does not fit is sent in a
-/// later round (the answer says there is more).
-fn fit(mut deltas: Vec<Delta>) -> SyncResponse {
-    let mut size = 64;
-    let mut keep = 0;
-    for d in &deltas {
-        size += postcard::experimental::serialized_size(d).unwrap_or(0) + 8;
-        if size > wire::MAX_SYNC_BYTES {
-            break;
-        }
-        keep += 1;
-    }
-    let more = keep < deltas.len();
-    deltas.truncate(keep);
-    SyncResponse::Deltas { deltas, more }
-}
+/// A commit on a blocking thread: the batch and how it went.
+type Inflight = tokio::task::JoinHandle<(BatchId, Result<(), StoreError>)>;
+
+/// Most requests fed to the engine before it hands out a batch.
+const MAX_BATCH: usize = 8192;
+
+/// How long a leaving node keeps its swarm running after its departure is
+/// durable, so the departure and the handed-back tasks get on the wire.
+const LEAVE_LINGER: Duration = Duration::from_millis(500);
 
 struct Owner {
     engine: Engine,
@@ -371,523 +485,154 @@ struct Owner {
     running: HashMap<TaskId, (Fence, oneshot::Sender<()>)>,
     exec_tx: mpsc::UnboundedSender<ExecDone>,
     net: Net,
-    /// Peers we are catching up with after connecting (what they send is
-    /// not divergence).
-    initial_sync: HashSet<PeerId>,
-    /// Peers to ask for a summary again as soon as a diff is answered,
-    /// because not every differing bucket fitted in it.
-    resync: HashSet<PeerId>,
-    /// Committed changes waiting to be gossiped.
-    outbox: Outbox,
+    /// The origin of the engine's monotonic clock.
+    origin: tokio::time::Instant,
+    waiters: HashMap<ReqId, Waiter>,
+    next_req: u64,
+    /// Gossip messages waiting for the engine's verdict.
+    msgs: HashMap<MsgRef, (MessageId, PeerId)>,
+    /// Sync requests waiting for the engine's answer.
+    syncs: HashMap<SyncRef, ResponseChannel<Vec<u8>>>,
+    next_ref: u64,
+    /// Node ids the engine names, as peer ids.
+    peer_ids: HashMap<NodeId, PeerId>,
+    inflight: Option<Inflight>,
+    /// Set once the graceful leave is durable: when to stop.
+    leaving_until: Option<tokio::time::Instant>,
 }
-
-/// How long committed changes may wait to share a gossip message with the
-/// next commits' changes. Each gossip message is signed by its sender and
-/// verified by every receiver (an ed25519 signature each), so under load
-/// fewer, larger messages save CPU on every node. A change made when nothing
-/// was published for this long goes out at once: idle writes wait for
-/// nothing.
-const GOSSIP_WINDOW: Duration = Duration::from_millis(5);
-
-/// A deadline for a timer branch that is disabled.
-fn far_future() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400)
-}
-
-/// Committed changes waiting to be gossiped, and when gossip last went out.
-#[derive(Default)]
-struct Outbox {
-    deltas: Vec<Delta>,
-    last: Option<tokio::time::Instant>,
-}
-
-impl Outbox {
-    /// When the waiting changes are due, or `None` when nothing waits.
-    fn due(&self) -> Option<tokio::time::Instant> {
-        if self.deltas.is_empty() {
-            return None;
-        }
-        Some(
-            self.last
-                .map_or_else(tokio::time::Instant::now, |t| t + GOSSIP_WINDOW),
-        )
-    }
-}
-
-/// Most commands answered by one commit.
-const MAX_BATCH: usize = 8192;
-
-/// What waits for one commit: the changes, the answers and the side effects.
-#[derive(Default)]
-struct Batch {
-    /// True when the batch holds local changes or audit records, which must
-    /// be fsynced before they are acknowledged.
-    sync: bool,
-    /// Local changes: stored, then published.
-    changed: Vec<Delta>,
-    /// Entries merged from peers: stored only.
-    merged: Vec<Delta>,
-    /// Published only (heartbeats).
-    publish: Vec<Delta>,
-    audit: Vec<AuditRecord>,
-    replies: Vec<Reply>,
-    effects: Vec<Output>,
-}
-
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.publish.is_empty()
-            && self.changed.is_empty()
-            && self.merged.is_empty()
-            && self.audit.is_empty()
-            && self.replies.is_empty()
-            && self.effects.is_empty()
-    }
-}
-
-type Inflight = tokio::task::JoinHandle<(Result<(), StoreError>, Batch)>;
 
 impl Owner {
-    /// The owner loop. Commits are pipelined: while one batch is being made
-    /// durable (on a blocking thread), the next one is built from the
-    /// commands that keep arriving. Answers and side effects of a batch are
-    /// released only after its commit, and commits happen in order.
+    /// Both clocks, now.
+    fn now(&self) -> Now {
+        Now {
+            mono: Mono(self.origin.elapsed().as_millis() as u64),
+            wall: now(),
+        }
+    }
+
+    /// The instant of a monotonic engine time.
+    fn instant(&self, at: Mono) -> tokio::time::Instant {
+        self.origin + Duration::from_millis(at.0)
+    }
+
+    fn input(&mut self, input: Input) {
+        let now = self.now();
+        self.engine.handle(now, input);
+    }
+
+    fn req(&mut self, waiter: Waiter) -> ReqId {
+        self.next_req += 1;
+        let id = ReqId(self.next_req);
+        self.waiters.insert(id, waiter);
+        id
+    }
+
+    /// The owner loop: each arm translates one thing into an engine input;
+    /// after each, the engine's outputs are carried out.
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Command>,
+        mut rx: mpsc::Receiver<Request>,
         mut exec_rx: mpsc::UnboundedReceiver<ExecDone>,
     ) {
-        let hb = self.handle.info.config.timing.heartbeat_interval_ms;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut load = tokio::time::interval(Duration::from_millis(hb));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut entropy =
-            tokio::time::interval(Duration::from_millis((hb * 4).clamp(1_000, 30_000)));
-        let mut redial = tokio::time::interval(Duration::from_secs(2));
-        let mut redial_backoff = 1u32;
-        let mut redial_skip = 0u32;
-        let mut next = Batch::default();
-        let mut inflight: Option<Inflight> = None;
         let mut stopping: Option<oneshot::Sender<()>> = None;
         info!("node started");
         loop {
+            let timer = self.engine.poll_timeout();
+            let wake = timer.map_or_else(far_future, |(at, _)| self.instant(at));
+            let linger = self.leaving_until.unwrap_or_else(far_future);
             tokio::select! {
-                done = async { inflight.as_mut().expect("guarded").await }, if inflight.is_some() => {
-                    inflight = None;
-                    match done {
-                        Ok((result, batch)) => self.finish(result, batch, &mut next).await,
-                        Err(_) => error!("commit task panicked"),
-                    }
-                }
-                cmd = rx.recv(), if stopping.is_none() => match cmd {
-                    Some(Command::Shutdown(done)) => stopping = Some(done),
-                    Some(cmd) => self.batch(cmd, &mut rx, &mut next, &mut stopping),
-                    None => stopping = Some(oneshot::channel().0),
-                },
+                done = async { self.inflight.as_mut().expect("guarded").await }, if self.inflight.is_some() => self.committed(done).await,
+                req = rx.recv(), if stopping.is_none() => self.requests(req, &mut rx, &mut stopping),
                 Some((id, fence, outcome)) = exec_rx.recv() => self.exec_done(id, fence, outcome),
-                ev = self.net.swarm.select_next_some() => {
-                    if let Some(e) = self.net.handle(ev) {
-                        self.on_net(e);
+                ev = self.net.swarm.select_next_some() => self.on_swarm(ev),
+                _ = tokio::time::sleep_until(wake), if timer.is_some() => self.input(Input::Timer(timer.expect("guarded").1)),
+                _ = tokio::time::sleep_until(linger), if self.leaving_until.is_some() => {
+                    if let Some(done) = stopping.take() {
+                        let _ = done.send(());
                     }
-                }
-                _ = tokio::time::sleep_until(self.outbox.due().unwrap_or_else(far_future)),
-                    if self.outbox.due().is_some() => self.flush_gossip(),
-                _ = tick.tick() => self.engine.tick(now()),
-                _ = load.tick() => self.report_load(),
-                _ = entropy.tick() => self.anti_entropy(),
-                _ = redial.tick() => {
-                    if redial_skip > 0 {
-                        redial_skip -= 1;
-                    } else {
-                        let alone = self.redial();
-                        redial_backoff = if alone { (redial_backoff * 2).min(16) } else { 1 };
-                        redial_skip = redial_backoff - 1;
-                    }
-                }
-            }
-            self.collect(&mut next);
-            if inflight.is_none() {
-                if let Some(done) = stopping.take() {
-                    // Commit and answer what is pending, then leave.
-                    let batch = std::mem::take(&mut next);
-                    if let Ok((result, batch)) = self.start_commit(batch).await {
-                        self.finish(result, batch, &mut next).await;
-                    }
-                    self.leave().await;
-                    let _ = done.send(());
                     return;
                 }
-                if !next.is_empty() {
-                    inflight = Some(self.start_commit(std::mem::take(&mut next)));
-                }
             }
+            self.carry_out();
         }
     }
 
-    /// Runs the waiting commands (up to [`MAX_BATCH`]) into `next`.
-    fn batch(
+    /// Feeds the waiting requests (up to [`MAX_BATCH`]) to the engine in
+    /// one call, so that their changes share one commit.
+    fn requests(
         &mut self,
-        first: Command,
-        rx: &mut mpsc::Receiver<Command>,
-        next: &mut Batch,
+        first: Option<Request>,
+        rx: &mut mpsc::Receiver<Request>,
         stopping: &mut Option<oneshot::Sender<()>>,
     ) {
-        let mut cmd = Some(first);
-        let t = now();
-        let mut n = 0;
-        while let Some(c) = cmd.take() {
-            match c {
-                Command::Write(job) => next.replies.push(job(&mut self.engine, t)),
-                Command::Read(job) => next.replies.push(job(&self.engine, &self.store)),
-                Command::Shutdown(done) => {
+        let mut inputs = Vec::new();
+        let mut next = first;
+        while let Some(request) = next.take() {
+            match request {
+                Request::Command(cmd, tx) => {
+                    let req = self.req(Waiter::Command(tx));
+                    inputs.push(Input::Command(req, cmd));
+                }
+                Request::Read(job) => {
+                    let reply = job(self.engine.replica(), &self.store);
+                    let req = self.req(Waiter::Read(reply));
+                    inputs.push(Input::Command(req, Command::Barrier));
+                }
+                Request::Shutdown(done) => {
                     *stopping = Some(done);
+                    info!("leaving: handing tasks back");
+                    let req = self.req(Waiter::Leave);
+                    inputs.push(Input::Command(req, Command::Leave));
                     break;
                 }
             }
-            n += 1;
-            if n < MAX_BATCH {
-                cmd = rx.try_recv().ok();
+            if inputs.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
+        }
+        if first_was_none(&inputs, stopping) {
+            // Every handle is gone: leave as if asked to.
+            *stopping = Some(oneshot::channel().0);
+            let req = self.req(Waiter::Leave);
+            inputs.push(Input::Command(req, Command::Leave));
+        }
+        let now = self.now();
+        self.engine.handle_all(now, inputs);
+    }
+
+    /// Carries out everything the engine asked for, feeding back what
+    /// answers at once (load samples) until nothing is left.
+    fn carry_out(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            self.output(out);
         }
     }
 
-    /// Moves what the engine produced into `next`.
-    fn collect(&mut self, next: &mut Batch) {
-        for out in self.engine.drain_outputs() {
-            match out {
-                Output::Changed(d) => {
-                    next.sync = true;
-                    next.changed.push(d);
-                }
-                Output::Merged(d) => next.merged.push(d),
-                Output::Gossip(d) => next.publish.push(d),
-                Output::Audit(a) => {
-                    next.sync = true;
-                    next.audit.push(a);
-                }
-                other => next.effects.push(other),
-            }
-        }
-    }
-
-    fn start_commit(&self, batch: Batch) -> Inflight {
-        let store = self.store.clone();
-        let metrics = self.handle.metrics.clone();
-        tokio::task::spawn_blocking(move || {
-            if batch.changed.is_empty() && batch.merged.is_empty() && batch.audit.is_empty() {
-                return (Ok(()), batch);
-            }
-            let t0 = Instant::now();
-            // Replies to reads are released after this commit too; a batch of
-            // only merged deltas needs no fsync.
-            let deltas = batch.changed.iter().chain(&batch.merged);
-            let r = store.commit(deltas, &batch.audit, batch.sync);
-            metrics.commit_seconds.observe(t0.elapsed().as_secs_f64());
-            metrics
-                .batch_size
-                .observe((batch.changed.len() + batch.merged.len()) as f64);
-            match &r {
-                Ok(()) => metrics.commits.inc(),
-                Err(_) => metrics.commit_failures.inc(),
-            };
-            (r, batch)
-        })
-    }
-
-    /// Answers a committed batch and carries out its side effects; after a
-    /// failed commit, fails it and everything built on it, and rebuilds the
-    /// engine from the store.
-    async fn finish(&mut self, result: Result<(), StoreError>, batch: Batch, next: &mut Batch) {
-        match result {
-            Ok(()) => {
-                self.handle
-                    .metrics
-                    .acknowledged
-                    .inc_by(batch.replies.len() as u64);
-                for r in batch.replies {
-                    r(Ok(()));
-                }
-                self.publish(batch.changed, batch.publish);
-                for e in batch.effects {
-                    self.effect(e);
-                }
-            }
-            Err(e) => {
-                error!(error = %e, "store commit failed; nothing in it was acknowledged");
-                let msg = e.to_string();
-                let fail = |r: Reply| {
-                    r(Err(NodeError::Store(StoreError::Io {
-                        path: self.store.path().to_owned(),
-                        reason: format!("commit failed, change not acknowledged: {msg}"),
-                    })))
-                };
-                // The next batch was built on the lost changes: it fails too.
-                let dependent = std::mem::take(next);
-                batch
-                    .replies
-                    .into_iter()
-                    .chain(dependent.replies)
-                    .for_each(fail);
-                self.rebuild().await;
-            }
-        }
-    }
-
-    /// Makes everything produced so far durable, outside the pipeline (used
-    /// at start and when leaving).
-    async fn flush_now(&mut self) -> Result<(), NodeError> {
-        let mut batch = Batch::default();
-        self.collect(&mut batch);
-        let (result, batch) = self
-            .start_commit(batch)
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        result?;
-        self.publish(batch.changed, batch.publish);
-        self.flush_gossip();
-        for e in batch.effects {
-            self.effect(e);
-        }
-        Ok(())
-    }
-
-    /// Spreads committed local changes by gossip: at once when nothing was
-    /// published within [`GOSSIP_WINDOW`], else with the changes that follow
-    /// until the window has passed.
-    fn publish(&mut self, changed: Vec<Delta>, gossip_only: Vec<Delta>) {
-        self.outbox.deltas.extend(changed);
-        self.outbox.deltas.extend(gossip_only);
-        if self
-            .outbox
-            .due()
-            .is_some_and(|due| due <= tokio::time::Instant::now())
-        {
-            self.flush_gossip();
-        }
-    }
-
-    /// Publishes every change waiting in the outbox.
-    fn flush_gossip(&mut self) {
-        if self.outbox.deltas.is_empty() {
-            return;
-        }
-        let messages = wire::gossip_chunks(&self.outbox.deltas, wire::MAX_GOSSIP_BYTES);
-        self.outbox.deltas.clear();
-        self.outbox.last = Some(tokio::time::Instant::now());
-        self.net.publish(messages);
-    }
-
-    fn exec_done(&mut self, id: TaskId, fence: Fence, outcome: Option<Outcome>) {
-        if self.running.get(&id).is_some_and(|(f, _)| *f == fence) {
-            self.running.remove(&id);
-        }
-        let Some(outcome) = outcome else { return };
-        let label = if matches!(outcome, Outcome::Success(_)) {
-            "succeeded"
-        } else {
-            "failed"
-        };
-        match self.engine.complete(now(), &id, fence, outcome) {
-            Ok(()) => self.handle.metrics.attempt(label),
-            Err(e) => {
-                self.handle.metrics.attempt("refused");
-                debug!(task = %id, %fence, error = %e, "handler outcome refused");
-            }
-        }
-    }
-
-    fn report_load(&mut self) {
-        let (cpu, mem, disk) = sysload::sample(&self.handle.info.config.data_dir);
-        self.engine.report_load(now(), cpu, mem, disk);
-    }
-
-    async fn leave(&mut self) {
-        info!("leaving: handing tasks back");
-        self.engine.leave(now());
-        if let Err(e) = self.flush_now().await {
-            error!(error = %e, "final commit failed");
-        }
-        // Give the departure and the handed-back tasks a moment on the wire.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
-        while let Ok(ev) =
-            tokio::time::timeout_at(deadline, self.net.swarm.select_next_some()).await
-        {
-            let _ = self.net.handle(ev);
-        }
-    }
-
-    /// Acts on what the network reported.
-    fn on_net(&mut self, event: NetEvent) {
-        match event {
-            NetEvent::Gossip { data, via, id } => {
-                match wire::decode::<Gossip>(&data, wire::MAX_GOSSIP_BYTES) {
-                    Ok(Gossip::Deltas(deltas)) => {
-                        self.net.accept(&id, &via);
-                        let t = now();
-                        for d in deltas {
-                            self.engine.apply_remote(t, d);
-                        }
-                    }
-                    Err(e) => self.net.reject(&id, &via, &e.to_string()),
-                }
-            }
-            NetEvent::SyncRequest {
-                peer,
-                data,
-                channel,
-            } => {
-                let answer = match wire::decode::<SyncRequest>(&data, wire::MAX_SYNC_BYTES) {
-                    Ok(SyncRequest::Summary) => SyncResponse::Summary(self.engine.sync_summary()),
-                    Ok(SyncRequest::Leaves(buckets)) => {
-                        SyncResponse::Leaves(self.engine.sync_leaves(&buckets))
-                    }
-                    Ok(SyncRequest::Diff { cells, have }) => {
-                        fit(self.engine.sync_missing(&cells, &have))
-                    }
-                    Err(e) => {
-                        self.handle.metrics.drop_reason("sync_malformed");
-                        warn!(%peer, error = %e, "malformed sync request");
-                        SyncResponse::Refused(e.to_string())
-                    }
-                };
-                self.net.respond(channel, wire::encode(&answer));
-            }
-            NetEvent::SyncResponse { peer, data } => self.on_sync_response(peer, data),
-            NetEvent::Connected(peer) => {
-                self.initial_sync.insert(peer);
-                self.net.request(peer, wire::encode(&SyncRequest::Summary));
-            }
-            NetEvent::SyncFailed(peer) => {
-                // The exchange is over; a later round or reconnect starts anew.
-                self.initial_sync.remove(&peer);
-                self.resync.remove(&peer);
-            }
-        }
-    }
-
-    fn on_sync_response(&mut self, peer: PeerId, data: Vec<u8>) {
-        match wire::decode::<SyncResponse>(&data, wire::MAX_SYNC_BYTES) {
-            Ok(SyncResponse::Summary(theirs)) => {
-                let diff = sync::differing(&self.engine.sync_summary(), &theirs);
-                if diff.is_empty() {
-                    self.initial_sync.remove(&peer);
-                    return;
-                }
-                // Catching up after connecting, go on until nothing differs;
-                // otherwise the next round takes the rest (under load every
-                // bucket differs for a moment, and rounds must not run back
-                // to back).
-                if diff.len() == sync::MAX_PULL && self.initial_sync.contains(&peer) {
-                    self.resync.insert(peer);
-                }
-                self.net
-                    .request(peer, wire::encode(&SyncRequest::Leaves(diff)));
-            }
-            Ok(SyncResponse::Leaves(theirs)) => {
-                let cells = self.engine.sync_differing_cells(&theirs);
-                if cells.is_empty() {
-                    // What differed is no longer different (it was in flight).
-                    if self.resync.remove(&peer) {
-                        self.net.request(peer, wire::encode(&SyncRequest::Summary));
-                    } else {
-                        self.initial_sync.remove(&peer);
-                    }
-                    return;
-                }
-                let (taken, have) = self.engine.sync_have(&cells);
-                if taken.len() < cells.len() && self.initial_sync.contains(&peer) {
-                    self.resync.insert(peer);
-                }
-                let cells = taken;
-                debug!(%peer, cells = cells.len(), entries = have.len(), "asking for differing entries");
-                self.net
-                    .request(peer, wire::encode(&SyncRequest::Diff { cells, have }));
-            }
-            Ok(SyncResponse::Deltas { deltas, more }) => {
-                self.handle.metrics.sync_entries.inc_by(deltas.len() as u64);
-                let t = now();
-                let mut changed = 0usize;
-                for d in deltas {
-                    changed += usize::from(self.engine.apply_remote(t, d));
-                }
-                let again = self.resync.remove(&peer) || more;
-                let initial = if again {
-                    self.initial_sync.contains(&peer)
-                } else {
-                    self.initial_sync.remove(&peer)
-                };
-                if changed > 0 && !initial {
-                    // Entries that gossip had not brought: lost, or still in
-                    // flight when the summaries were taken.
-                    self.handle.metrics.divergences.inc();
-                    let _ = self.handle.events.send(Event::Alert {
-                        kind: "divergence_repaired".into(),
-                        message: format!(
-                            "anti-entropy with peer {peer} brought {changed} entr{} that gossip had not",
-                            if changed == 1 { "y" } else { "ies" }
-                        ),
-                    });
-                }
-                if again {
-                    self.net.request(peer, wire::encode(&SyncRequest::Summary));
-                }
-            }
-            Ok(SyncResponse::Refused(why)) => warn!(%peer, %why, "peer refused our sync request"),
-            Err(e) => {
-                self.handle.metrics.drop_reason("sync_malformed");
-                warn!(%peer, error = %e, "malformed sync response");
-            }
-        }
-    }
-
-    /// Compares digests with a random peer (which repairs what gossip lost).
-    fn anti_entropy(&mut self) {
-        let peers = self.net.peers();
-        if peers.is_empty() {
-            return;
-        }
-        let peer = peers[rand::random::<u32>() as usize % peers.len()];
-        self.net.request(peer, wire::encode(&SyncRequest::Summary));
-    }
-
-    /// Dials bootstrap peers when alone, and known members we are not
-    /// connected to (so that split groups find each other again). Returns
-    /// true when this node has no peer.
-    fn redial(&mut self) -> bool {
-        let alone = self.net.peers().is_empty();
-        if alone {
-            self.net.dial_bootstrap();
-        }
-        let addrs: Vec<String> = self
-            .engine
-            .other_members_in_service()
-            .iter()
-            .filter_map(|id| self.engine.state().members.get(id))
-            .flat_map(|m| m.record().addrs.clone())
-            .collect();
-        self.net.dial_known(&addrs);
-        alone
-    }
-
-    /// After a failed commit: stop handlers and reload the engine from disk.
-    async fn rebuild(&mut self) {
-        for (_, (_, cancel)) in self.running.drain() {
-            let _ = cancel.send(());
-        }
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.load()).await {
-            Ok(Ok(state)) => {
-                self.engine = Engine::new(self.engine_cfg.clone(), state, rand::random());
-                self.engine.start(now());
-                warn!("engine rebuilt from the store after a failed commit");
-            }
-            Ok(Err(e)) => error!(error = %e, "cannot reload the store"),
-            Err(_) => error!("store reload panicked"),
-        }
-    }
-
-    fn effect(&mut self, out: Output) {
+    fn output(&mut self, out: Output) {
         match out {
+            Output::Reply(req, result) => self.reply(req, result),
+            Output::Persist(batch) => self.persist(batch),
+            Output::Publish(bytes) => self.net.publish(vec![bytes]),
+            Output::Send { to, bytes } => {
+                if let Some(peer) = self.peer_id(&to) {
+                    self.net.request(peer, bytes);
+                }
+            }
+            Output::Respond { id, bytes, .. } => {
+                if let Some(channel) = self.syncs.remove(&id) {
+                    self.net.respond(channel, bytes);
+                }
+            }
+            Output::Verdict { msg, rejected, .. } => {
+                if let Some((id, via)) = self.msgs.remove(&msg) {
+                    match rejected {
+                        None => self.net.accept(&id, &via),
+                        Some(why) => self.net.reject(&id, &via, &why),
+                    }
+                }
+            }
+            Output::Dial { addrs, .. } => self.net.dial_known(&addrs),
+            Output::DialBootstrap => self.net.dial_bootstrap(),
             Output::Start(task) => self.start_task(task),
             Output::Abort { task, fence } => {
                 if self.running.get(&task).is_some_and(|(f, _)| *f == fence) {
@@ -900,7 +645,222 @@ impl Owner {
                 let _ = self.handle.events.send(e);
             }
             Output::WorkAvailable => self.handle.work.notify_waiters(),
-            Output::Changed(_) | Output::Merged(_) | Output::Gossip(_) | Output::Audit(_) => {}
+            Output::SampleLoad => {
+                let (cpu, memory, disk) = sysload::sample(&self.handle.info.config.data_dir);
+                self.input(Input::Load(LoadSample { cpu, memory, disk }));
+            }
+            Output::Count(counter, n) => self.count(counter, n),
+        }
+    }
+
+    fn count(&self, counter: Counter, n: u64) {
+        let m = &self.handle.metrics;
+        match counter {
+            Counter::AttemptSucceeded => m.attempt("succeeded"),
+            Counter::AttemptFailed => m.attempt("failed"),
+            Counter::AttemptRefused => m.attempt("refused"),
+            Counter::SyncEntries => {
+                m.sync_entries.inc_by(n);
+            }
+            Counter::SyncMalformed => {
+                m.drop_reason_n("sync_malformed", n);
+                debug!("malformed sync message");
+            }
+            Counter::DivergenceRepaired => {
+                m.divergences.inc_by(n);
+            }
+        }
+    }
+
+    fn peer_id(&mut self, node: &NodeId) -> Option<PeerId> {
+        if let Some(p) = self.peer_ids.get(node) {
+            return Some(*p);
+        }
+        let peer: PeerId = node.as_str().parse().ok()?;
+        self.peer_ids.insert(node.clone(), peer);
+        Some(peer)
+    }
+
+    fn node_id(&mut self, peer: PeerId) -> NodeId {
+        let node = NodeId::from(peer.to_string());
+        self.peer_ids.entry(node.clone()).or_insert(peer);
+        node
+    }
+
+    fn next_ref(&mut self) -> u64 {
+        self.next_ref += 1;
+        self.next_ref
+    }
+
+    /// Translates what the swarm reported into an engine input.
+    fn on_swarm(&mut self, ev: libp2p::swarm::SwarmEvent<crate::runtime::net::BehaviourEvent>) {
+        let Some(event) = self.net.handle(ev) else {
+            return;
+        };
+        let input = match event {
+            NetEvent::Gossip { via, id, data } => {
+                let msg = MsgRef(self.next_ref());
+                self.msgs.insert(msg, (id, via));
+                Input::Gossip {
+                    from: self.node_id(via),
+                    msg,
+                    bytes: data,
+                }
+            }
+            NetEvent::SyncRequest {
+                peer,
+                data,
+                channel,
+            } => {
+                let id = SyncRef(self.next_ref());
+                self.syncs.insert(id, channel);
+                Input::SyncRequest {
+                    from: self.node_id(peer),
+                    id,
+                    bytes: data,
+                }
+            }
+            NetEvent::SyncResponse { peer, data } => Input::SyncResponse {
+                from: self.node_id(peer),
+                bytes: data,
+            },
+            NetEvent::SyncFailed(peer) => Input::SyncFailed {
+                from: self.node_id(peer),
+            },
+            NetEvent::Connected(peer) => Input::PeerUp(self.node_id(peer)),
+            NetEvent::Disconnected(peer) => Input::PeerDown(self.node_id(peer)),
+        };
+        self.input(input);
+    }
+
+    fn reply(&mut self, req: ReqId, result: Result<Answer, EngineError>) {
+        let Some(waiter) = self.waiters.remove(&req) else {
+            return;
+        };
+        let result = result.map_err(|e| self.node_error(e));
+        match waiter {
+            Waiter::Command(tx) => {
+                if result.is_ok() {
+                    self.handle.metrics.acknowledged.inc();
+                }
+                let _ = tx.send(result);
+            }
+            Waiter::Read(reply) => reply(result.map(|_| ())),
+            Waiter::Leave => {
+                if let Err(e) = result {
+                    error!(error = %e, "final commit failed");
+                }
+                self.leaving_until = Some(tokio::time::Instant::now() + LEAVE_LINGER);
+            }
+        }
+    }
+
+    /// A store failure reaches callers as the store error it was.
+    fn node_error(&self, e: EngineError) -> NodeError {
+        match e {
+            EngineError::NotDurable(msg) => NodeError::Store(StoreError::Io {
+                path: self.store.path().to_owned(),
+                reason: format!("commit failed, change not acknowledged: {msg}"),
+            }),
+            other => NodeError::Engine(other),
+        }
+    }
+
+    /// Starts the commit of a batch on a blocking thread (the engine hands
+    /// out one at a time).
+    fn persist(&mut self, batch: Persist) {
+        debug_assert!(self.inflight.is_none(), "one batch at a time");
+        let store = self.store.clone();
+        let metrics = self.handle.metrics.clone();
+        self.inflight = Some(tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let deltas = batch.changed.iter().chain(&batch.merged);
+            let r = store.commit(deltas, &batch.audit, batch.synced);
+            metrics.commit_seconds.observe(t0.elapsed().as_secs_f64());
+            metrics
+                .batch_size
+                .observe((batch.changed.len() + batch.merged.len()) as f64);
+            match &r {
+                Ok(()) => metrics.commits.inc(),
+                Err(_) => metrics.commit_failures.inc(),
+            };
+            (batch.id, r)
+        }));
+    }
+
+    /// A commit finished: confirm it to the engine, or fail it and rebuild
+    /// the engine from the store.
+    async fn committed(
+        &mut self,
+        done: Result<(BatchId, Result<(), StoreError>), tokio::task::JoinError>,
+    ) {
+        self.inflight = None;
+        match done {
+            Ok((id, Ok(()))) => self.input(Input::Persisted(id)),
+            Ok((id, Err(e))) => {
+                error!(error = %e, "store commit failed; nothing in it was acknowledged");
+                self.input(Input::PersistFailed {
+                    batch: id,
+                    reason: e.to_string(),
+                });
+                self.carry_out();
+                self.rebuild().await;
+            }
+            Err(_) => error!("commit task panicked"),
+        }
+    }
+
+    /// Carries out outputs and waits for commits until nothing is being
+    /// persisted (used at start).
+    async fn settle(&mut self) -> Result<(), NodeError> {
+        loop {
+            self.carry_out();
+            let Some(inflight) = self.inflight.take() else {
+                return Ok(());
+            };
+            let (id, r) = inflight.await.map_err(|_| NodeError::Stopped)?;
+            r?;
+            self.input(Input::Persisted(id));
+        }
+    }
+
+    fn exec_done(&mut self, id: TaskId, fence: Fence, outcome: Option<Outcome>) {
+        if self.running.get(&id).is_some_and(|(f, _)| *f == fence) {
+            self.running.remove(&id);
+        }
+        if outcome.is_some() {
+            self.input(Input::HandlerDone {
+                task: id,
+                fence,
+                outcome,
+            });
+        }
+    }
+
+    /// After a failed commit: stop handlers and reload the engine from disk.
+    async fn rebuild(&mut self) {
+        for (_, (_, cancel)) in self.running.drain() {
+            let _ = cancel.send(());
+        }
+        for (_, waiter) in self.waiters.drain() {
+            if let Waiter::Command(tx) = waiter {
+                let _ = tx.send(Err(NodeError::Stopped));
+            }
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.load()).await {
+            Ok(Ok(state)) => {
+                let seed: u64 = rand::random();
+                self.engine = Engine::new(self.engine_cfg.clone(), state, seed);
+                self.input(Input::Start);
+                for peer in self.net.peers() {
+                    let node = self.node_id(peer);
+                    self.input(Input::PeerUp(node));
+                }
+                warn!(seed, "engine rebuilt from the store after a failed commit");
+            }
+            Ok(Err(e)) => error!(error = %e, "cannot reload the store"),
+            Err(_) => error!("store reload panicked"),
         }
     }
 
@@ -930,30 +890,12 @@ impl Owner {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// True when the request channel closed without a request in this round.
+fn first_was_none(inputs: &[Input], stopping: &Option<oneshot::Sender<()>>) -> bool {
+    inputs.is_empty() && stopping.is_none()
+}
 
-    fn delta() -> Delta {
-        Delta::Policy {
-            ns: "n".into(),
-            policy: Default::default(),
-        }
-    }
-
-    #[tokio::test]
-    async fn the_outbox_sends_at_once_after_quiet_and_holds_changes_within_the_window() {
-        let mut outbox = Outbox::default();
-        assert_eq!(outbox.due(), None, "nothing waits");
-        outbox.deltas.push(delta());
-        let now = tokio::time::Instant::now();
-        assert!(
-            outbox.due().expect("a change waits") <= tokio::time::Instant::now(),
-            "first change after quiet is due at once"
-        );
-        outbox.last = Some(now);
-        assert_eq!(outbox.due(), Some(now + GOSSIP_WINDOW));
-        outbox.deltas.clear();
-        assert_eq!(outbox.due(), None);
-    }
+/// A deadline for a timer branch that is disabled.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400)
 }

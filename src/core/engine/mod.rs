@@ -1,733 +1,484 @@
-//! The engine: one node's decisions, with no IO and no clock.
+//! The engine: one node's whole protocol as a deterministic state machine.
 //!
-//! The runtime calls the engine's methods with the current time and reads
-//! back [`Output`]s with [`Engine::take_outputs`]: deltas to persist (and, in
-//! a federation, to publish), tasks to start or abort, events and audit
-//! records. The runtime must make every [`Output::Changed`] durable before it
-//! acknowledges the call that produced it.
+//! ```text
+//! Engine::handle(now, Input)          the only way in
+//! Engine::poll_output() -> Output     what to carry out, in order
+//! Engine::poll_timeout() -> (at, token)   when to call again with Input::Timer
+//! ```
+//!
+//! The engine does no IO and reads no clock: time comes with every input
+//! ([`Now`]: monotonic for timers and failure detection, wall for
+//! timestamps) and randomness from a generator seeded at construction. The
+//! caller (the tokio runtime, or the simulator) owns sockets, the store and
+//! handler processes, and does nothing but translate.
+//!
+//! The calling contract:
+//! - Feed every input with the current time; then drain [`Engine::poll_output`]
+//!   until it returns `None` and carry the outputs out in order.
+//! - Answer every [`Output::Persist`] with [`Input::Persisted`] once the batch
+//!   is durable (synced if it says so), or [`Input::PersistFailed`]. Replies,
+//!   gossip and effects of the batch come out only after that.
+//! - Call again with [`Input::Timer`] at the time [`Engine::poll_timeout`]
+//!   gives (a stale or early token is ignored, so waking too often is safe).
+//!
+//! Inside: a [`Replica`] (the replicated state and the decisions about it)
+//! and the protocol around it: group commit (`batch.rs`), gossip batching,
+//! anti-entropy sessions (`entropy.rs`), redial with backoff and the timers
+//! (`timers.rs`).
 
-mod kv;
-mod tasks;
+mod batch;
+mod config;
+mod entropy;
+mod io;
+mod timers;
 
-pub use kv::{KvItem, KvWrite, RESERVED_NS};
-pub use tasks::{Claimed, Outcome, SubmitRequest};
+pub use config::{EngineConfig, ProtocolConfig};
+pub use io::{
+    Answer, BatchId, Command, Counter, Input, LoadSample, MsgRef, Output, Persist, ReqId, SyncRef,
+    TimerKind, Token,
+};
 
-use crate::core::event::{AuditRecord, Event};
-use crate::core::ids::{Fence, Millis, NodeId, TaskId, Term};
-use crate::core::member::{MemberEntry, MemberMarker, MemberRecord, MemberStatus};
-use crate::core::placement::Strategy;
+use crate::core::error::EngineError;
+use crate::core::ids::{Mono, NodeId, Now};
+use crate::core::replica::{Effect, Outcome, Replica};
 use crate::core::rng::Rng;
 use crate::core::state::{Delta, ReplicatedState};
-use crate::core::sync::SyncIndex;
-use crate::core::task::{TaskEntry, TaskStatus};
-use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::core::wire::{self, Gossip};
+use batch::{Batches, Released};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use timers::Timers;
 
-/// What the engine needs to know about its node.
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// This node.
-    pub node: NodeId,
-    /// This node's self-description (incarnation is taken from the state).
-    pub record: MemberRecord,
-    /// Capabilities this node runs with handlers (embedded or commands); the
-    /// rest of `record.capabilities` is served by external workers.
-    pub handlers: BTreeSet<String>,
-    /// How long a worker's claim lives without a heartbeat, in ms.
-    pub claim_ttl_ms: u64,
-    /// Failure-detection timing.
-    pub failure: crate::core::failure::FailureConfig,
+/// Committed changes waiting to be gossiped, and when gossip last went out.
+#[derive(Debug, Default)]
+struct Outbox {
+    changed: Vec<Arc<Vec<Delta>>>,
+    gossip: Vec<Delta>,
+    last: Option<Mono>,
 }
 
-/// What the runtime must carry out.
-// Deltas are moved, not copied, through the output queue; boxing them would
-// add an allocation per change for no gain.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
-pub enum Output {
-    /// A change to the replicated state: persist it (before acknowledging)
-    /// and spread it.
-    Changed(Delta),
-    /// An entry's new state after merging a remote delta: persist it (no need
-    /// to spread it: it came from the network).
-    Merged(Delta),
-    /// Spread it, but it need not be durable (heartbeats).
-    Gossip(Delta),
-    /// Run a task with a handler.
-    Start(StartTask),
-    /// Stop a running handler: the task was cancelled, timed out or re-fenced.
-    Abort {
-        /// The task.
-        task: TaskId,
-        /// The fence of the run to stop.
-        fence: Fence,
-    },
-    /// An event for the stream.
-    Event(Event),
-    /// A record for the audit log.
-    Audit(AuditRecord),
-    /// Tasks are waiting for external workers: wake long-polling claims.
-    WorkAvailable,
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.gossip.is_empty()
+    }
 }
 
-/// A task the runtime should run with a handler.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StartTask {
-    /// The task.
-    pub id: TaskId,
-    /// Which handler.
-    pub capability: String,
-    /// Payload as JSON text.
-    pub payload: String,
-    /// The fence to report the outcome under.
-    pub fence: Fence,
-    /// The attempt number.
-    pub attempt: u32,
-    /// Timeout in seconds.
-    pub timeout_secs: u64,
-}
-
-/// A task executing on this node.
-#[derive(Clone, Debug)]
-struct LocalRun {
-    fence: Fence,
-    deadline: Millis,
-    /// For worker-claimed tasks: the worker and when its claim lapses.
-    claim: Option<(String, Millis)>,
-}
-
-/// One node's engine.
+/// One node's protocol machine.
 #[derive(Debug)]
 pub struct Engine {
-    cfg: EngineConfig,
-    state: ReplicatedState,
+    replica: Replica,
+    cfg: ProtocolConfig,
+    seed: u64,
     rng: Rng,
-    term: Term,
-    cursor: u64,
-    seq: u64,
-    outputs: Vec<Output>,
-    // Indexes derived from `state`, kept in step by `put_task`.
-    keys: HashMap<String, TaskId>,
-    active: HashMap<NodeId, u32>,
-    pending: BTreeSet<(Millis, TaskId)>,
-    queued: BTreeSet<(Millis, TaskId)>,
-    local: BTreeMap<TaskId, LocalRun>,
-    pending_dirty: bool,
-    leaving: bool,
-    // Failure detection: local verdicts, never replicated.
-    detectors: HashMap<NodeId, crate::core::failure::Detector>,
-    suspects: BTreeSet<NodeId>,
-    // Digests for anti-entropy, kept in step by `emit`. Refreshed lazily,
-    // also from `&self` readers, hence the cell.
-    sync: RefCell<SyncIndex>,
+    clock: Now,
+    /// Connected peers, in id order (the anti-entropy draw indexes it).
+    peers: BTreeSet<NodeId>,
+    /// Peers we are catching up with after connecting (what they send is
+    /// not divergence).
+    catching_up: BTreeSet<NodeId>,
+    /// Peers to ask for a summary again as soon as a diff is answered,
+    /// because not every differing bucket fitted in it.
+    resync: BTreeSet<NodeId>,
+    batches: Batches,
+    outbox: Outbox,
+    timers: Timers,
+    redial_backoff: u32,
+    redial_skip: u32,
+    load: LoadSample,
+    out: Vec<Output>,
+    ready: VecDeque<Output>,
 }
 
 impl Engine {
-    /// An engine over `state` (as loaded from disk), seeded with `seed`.
+    /// An engine over `state` (as loaded from the store), seeded with
+    /// `seed`: every random choice it makes comes from that seed. Feed it
+    /// [`Input::Start`] first.
     pub fn new(cfg: EngineConfig, state: ReplicatedState, seed: u64) -> Self {
-        let mut engine = Engine {
-            cfg,
-            state: ReplicatedState::default(),
-            rng: Rng::new(seed),
-            term: Term(0),
-            cursor: 0,
-            seq: 0,
-            outputs: Vec::new(),
-            keys: HashMap::new(),
-            active: HashMap::new(),
-            pending: BTreeSet::new(),
-            queued: BTreeSet::new(),
-            local: BTreeMap::new(),
-            pending_dirty: true,
-            leaving: false,
-            detectors: HashMap::new(),
-            suspects: BTreeSet::new(),
-            sync: RefCell::new(SyncIndex::new(&state)),
-        };
-        engine.state.members = state.members;
-        engine.state.namespaces = state.namespaces;
-        for (id, entry) in state.tasks {
-            engine.index(&id, &entry);
-            engine.state.tasks.insert(id, entry);
+        // Two streams from one seed: the replica's (task ids, placement) and
+        // the protocol's (peer choice).
+        let mut root = Rng::new(seed);
+        let replica = Replica::new(cfg.replica, state, root.next_u64());
+        Engine {
+            replica,
+            cfg: cfg.protocol,
+            seed,
+            rng: Rng::new(root.next_u64()),
+            clock: Now::default(),
+            peers: BTreeSet::new(),
+            catching_up: BTreeSet::new(),
+            resync: BTreeSet::new(),
+            batches: Batches::default(),
+            outbox: Outbox::default(),
+            timers: Timers::default(),
+            redial_backoff: 1,
+            redial_skip: 0,
+            load: LoadSample::default(),
+            out: Vec::new(),
+            ready: VecDeque::new(),
         }
-        engine
+    }
+
+    /// The seed this engine was built with (log it: it replays the run).
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// This node's id.
     pub fn node(&self) -> &NodeId {
-        &self.cfg.node
+        self.replica.node()
     }
 
-    /// The replicated state (read only).
-    pub fn state(&self) -> &ReplicatedState {
-        &self.state
+    /// The replica, for queries. It reflects every input handled so far,
+    /// including changes not yet durable: a reader that must not see those
+    /// waits for a [`Command::Barrier`].
+    pub fn replica(&self) -> &Replica {
+        &self.replica
     }
 
-    /// The convergence digest of the state (see [`ReplicatedState::digest`]),
-    /// from digests kept up to date as the state changes.
-    pub fn digest(&self) -> blake3::Hash {
-        self.sync.borrow_mut().digest(&self.state)
+    /// Connected peers, as the engine was told.
+    pub fn peers(&self) -> &BTreeSet<NodeId> {
+        &self.peers
     }
 
-    /// One digest per anti-entropy bucket.
-    pub fn sync_summary(&self) -> Vec<[u8; 8]> {
-        self.sync.borrow_mut().summary(&self.state)
+    /// True while a batch is being persisted.
+    pub fn is_persisting(&self) -> bool {
+        self.batches.is_persisting()
     }
 
-    /// The leaf digests of anti-entropy buckets.
-    pub fn sync_leaves(&self, buckets: &[u16]) -> Vec<(u16, Vec<[u8; 8]>)> {
-        self.sync.borrow_mut().leaves(&self.state, buckets)
+    /// The next output to carry out.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.ready.pop_front()
     }
 
-    /// The cells where a peer's leaf digests differ from this replica's.
-    pub fn sync_differing_cells(&self, theirs: &[(u16, Vec<[u8; 8]>)]) -> Vec<u16> {
-        self.sync.borrow_mut().differing_cells(&self.state, theirs)
+    /// Drains every output waiting, in order.
+    pub fn drain_outputs(&mut self) -> std::collections::vec_deque::Drain<'_, Output> {
+        self.ready.drain(..)
     }
 
-    /// For a diff request: the cells taken of `cells` and the (id, digest)
-    /// pairs of this replica's entries in them.
-    pub fn sync_have(&self, cells: &[u16]) -> (Vec<u16>, Vec<(u64, u64)>) {
-        self.sync
-            .borrow_mut()
-            .have(&self.state, cells, crate::core::sync::MAX_HAVE)
+    /// When the engine wants to be called with [`Input::Timer`], and the
+    /// token to call it with.
+    pub fn poll_timeout(&self) -> Option<(Mono, Token)> {
+        self.timers.next()
     }
 
-    /// For a diff answer: this replica's entries in `cells` that a peer
-    /// holding `have` lacks or holds in another state.
-    pub fn sync_missing(&self, cells: &[u16], have: &[(u64, u64)]) -> Vec<Delta> {
-        self.sync.borrow_mut().missing(&self.state, cells, have)
+    /// Handles one input at `now`.
+    pub fn handle(&mut self, now: Now, input: Input) {
+        self.handle_all(now, std::iter::once(input));
     }
 
-    /// Takes the outputs produced since the last call.
-    pub fn take_outputs(&mut self) -> Vec<Output> {
-        std::mem::take(&mut self.outputs)
-    }
-
-    /// Drains the outputs produced since the last call, keeping the buffer
-    /// for the next ones.
-    pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, Output> {
-        self.outputs.drain(..)
-    }
-
-    fn emit(&mut self, out: Output) {
-        if let Output::Changed(d) | Output::Merged(d) | Output::Gossip(d) = &out {
-            self.sync.get_mut().touch(d);
+    /// Handles inputs that arrived together at `now`, in order. Their
+    /// changes share one batch (one commit), which is how a busy node
+    /// amortises its fsyncs.
+    pub fn handle_all(&mut self, now: Now, inputs: impl IntoIterator<Item = Input>) {
+        self.clock = Now {
+            mono: self.clock.mono.max(now.mono),
+            wall: now.wall,
+        };
+        self.replica.set_clock(self.clock);
+        for input in inputs {
+            self.dispatch(input);
+            self.collect();
         }
-        self.outputs.push(out);
+        if let Some(released) = self.batches.advance(&mut self.out) {
+            self.release(released);
+            self.collect();
+        }
+        self.ready.extend(self.out.drain(..));
     }
 
-    /// Announces this node: a new incarnation of its membership record.
-    /// Tasks that were running here when the node stopped are taken up
-    /// again as a new attempt (their handlers died with the process).
-    pub fn start(&mut self, now: Millis) {
-        let me = self.cfg.node.clone();
-        let mut entry = self.state.members.get(&me).cloned().unwrap_or_default();
-        let mut record = self.cfg.record.clone();
-        record.incarnation = entry.marker().incarnation + 1;
-        record.status = MemberStatus::Alive;
-        record.updated_at = now;
-        entry.write(record, &me);
-        self.put_member(me.clone(), entry);
-        self.emit(Output::Event(Event::MemberJoined { node: me }));
-        self.recover_interrupted(now);
-        self.pending_dirty = true;
-        self.tick(now);
-    }
-
-    fn put_member(&mut self, id: NodeId, entry: MemberEntry) {
-        self.state
-            .apply(Delta::Member(id.clone(), Box::new(entry.clone())));
-        self.emit(Output::Changed(Delta::Member(id, Box::new(entry))));
-    }
-
-    /// Marks this node as draining: it takes no new tasks and finishes what
-    /// it has.
-    pub fn drain(&mut self, now: Millis, node: &NodeId) -> Result<(), crate::core::EngineError> {
-        let mut entry = self.state.members.get(node).cloned().ok_or_else(|| {
-            crate::core::EngineError::NotFound {
-                what: "node",
-                id: node.to_string(),
+    fn dispatch(&mut self, input: Input) {
+        match input {
+            Input::Start => self.start(),
+            Input::Command(req, cmd) => self.command(req, cmd),
+            Input::Gossip { from, msg, bytes } => self.on_gossip(from, msg, &bytes),
+            Input::SyncRequest { from, id, bytes } => self.on_sync_request(from, id, &bytes),
+            Input::SyncResponse { from, bytes } => self.on_sync_response(from, &bytes),
+            Input::SyncFailed { from } => self.end_session(&from),
+            Input::PeerUp(peer) => self.peer_up(peer),
+            Input::PeerDown(peer) => self.peer_down(&peer),
+            Input::Timer(token) => self.on_timer(token),
+            Input::HandlerDone {
+                task,
+                fence,
+                outcome,
+            } => self.handler_done(task, fence, outcome),
+            Input::Persisted(id) => {
+                if let Some(released) = self.batches.persisted(id) {
+                    self.release(released);
+                }
             }
-        })?;
-        let mut record = entry.record().clone();
-        match record.status {
-            MemberStatus::Draining => return Ok(()),
-            MemberStatus::Alive => {}
-            other => {
-                return Err(crate::core::EngineError::Conflict(format!(
-                    "node {node} is {}; only an alive node can be drained",
-                    other.as_str()
-                )))
+            Input::PersistFailed { batch, reason } => {
+                let failed = self.batches.failed(batch, &reason);
+                self.out.extend(failed);
+            }
+            Input::Load(sample) => self.load = sample,
+        }
+    }
+
+    fn start(&mut self) {
+        let now = self.clock;
+        self.replica.start(now.wall);
+        let p = self.cfg;
+        self.timers.arm(TimerKind::Tick, now.mono.plus(p.tick_ms));
+        // The first heartbeat goes out with the start's record; the next
+        // one an interval later.
+        self.timers
+            .arm(TimerKind::Heartbeat, now.mono.plus(p.heartbeat_ms));
+        self.timers
+            .arm(TimerKind::AntiEntropy, now.mono.plus(p.anti_entropy_ms));
+        self.timers
+            .arm(TimerKind::Redial, now.mono.plus(p.redial_ms));
+        self.out.push(Output::SampleLoad);
+        if self.peers.is_empty() {
+            self.out.push(Output::DialBootstrap);
+        }
+    }
+
+    fn command(&mut self, req: ReqId, cmd: crate::core::engine::Command) {
+        let wall = self.clock.wall;
+        let r = &mut self.replica;
+        let result = match cmd {
+            Command::KvPut { ns, key, value } => {
+                r.kv_put(wall, &ns, &key, &value).map(Answer::Written)
+            }
+            Command::KvDel { ns, key } => r.kv_del(wall, &ns, &key).map(|()| Answer::Done),
+            Command::SetPolicy { ns, policy } => {
+                r.set_policy(wall, &ns, policy).map(|()| Answer::Done)
+            }
+            Command::SetStrategy(s) => {
+                r.set_default_strategy(wall, s);
+                Ok(Answer::Done)
+            }
+            Command::Submit(sub) => r
+                .submit(wall, sub)
+                .map(|(id, created)| Answer::Submitted { id, created }),
+            Command::Cancel(id) => r.cancel(wall, &id).map(|()| Answer::Done),
+            Command::Claim {
+                worker,
+                capabilities,
+            } => r.claim(wall, &worker, &capabilities).map(Answer::Claimed),
+            Command::Heartbeat { task, fence } => {
+                r.heartbeat(wall, &task, fence).map(Answer::ClaimTtl)
+            }
+            Command::Complete {
+                task,
+                fence,
+                outcome,
+            } => r
+                .complete(wall, &task, fence, outcome)
+                .map(|()| Answer::Done),
+            Command::Drain(node) => r.drain(wall, &node).map(|()| Answer::Done),
+            Command::Remove(node) => r.remove_member(wall, &node).map(|()| Answer::Done),
+            Command::Barrier => Ok(Answer::Done),
+            Command::Leave => {
+                r.leave(wall);
+                Ok(Answer::Done)
+            }
+        };
+        self.reply(req, result);
+    }
+
+    /// A refusal changed nothing and is answered at once; a success waits
+    /// for the batch that holds its changes.
+    fn reply(&mut self, req: ReqId, result: Result<Answer, EngineError>) {
+        match result {
+            Err(e) => self.out.push(Output::Reply(req, Err(e))),
+            Ok(a) => {
+                // The changes it made are in the replica's effects: collect
+                // them first, so the reply lands in their batch.
+                self.collect();
+                self.batches.open.replies.push((req, Ok(a)));
             }
         }
-        record.status = MemberStatus::Draining;
-        record.updated_at = now;
-        let me = self.cfg.node.clone();
-        entry.write(record, &me);
-        self.put_member(node.clone(), entry);
-        self.emit(Output::Event(Event::MemberDraining { node: node.clone() }));
-        self.emit(Output::Audit(AuditRecord {
-            at: now,
-            by: me,
-            action: "node_drained".into(),
-            subject: node.to_string(),
-            detail: "drain requested".into(),
-        }));
-        Ok(())
     }
 
-    /// Removes a member that left or was declared dead: its record is marked
-    /// dead for good (until it rejoins with a new incarnation).
-    pub fn remove_member(
+    fn on_gossip(&mut self, from: NodeId, msg: MsgRef, bytes: &[u8]) {
+        match wire::decode::<Gossip>(bytes, wire::MAX_GOSSIP_BYTES) {
+            Ok(Gossip::Deltas(deltas)) => {
+                self.out.push(Output::Verdict {
+                    msg,
+                    from,
+                    rejected: None,
+                });
+                let wall = self.clock.wall;
+                for d in deltas {
+                    self.replica.apply_remote(wall, d);
+                }
+            }
+            Err(e) => self.out.push(Output::Verdict {
+                msg,
+                from,
+                rejected: Some(e.to_string()),
+            }),
+        }
+    }
+
+    fn peer_up(&mut self, peer: NodeId) {
+        if &peer == self.replica.node() || !self.peers.insert(peer.clone()) {
+            return;
+        }
+        self.catching_up.insert(peer.clone());
+        self.ask_summary(peer);
+    }
+
+    fn peer_down(&mut self, peer: &NodeId) {
+        self.peers.remove(peer);
+        self.end_session(peer);
+    }
+
+    fn handler_done(
         &mut self,
-        now: Millis,
-        node: &NodeId,
-    ) -> Result<(), crate::core::EngineError> {
-        use crate::core::EngineError;
-        if node == &self.cfg.node {
-            return Err(EngineError::Conflict(
-                "cannot remove the local node: drain it or stop it".into(),
-            ));
-        }
-        let mut entry =
-            self.state
-                .members
-                .get(node)
-                .cloned()
-                .ok_or_else(|| EngineError::NotFound {
-                    what: "node",
-                    id: node.to_string(),
-                })?;
-        let mut record = entry.record().clone();
-        if matches!(record.status, MemberStatus::Alive | MemberStatus::Draining) {
-            return Err(EngineError::Conflict(format!(
-                "node {node} is {}; only dead or departed nodes can be removed",
-                record.status.as_str()
-            )));
-        }
-        record.status = MemberStatus::Dead;
-        record.updated_at = now;
-        entry.write(record, &self.cfg.node);
-        self.put_member(node.clone(), entry);
-        self.emit(Output::Event(Event::MemberRemoved { node: node.clone() }));
-        self.emit(Output::Audit(AuditRecord {
-            at: now,
-            by: self.cfg.node.clone(),
-            action: "node_removed".into(),
-            subject: node.to_string(),
-            detail: "removed by an operator".into(),
-        }));
-        Ok(())
-    }
-
-    /// Leaves gracefully: marks this node `left` and hands its tasks back.
-    pub fn leave(&mut self, now: Millis) {
-        self.leaving = true;
-        let me = self.cfg.node.clone();
-        let mut entry = self.state.members.get(&me).cloned().unwrap_or_default();
-        let mut record = entry.record().clone();
-        record.status = MemberStatus::Left;
-        record.updated_at = now;
-        entry.write(record, &me);
-        self.put_member(me.clone(), entry);
-        self.requeue_local(now);
-        self.emit(Output::Event(Event::MemberLeft { node: me }));
-    }
-
-    /// Records this node's current load in its membership record.
-    pub fn report_load(&mut self, now: Millis, cpu: f32, memory: f32, disk: f32) {
-        let me = self.cfg.node.clone();
-        let Some(mut entry) = self.state.members.get(&me).cloned() else {
-            return;
+        task: crate::core::ids::TaskId,
+        fence: crate::core::ids::Fence,
+        outcome: Option<Outcome>,
+    ) {
+        let Some(outcome) = outcome else { return };
+        let label = if matches!(outcome, Outcome::Success(_)) {
+            Counter::AttemptSucceeded
+        } else {
+            Counter::AttemptFailed
         };
-        let mut record = entry.record().clone();
-        record.load.running = self.active.get(&me).copied().unwrap_or(0);
-        record.load.cpu = cpu;
-        record.load.memory = memory;
-        record.load.disk = disk;
-        record.updated_at = now;
-        entry.write(record, &me);
-        // A heartbeat: spread, not persisted (load figures are ephemeral, and
-        // a restart announces a new incarnation anyway).
-        self.state
-            .apply(Delta::Member(me.clone(), Box::new(entry.clone())));
-        self.emit(Output::Gossip(Delta::Member(me, Box::new(entry))));
-    }
-
-    /// Merges a delta that came from another node (by gossip or sync).
-    /// Returns true when it changed this replica (a delta already seen
-    /// changes nothing and produces no output).
-    pub fn apply_remote(&mut self, now: Millis, delta: Delta) -> bool {
-        let changed = match delta {
-            Delta::Task(id, entry) => {
-                let mut merged = self
-                    .state
-                    .tasks
-                    .get(&id)
-                    .cloned()
-                    .unwrap_or_else(|| TaskEntry::new(entry.spec().clone()));
-                let before = merged.marker().clone();
-                let history = merged.history().len();
-                merged.merge(*entry);
-                if merged.marker() == &before
-                    && merged.history().len() == history
-                    && self.state.tasks.contains_key(&id)
-                {
-                    return false;
-                }
-                self.emit(Output::Merged(Delta::Task(
-                    id.clone(),
-                    Box::new(merged.clone()),
-                )));
-                self.put_task(now, id, merged, false);
-                true
-            }
-            Delta::Member(id, entry) => self.merge_member(now, id, entry),
-            Delta::Kv { ns, key, entry } => {
-                let namespace = self.state.namespace_mut(&ns);
-                let Some(merged) = namespace.merge_entry(key.clone(), entry) else {
-                    return false;
-                };
-                let entry = merged.clone();
-                self.emit(Output::Event(Event::KvMerged {
-                    ns: ns.clone(),
-                    key: key.clone(),
-                }));
-                self.emit(Output::Merged(Delta::Kv { ns, key, entry }));
-                true
-            }
-            Delta::Policy { ns, policy } => {
-                let namespace = self.state.namespace_mut(&ns);
-                let before = namespace.policy.clone();
-                crdts::CvRDT::merge(&mut namespace.policy, policy);
-                if namespace.policy == before {
-                    return false;
-                }
-                let policy = namespace.policy.clone();
-                self.emit(Output::Merged(Delta::Policy { ns, policy }));
-                true
-            }
-        };
-        self.pending_dirty = true;
-        changed
-    }
-
-    /// Merges a member record; true when the record changed.
-    fn merge_member(&mut self, now: Millis, id: NodeId, entry: Box<MemberEntry>) -> bool {
-        let before = self.state.members.get(&id).map(|m| m.marker().clone());
-        let known = before.is_some();
-        let delta = Delta::Member(id.clone(), entry);
-        // Any change to the record (not only to its marker) must reach the
-        // sync index; touching an unchanged entry is harmless.
-        self.sync.get_mut().touch(&delta);
-        self.state.apply(delta);
-        let merged = self.state.members[&id].clone();
-        if before.as_ref() == Some(merged.marker()) {
-            return false;
-        }
-        // Persist only what is not a mere heartbeat.
-        let stable = |m: &MemberMarker| (m.incarnation, m.status);
-        if before.as_ref().map(stable) != Some(stable(merged.marker())) || !known {
-            self.emit(Output::Merged(Delta::Member(
-                id.clone(),
-                Box::new(merged.clone()),
-            )));
-        }
-        if id == self.cfg.node {
-            self.refute(now, &merged);
-            return true;
-        }
-        let rec = merged.record();
-        match rec.status {
-            MemberStatus::Alive | MemberStatus::Draining => {
-                if merged.marker().writer == id {
-                    let expected = self.cfg.failure.heartbeat_interval_ms;
-                    self.detectors
-                        .entry(id.clone())
-                        .and_modify(|d| d.heartbeat(now))
-                        .or_insert_with(|| crate::core::failure::Detector::new(now, expected));
-                }
-                if !known {
-                    self.emit(Output::Event(Event::MemberJoined { node: id.clone() }));
-                } else if before
-                    .as_ref()
-                    .is_some_and(|b| b.incarnation < merged.marker().incarnation)
-                {
-                    self.emit(Output::Event(Event::MemberRecovered { node: id.clone() }));
-                }
-                if rec.status == MemberStatus::Draining
-                    && before
-                        .as_ref()
-                        .is_some_and(|b| b.status == MemberStatus::Alive)
-                {
-                    self.emit(Output::Event(Event::MemberDraining { node: id.clone() }));
-                }
-            }
-            MemberStatus::Left => {
-                self.detectors.remove(&id);
-                self.suspects.remove(&id);
-                self.emit(Output::Event(Event::MemberLeft { node: id.clone() }));
-            }
-            MemberStatus::Dead => {
-                self.detectors.remove(&id);
-                self.suspects.remove(&id);
-                self.emit(Output::Event(Event::MemberDead { node: id.clone() }));
-            }
-        }
-        true
-    }
-
-    /// Another node declared this one dead or departed while it runs: come
-    /// back with a higher incarnation, as SWIM does.
-    fn refute(&mut self, now: Millis, merged: &MemberEntry) {
-        if !matches!(
-            merged.record().status,
-            MemberStatus::Dead | MemberStatus::Left
-        ) || self.leaving
+        let counted = match self
+            .replica
+            .complete(self.clock.wall, &task, fence, outcome)
         {
-            return;
-        }
-        let me = self.cfg.node.clone();
-        let mut entry = merged.clone();
-        let mut record = self.cfg.record.clone();
-        record.incarnation = merged.marker().incarnation + 1;
-        record.status = MemberStatus::Alive;
-        record.updated_at = now;
-        entry.write(record, &me);
-        self.put_member(me, entry);
+            Ok(()) => label,
+            Err(_) => Counter::AttemptRefused,
+        };
+        self.out.push(Output::Count(counted, 1));
     }
 
-    /// The other members that are alive or draining (the ones to watch and
-    /// to stay connected to).
-    pub fn other_members_in_service(&self) -> Vec<NodeId> {
-        self.state
-            .members
+    fn on_timer(&mut self, token: Token) {
+        let now = self.clock.mono;
+        if !self.timers.fire(token, now) {
+            return;
+        }
+        let p = self.cfg;
+        match token.kind {
+            TimerKind::Tick => {
+                self.replica.tick(self.clock.wall);
+                self.timers.arm(TimerKind::Tick, now.plus(p.tick_ms));
+            }
+            TimerKind::Heartbeat => {
+                let l = self.load;
+                self.replica
+                    .report_load(self.clock.wall, l.cpu, l.memory, l.disk);
+                self.out.push(Output::SampleLoad);
+                self.timers
+                    .arm(TimerKind::Heartbeat, now.plus(p.heartbeat_ms));
+            }
+            TimerKind::AntiEntropy => {
+                self.anti_entropy_round();
+                self.timers
+                    .arm(TimerKind::AntiEntropy, now.plus(p.anti_entropy_ms));
+            }
+            TimerKind::Redial => {
+                self.redial();
+                self.timers.arm(TimerKind::Redial, now.plus(p.redial_ms));
+            }
+            TimerKind::GossipFlush => self.flush_gossip(),
+        }
+    }
+
+    /// Dials bootstrap peers when alone (backing off while it stays alone),
+    /// and members in service this node is not connected to, so that split
+    /// groups find each other again.
+    fn redial(&mut self) {
+        if self.redial_skip > 0 {
+            self.redial_skip -= 1;
+            return;
+        }
+        let alone = self.peers.is_empty();
+        if alone {
+            self.out.push(Output::DialBootstrap);
+        }
+        for id in self.replica.other_members_in_service() {
+            if self.peers.contains(&id) {
+                continue;
+            }
+            let Some(member) = self.replica.state().members.get(&id) else {
+                continue;
+            };
+            let addrs = member.record().addrs.clone();
+            if !addrs.is_empty() {
+                self.out.push(Output::Dial { node: id, addrs });
+            }
+        }
+        self.redial_backoff = if alone {
+            (self.redial_backoff * 2).min(self.cfg.redial_backoff_max.max(1))
+        } else {
+            1
+        };
+        self.redial_skip = self.redial_backoff - 1;
+    }
+
+    /// Moves what the replica produced into the open batch.
+    fn collect(&mut self) {
+        let open = &mut self.batches.open;
+        for effect in self.replica.drain_effects() {
+            match effect {
+                Effect::Changed(d) => {
+                    open.synced = true;
+                    open.changed.push(d);
+                }
+                Effect::Merged(d) => open.merged.push(d),
+                Effect::Gossip(d) => open.gossip.push(d),
+                Effect::Audit(a) => {
+                    open.synced = true;
+                    open.audit.push(a);
+                }
+                Effect::Start(t) => open.effects.push(Output::Start(t)),
+                Effect::Abort { task, fence } => open.effects.push(Output::Abort { task, fence }),
+                Effect::Event(e) => open.effects.push(Output::Event(e)),
+                Effect::WorkAvailable => open.effects.push(Output::WorkAvailable),
+            }
+        }
+    }
+
+    /// Carries out what a durable (or store-free) batch releases: its
+    /// replies and effects, and its changes into the gossip outbox.
+    fn release(&mut self, released: Released) {
+        self.out.extend(released.outputs);
+        if let Some(changed) = released.changed.filter(|c| !c.is_empty()) {
+            self.outbox.changed.push(changed);
+        }
+        self.outbox.gossip.extend(released.gossip);
+        if self.outbox.is_empty() {
+            return;
+        }
+        let due = self
+            .outbox
+            .last
+            .map_or(self.clock.mono, |t| t.plus(self.cfg.gossip_window_ms));
+        if due <= self.clock.mono {
+            self.flush_gossip();
+        } else {
+            self.timers.arm_by(TimerKind::GossipFlush, due);
+        }
+    }
+
+    /// Publishes every change waiting in the outbox.
+    fn flush_gossip(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let deltas = self
+            .outbox
+            .changed
             .iter()
-            .filter(|(id, m)| {
-                **id != self.cfg.node
-                    && matches!(
-                        m.record().status,
-                        MemberStatus::Alive | MemberStatus::Draining
-                    )
-            })
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    /// A task by id.
-    pub fn task(&self, id: &TaskId) -> Result<&TaskEntry, crate::core::EngineError> {
-        self.state
-            .tasks
-            .get(id)
-            .ok_or_else(|| crate::core::EngineError::NotFound {
-                what: "task",
-                id: id.to_string(),
-            })
-    }
-
-    /// Runs the failure detector over the other members: suspects, recoveries
-    /// and death verdicts (a dead verdict is written to the replicated record,
-    /// so it spreads to every node).
-    fn detect_failures(&mut self, now: Millis) {
-        use crate::core::failure::{Detector, Verdict};
-        let f = self.cfg.failure;
-        let watched = self.other_members_in_service();
-        for id in watched {
-            let d = self
-                .detectors
-                .entry(id.clone())
-                .or_insert_with(|| Detector::new(now, f.heartbeat_interval_ms));
-            match d.verdict(now, f.suspect_after_missed, f.removed_after_ms) {
-                Verdict::Alive => {
-                    if self.suspects.remove(&id) {
-                        self.emit(Output::Event(Event::MemberRecovered { node: id }));
-                    }
-                }
-                Verdict::Suspect => {
-                    if self.suspects.insert(id.clone()) {
-                        self.emit(Output::Event(Event::MemberSuspect { node: id }));
-                    }
-                }
-                Verdict::Dead => self.declare_dead(now, id),
-            }
+            .flat_map(|c| c.iter())
+            .chain(&self.outbox.gossip);
+        for m in wire::gossip_chunks(deltas, wire::MAX_GOSSIP_BYTES) {
+            self.out.push(Output::Publish(m));
         }
+        self.outbox.changed.clear();
+        self.outbox.gossip.clear();
+        self.outbox.last = Some(self.clock.mono);
     }
 
-    fn declare_dead(&mut self, now: Millis, id: NodeId) {
-        let Some(mut entry) = self.state.members.get(&id).cloned() else {
-            return;
-        };
-        let mut record = entry.record().clone();
-        let silent = self
-            .detectors
-            .get(&id)
-            .map(|d| now.since(d.last_heard()))
-            .unwrap_or(0);
-        record.status = MemberStatus::Dead;
-        record.updated_at = now;
-        entry.write(record, &self.cfg.node);
-        self.detectors.remove(&id);
-        self.suspects.remove(&id);
-        self.put_member(id.clone(), entry);
-        self.emit(Output::Event(Event::MemberDead { node: id.clone() }));
-        self.emit(Output::Audit(AuditRecord {
-            at: now,
-            by: self.cfg.node.clone(),
-            action: "node_declared_dead".into(),
-            subject: id.to_string(),
-            detail: format!("no heartbeat for {silent} ms"),
-        }));
-        self.pending_dirty = true;
-    }
-
-    /// The status of a member as this node sees it: its declared status, or
-    /// `suspect` when the failure detector suspects it.
-    pub fn member_status(&self, id: &NodeId) -> &'static str {
-        if self.suspects.contains(id) {
-            return "suspect";
-        }
-        self.state
-            .members
-            .get(id)
-            .map(|m| m.record().status.as_str())
-            .unwrap_or("dead")
-    }
-
-    /// Milliseconds since this node last heard from `id` (0 for itself).
-    pub fn last_heard_ms(&self, now: Millis, id: &NodeId) -> u64 {
-        if id == &self.cfg.node {
-            return 0;
-        }
-        self.detectors
-            .get(id)
-            .map(|d| now.since(d.last_heard()))
-            .unwrap_or_else(|| {
-                self.state
-                    .members
-                    .get(id)
-                    .map(|m| now.since(m.record().updated_at))
-                    .unwrap_or(0)
-            })
-    }
-
-    /// True when `id` is alive, not draining and not suspected.
-    pub(crate) fn can_take_work(&self, id: &NodeId) -> bool {
-        !self.suspects.contains(id)
-            && self
-                .state
-                .members
-                .get(id)
-                .is_some_and(|m| m.record().status == MemberStatus::Alive)
-    }
-
-    /// Sets this node's p2p addresses in its member record.
-    pub fn set_addrs(&mut self, now: Millis, addrs: Vec<String>) {
-        self.cfg.record.addrs = addrs.clone();
-        let me = self.cfg.node.clone();
-        let Some(mut entry) = self.state.members.get(&me).cloned() else {
-            return;
-        };
-        let mut record = entry.record().clone();
-        record.addrs = addrs;
-        record.updated_at = now;
-        entry.write(record, &me);
-        self.put_member(me, entry);
-    }
-
-    /// The current lease term (0 while no lease holder exists).
-    pub fn term(&self) -> Term {
-        self.term
-    }
-
-    /// Periodic work: expire claims and timeouts, start queued tasks, place
-    /// pending ones.
-    pub fn tick(&mut self, now: Millis) {
-        self.detect_failures(now);
-        self.expire_local(now);
-        self.start_queued(now);
-        if self.pending_dirty {
-            self.pending_dirty = false;
-            self.place_pending(now);
-        }
-    }
-
-    /// Tasks assigned to or running on `node`.
-    pub fn active_on(&self, node: &NodeId) -> u32 {
-        self.active.get(node).copied().unwrap_or(0)
-    }
-
-    /// The cluster's default placement strategy.
-    pub fn default_strategy(&self) -> Strategy {
-        self.kv_get(RESERVED_NS, "strategy")
-            .ok()
-            .and_then(|item| serde_json::from_str::<Strategy>(&item.value).ok())
-            .unwrap_or_default()
-    }
-
-    // ---- index upkeep ----------------------------------------------------
-
-    fn index(&mut self, id: &TaskId, entry: &TaskEntry) {
-        let st = entry.state();
-        if let Some(key) = &entry.spec().key {
-            self.keys.entry(key.clone()).or_insert_with(|| id.clone());
-        }
-        let at = entry.spec().submitted_at;
-        match st.status {
-            TaskStatus::Pending => {
-                self.pending.insert((at, id.clone()));
-            }
-            TaskStatus::Assigned | TaskStatus::Running => {
-                if let Some(node) = &st.node {
-                    *self.active.entry(node.clone()).or_default() += 1;
-                    if node == &self.cfg.node && st.status == TaskStatus::Assigned {
-                        self.queued.insert((at, id.clone()));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn unindex(&mut self, id: &TaskId, entry: &TaskEntry) {
-        let st = entry.state();
-        let at = entry.spec().submitted_at;
-        match st.status {
-            TaskStatus::Pending => {
-                self.pending.remove(&(at, id.clone()));
-            }
-            TaskStatus::Assigned | TaskStatus::Running => {
-                if let Some(node) = &st.node {
-                    if let Some(n) = self.active.get_mut(node) {
-                        *n = n.saturating_sub(1);
-                    }
-                    self.queued.remove(&(at, id.clone()));
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Stores a task's new entry, keeps the indexes in step, emits the delta
-    /// when the change is local, and reacts to what changed for this node.
-    fn put_task(&mut self, now: Millis, id: TaskId, entry: TaskEntry, local: bool) {
-        if let Some(old) = self.state.tasks.remove(&id) {
-            self.unindex(&id, &old);
-        }
-        self.index(&id, &entry);
-        if local {
-            self.emit(Output::Changed(Delta::Task(
-                id.clone(),
-                Box::new(entry.clone()),
-            )));
-        }
-        let st = entry.state().clone();
-        self.state.tasks.insert(id.clone(), entry);
-        self.react(now, &id, &st);
-    }
-
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
+    /// True when the gossip flush timer is armed (changes wait in the window).
+    pub fn gossip_waiting(&self) -> bool {
+        self.timers.is_armed(TimerKind::GossipFlush)
     }
 }
 

@@ -1,343 +1,310 @@
-//! Engine tests: drive engines by hand, no IO.
+//! Engine tests: engines driven by hand through `handle`, no IO.
 
 use super::*;
-use crate::core::engine::tasks::Outcome;
-use crate::core::knowledge::Policy;
+use crate::core::ids::Now;
 use crate::core::member::MemberRecord;
-use crate::core::EngineError;
+use crate::core::replica::ReplicaConfig;
 
-fn engine(node: &str, caps: &[&str], handlers: &[&str], capacity: u32) -> Engine {
+fn engine(node: &str) -> Engine {
     let cfg = EngineConfig {
-        node: NodeId::from(node),
-        record: MemberRecord {
-            name: node.into(),
-            capabilities: caps.iter().map(|s| s.to_string()).collect(),
-            capacity,
-            ..MemberRecord::default()
+        replica: ReplicaConfig {
+            node: NodeId::from(node),
+            record: MemberRecord {
+                name: node.into(),
+                addrs: vec![format!("/memory/{node}")],
+                capabilities: vec!["echo".into()],
+                capacity: 4,
+                ..MemberRecord::default()
+            },
+            handlers: ["echo".to_string()].into(),
+            claim_ttl_ms: 1_000,
+            failure: Default::default(),
         },
-        handlers: handlers.iter().map(|s| s.to_string()).collect(),
-        claim_ttl_ms: 1_000,
-        failure: Default::default(),
+        protocol: ProtocolConfig::default(),
     };
     let mut e = Engine::new(cfg, ReplicatedState::default(), 7);
-    e.start(Millis(1));
-    e.take_outputs();
+    e.handle(Now::at(1), Input::Start);
     e
 }
 
-fn submit(e: &mut Engine, cap: &str, key: Option<&str>) -> TaskId {
-    e.submit(
-        Millis(10),
-        SubmitRequest {
-            capability: cap.into(),
-            payload: serde_json::json!({"x": 1}),
-            key: key.map(str::to_owned),
-            max_attempts: Some(2),
-            timeout_secs: Some(5),
-            ..SubmitRequest::default()
-        },
-    )
-    .unwrap()
-    .0
+/// Drains outputs, confirming every persist at once; returns the rest.
+fn settle(e: &mut Engine, at: u64) -> Vec<Output> {
+    let mut rest = Vec::new();
+    loop {
+        let batch: Vec<Output> = e.drain_outputs().collect();
+        if batch.is_empty() {
+            return rest;
+        }
+        for o in batch {
+            match o {
+                Output::Persist(p) => e.handle(Now::at(at), Input::Persisted(p.id)),
+                other => rest.push(other),
+            }
+        }
+    }
 }
 
-fn starts(outputs: &[Output]) -> Vec<StartTask> {
-    outputs
+fn put(ns: &str, key: &str, v: i64) -> Command {
+    Command::KvPut {
+        ns: ns.into(),
+        key: key.into(),
+        value: serde_json::json!(v),
+    }
+}
+
+#[test]
+fn a_reply_comes_only_after_its_batch_is_persisted() {
+    let mut e = engine("a");
+    settle(&mut e, 1);
+    e.handle(Now::at(10), Input::Command(ReqId(1), put("n", "k", 1)));
+    let out: Vec<Output> = e.drain_outputs().collect();
+    let persist = out
         .iter()
-        .filter_map(|o| match o {
-            Output::Start(s) => Some(s.clone()),
+        .find_map(|o| match o {
+            Output::Persist(p) => Some(p.clone()),
             _ => None,
         })
-        .collect()
-}
-
-#[test]
-fn handler_task_runs_and_succeeds_with_one_durable_delta_per_change() {
-    let mut e = engine("n1", &["echo"], &["echo"], 4);
-    let id = submit(&mut e, "echo", None);
-    let out = e.take_outputs();
-    let s = starts(&out);
-    assert_eq!(s.len(), 1);
-    assert_eq!(s[0].id, id);
-    assert!(out
-        .iter()
-        .any(|o| matches!(o, Output::Changed(Delta::Task(t, _)) if t == &id)));
-    assert_eq!(e.state().tasks[&id].state().status, TaskStatus::Running);
-    e.complete(Millis(20), &id, s[0].fence, Outcome::Success("42".into()))
-        .unwrap();
-    let t = &e.state().tasks[&id];
-    assert_eq!(t.state().status, TaskStatus::Succeeded);
-    assert_eq!(t.state().result.as_deref(), Some("42"));
-    let statuses: Vec<_> = t.history().iter().map(|h| h.status).collect();
-    assert!(statuses.contains(&TaskStatus::Assigned) && statuses.contains(&TaskStatus::Succeeded));
-}
-
-#[test]
-fn same_idempotency_key_gives_the_same_task() {
-    let mut e = engine("n1", &["echo"], &["echo"], 4);
-    let a = submit(&mut e, "echo", Some("k1"));
-    let (b, created) = e
-        .submit(
-            Millis(11),
-            SubmitRequest {
-                capability: "echo".into(),
-                key: Some("k1".into()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    assert_eq!(a, b);
-    assert!(!created);
-    assert_eq!(e.state().tasks.len(), 1);
-}
-
-#[test]
-fn task_without_capable_node_waits_pending_with_a_reason() {
-    let mut e = engine("n1", &["echo"], &["echo"], 4);
-    let id = submit(&mut e, "gpu", None);
-    let st = e.state().tasks[&id].state().clone();
-    assert_eq!(st.status, TaskStatus::Pending);
-    assert!(st
-        .reason
-        .unwrap()
-        .contains("no alive node offers capability `gpu`"));
-}
-
-#[test]
-fn failure_retries_with_a_new_fence_until_attempts_run_out() {
-    let mut e = engine("n1", &["echo"], &["echo"], 4);
-    let id = submit(&mut e, "echo", None);
-    let first = starts(&e.take_outputs())[0].clone();
-    e.complete(
-        Millis(20),
-        &id,
-        first.fence,
-        Outcome::Failure("boom".into()),
-    )
-    .unwrap();
-    let second = starts(&e.take_outputs())[0].clone();
-    assert!(second.fence > first.fence);
-    assert_eq!(second.attempt, 2);
-    // the old fence is refused
-    let err = e
-        .complete(
-            Millis(21),
-            &id,
-            first.fence,
-            Outcome::Success("late".into()),
-        )
-        .unwrap_err();
-    assert!(matches!(err, EngineError::StaleFence { .. }));
-    e.complete(
-        Millis(22),
-        &id,
-        second.fence,
-        Outcome::Failure("boom again".into()),
-    )
-    .unwrap();
-    let st = e.state().tasks[&id].state().clone();
-    assert_eq!(st.status, TaskStatus::Failed);
-    assert_eq!(st.error.as_deref(), Some("boom again"));
-}
-
-#[test]
-fn timeout_aborts_and_fails_the_attempt() {
-    let mut e = engine("n1", &["echo"], &["echo"], 4);
-    let id = submit(&mut e, "echo", None);
-    e.take_outputs();
-    e.tick(Millis(10 + 5_000));
-    let out = e.take_outputs();
-    assert!(out
-        .iter()
-        .any(|o| matches!(o, Output::Abort { task, .. } if task == &id)));
-    let st = e.state().tasks[&id].state().clone();
-    assert_eq!(st.attempt, 2);
-    assert!(st.error.unwrap().contains("timed out"));
-}
-
-#[test]
-fn worker_claim_heartbeat_complete_and_expired_claim_is_given_back() {
-    let mut e = engine("n1", &["ocr"], &[], 4);
-    let id = submit(&mut e, "ocr", None);
-    assert!(e
-        .take_outputs()
-        .iter()
-        .any(|o| matches!(o, Output::WorkAvailable)));
-    assert!(e
-        .claim(Millis(11), "w1", &["other".into()])
-        .unwrap()
-        .is_none());
-    let c = e.claim(Millis(11), "w1", &["ocr".into()]).unwrap().unwrap();
-    assert_eq!(c.id, id);
-    e.heartbeat(Millis(900), &id, c.fence).unwrap();
-    // still alive at 1_800 thanks to the heartbeat; expired at 1_901
-    e.tick(Millis(1_800));
-    assert_eq!(e.state().tasks[&id].state().status, TaskStatus::Running);
-    e.tick(Millis(1_901));
-    let st = e.state().tasks[&id].state().clone();
-    assert_eq!(st.status, TaskStatus::Assigned);
-    assert!(st.error.unwrap().contains("stopped heartbeating"));
-    // the first worker's late result is refused
-    assert!(e
-        .complete(Millis(1_902), &id, c.fence, Outcome::Success("1".into()))
-        .is_err());
-    let c2 = e
-        .claim(Millis(1_903), "w2", &["ocr".into()])
-        .unwrap()
-        .unwrap();
-    e.complete(
-        Millis(1_904),
-        &id,
-        c2.fence,
-        Outcome::Success("\"ok\"".into()),
-    )
-    .unwrap();
-    assert_eq!(e.state().tasks[&id].state().status, TaskStatus::Succeeded);
-}
-
-#[test]
-fn cancel_aborts_a_running_task_and_refuses_a_finished_one() {
-    let mut e = engine("n1", &["echo"], &["echo"], 4);
-    let id = submit(&mut e, "echo", None);
-    let s = starts(&e.take_outputs())[0].clone();
-    e.cancel(Millis(12), &id).unwrap();
-    assert!(e
-        .take_outputs()
-        .iter()
-        .any(|o| matches!(o, Output::Abort { task, .. } if task == &id)));
-    assert!(matches!(
-        e.cancel(Millis(13), &id),
-        Err(EngineError::Conflict(_))
-    ));
-    assert!(e
-        .complete(Millis(14), &id, s.fence, Outcome::Success("1".into()))
-        .is_err());
-    assert_eq!(e.state().tasks[&id].state().status, TaskStatus::Cancelled);
-}
-
-#[test]
-fn capacity_limits_running_handlers_and_queue_drains_in_order() {
-    let mut e = engine("n1", &["echo"], &["echo"], 1);
-    let a = submit(&mut e, "echo", None);
-    let b = submit(&mut e, "echo", None);
-    let s = starts(&e.take_outputs());
-    assert_eq!(s.len(), 1);
-    assert_eq!(e.state().tasks[&b].state().status, TaskStatus::Pending);
-    e.complete(Millis(20), &a, s[0].fence, Outcome::Success("1".into()))
-        .unwrap();
-    e.tick(Millis(21));
-    let s2 = starts(&e.take_outputs());
-    assert_eq!(s2.len(), 1);
-    assert_eq!(s2[0].id, b);
-}
-
-#[test]
-fn restart_retries_tasks_that_were_running() {
-    let mut e = engine("n1", &["echo"], &["echo"], 4);
-    let id = submit(&mut e, "echo", None);
-    e.take_outputs();
-    let state = e.state().clone();
-    let mut e2 = Engine::new(e.cfg.clone(), state, 8);
-    e2.start(Millis(100));
-    let s = starts(&e2.take_outputs());
-    assert_eq!(s.len(), 1);
-    assert_eq!(s[0].attempt, 2);
-    assert!(e2.state().members[&NodeId::from("n1")].marker().incarnation >= 2);
-    assert_eq!(e2.state().tasks[&id].state().status, TaskStatus::Running);
-}
-
-#[test]
-fn kv_policies_since_and_reserved_namespace() {
-    let mut e = engine("n1", &[], &[], 1);
-    e.set_policy(Millis(1), "tags", Policy::Set).unwrap();
-    e.kv_put(Millis(2), "tags", "colors", &serde_json::json!(["red"]))
-        .unwrap();
-    let item = e
-        .kv_put(Millis(3), "tags", "colors", &serde_json::json!("blue"))
-        .unwrap()
-        .resolve("tags", "colors")
-        .unwrap();
-    assert_eq!(item.value, "[\"blue\",\"red\"]");
-    let (_, v1, d1) = e.kv_list("tags", None);
-    e.kv_put(Millis(4), "tags", "shapes", &serde_json::json!("square"))
-        .unwrap();
-    let (changed, _, d2) = e.kv_list("tags", Some(&v1));
-    assert_eq!(changed.len(), 1);
-    assert_eq!(changed[0].key, "shapes");
-    assert_ne!(d1, d2);
-    assert!(matches!(
-        e.kv_put(Millis(5), RESERVED_NS, "x", &serde_json::json!(1)),
-        Err(EngineError::Invalid(_))
-    ));
-    assert!(matches!(
-        e.kv_get("tags", "nope"),
-        Err(EngineError::NotFound { .. })
-    ));
-    e.kv_del(Millis(6), "tags", "colors").unwrap();
-    assert!(e.kv_get("tags", "colors").is_err());
-    assert!(e.kv_del(Millis(7), "tags", "colors").is_err());
-}
-
-#[test]
-fn default_strategy_is_replicated_setting() {
-    let mut e = engine("n1", &[], &[], 1);
-    assert_eq!(e.default_strategy(), Strategy::LeastLoaded);
-    e.set_default_strategy(Millis(2), Strategy::Hash);
-    assert_eq!(e.default_strategy(), Strategy::Hash);
-    assert!(e
-        .take_outputs()
-        .iter()
-        .any(|o| matches!(o, Output::Changed(Delta::Kv { ns, .. }) if ns == RESERVED_NS)));
-}
-
-#[test]
-fn two_engines_converge_by_exchanging_deltas() {
-    let mut a = engine("a", &["echo"], &["echo"], 4);
-    let mut b = engine("b", &["echo"], &["echo"], 4);
-    a.kv_put(Millis(5), "notes", "k", &serde_json::json!("from a"))
-        .unwrap();
-    b.kv_put(Millis(6), "notes", "k", &serde_json::json!("from b"))
-        .unwrap();
-    submit(&mut a, "echo", None);
-    let deltas = |e: &mut Engine| -> Vec<Delta> {
-        e.take_outputs()
-            .into_iter()
-            .filter_map(|o| match o {
-                Output::Changed(d) => Some(d),
-                _ => None,
-            })
-            .collect()
-    };
-    let (da, db) = (deltas(&mut a), deltas(&mut b));
-    for d in db {
-        a.apply_remote(Millis(7), d);
-    }
-    for d in da {
-        b.apply_remote(Millis(7), d);
-    }
-    assert_eq!(a.state().digest(), b.state().digest());
-    assert_eq!(a.kv_get("notes", "k").unwrap().value, "\"from b\"");
-}
-
-#[test]
-fn leave_hands_tasks_back_and_a_restart_takes_them_up() {
-    let mut e = engine("n1", &["echo"], &["echo"], 4);
-    let id = submit(&mut e, "echo", None);
-    let s = starts(&e.take_outputs())[0].clone();
-    e.leave(Millis(30));
-    let out = e.take_outputs();
-    assert!(out
-        .iter()
-        .any(|o| matches!(o, Output::Abort { task, .. } if task == &id)));
-    let st = e.state().tasks[&id].state().clone();
-    assert_eq!(st.status, TaskStatus::Pending);
-    assert!(st.fence > s.fence);
-    let mut e2 = Engine::new(e.cfg.clone(), e.state().clone(), 9);
-    e2.start(Millis(40));
-    let again = starts(&e2.take_outputs());
-    assert_eq!(again.len(), 1);
-    assert_eq!(
-        again[0].attempt, 1,
-        "a graceful leave does not use up an attempt"
+        .expect("the write asks to be persisted");
+    assert!(persist.synced, "a local change is synced");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Reply(..))),
+        "no reply before the batch is durable"
     );
+    // A second write while the first is in flight waits in the next batch.
+    e.handle(Now::at(11), Input::Command(ReqId(2), put("n", "k2", 2)));
+    assert!(e.drain_outputs().all(|o| !matches!(o, Output::Persist(_))));
+    e.handle(Now::at(12), Input::Persisted(persist.id));
+    let out: Vec<Output> = e.drain_outputs().collect();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Reply(ReqId(1), Ok(Answer::Written(_))))));
+    assert!(out.iter().any(|o| matches!(o, Output::Publish(_))));
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Persist(_))),
+        "the waiting batch goes next"
+    );
+    assert!(!out.iter().any(|o| matches!(o, Output::Reply(ReqId(2), _))));
+}
+
+#[test]
+fn a_failed_persist_fails_its_replies_and_those_built_on_it() {
+    let mut e = engine("a");
+    settle(&mut e, 1);
+    e.handle(Now::at(10), Input::Command(ReqId(1), put("n", "k", 1)));
+    let id = e
+        .drain_outputs()
+        .find_map(|o| match o {
+            Output::Persist(p) => Some(p.id),
+            _ => None,
+        })
+        .unwrap();
+    e.handle(Now::at(11), Input::Command(ReqId(2), Command::Barrier));
+    e.handle(
+        Now::at(12),
+        Input::PersistFailed {
+            batch: id,
+            reason: "disk full".into(),
+        },
+    );
+    let failed: Vec<ReqId> = e
+        .drain_outputs()
+        .filter_map(|o| match o {
+            Output::Reply(r, Err(EngineError::NotDurable(_))) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec![ReqId(1), ReqId(2)]);
+}
+
+#[test]
+fn a_refused_command_is_answered_at_once_and_changes_nothing() {
+    let mut e = engine("a");
+    settle(&mut e, 1);
+    let before = e.replica().digest();
+    e.handle(Now::at(10), Input::Command(ReqId(9), put("", "k", 1)));
+    let out: Vec<Output> = e.drain_outputs().collect();
+    assert!(matches!(out.as_slice(), [Output::Reply(ReqId(9), Err(_))]));
+    assert_eq!(e.replica().digest(), before);
+}
+
+#[test]
+fn gossip_from_one_engine_converges_another_and_garbage_is_rejected() {
+    let mut a = engine("a");
+    let mut b = engine("b");
+    settle(&mut a, 1);
+    settle(&mut b, 1);
+    a.handle(Now::at(10), Input::Command(ReqId(1), put("n", "k", 1)));
+    let published: Vec<Vec<u8>> = settle(&mut a, 10)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Publish(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert!(!published.is_empty());
+    for (i, m) in published.into_iter().enumerate() {
+        b.handle(
+            Now::at(11),
+            Input::Gossip {
+                from: NodeId::from("a"),
+                msg: MsgRef(i as u64),
+                bytes: m,
+            },
+        );
+    }
+    let out = settle(&mut b, 11);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Verdict { rejected: None, .. })));
+    assert!(b.replica().kv_get("n", "k").is_ok());
+    let before = b.replica().digest();
+    b.handle(
+        Now::at(12),
+        Input::Gossip {
+            from: NodeId::from("x"),
+            msg: MsgRef(99),
+            bytes: vec![1, 2, 3],
+        },
+    );
+    let out = settle(&mut b, 12);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Verdict {
+            msg: MsgRef(99),
+            rejected: Some(_),
+            ..
+        }
+    )));
+    assert_eq!(b.replica().digest(), before);
+}
+
+/// Carries sync messages between two engines until neither sends more.
+fn exchange(a: &mut Engine, b: &mut Engine, at: u64) {
+    let (an, bn) = (a.node().clone(), b.node().clone());
+    let mut queue: Vec<(bool, Output)> = Vec::new();
+    for _ in 0..100 {
+        queue.extend(settle(a, at).into_iter().map(|o| (true, o)));
+        queue.extend(settle(b, at).into_iter().map(|o| (false, o)));
+        if queue.is_empty() {
+            return;
+        }
+        for (from_a, o) in std::mem::take(&mut queue) {
+            let (src, dst) = if from_a {
+                (&an, &mut *b)
+            } else {
+                (&bn, &mut *a)
+            };
+            match o {
+                Output::Send { bytes, .. } => dst.handle(
+                    Now::at(at),
+                    Input::SyncRequest {
+                        from: src.clone(),
+                        id: SyncRef(0),
+                        bytes,
+                    },
+                ),
+                Output::Respond { bytes, .. } => dst.handle(
+                    Now::at(at),
+                    Input::SyncResponse {
+                        from: src.clone(),
+                        bytes,
+                    },
+                ),
+                _ => {}
+            }
+        }
+    }
+    panic!("the exchange did not end");
+}
+
+#[test]
+fn a_connect_catches_up_by_anti_entropy_until_digests_agree() {
+    let mut a = engine("a");
+    let mut b = engine("b");
+    for i in 0..50 {
+        a.handle(
+            Now::at(10),
+            Input::Command(ReqId(i), put("n", &format!("k{i}"), 1)),
+        );
+    }
+    settle(&mut a, 10);
+    settle(&mut b, 10);
+    assert_ne!(a.replica().digest(), b.replica().digest());
+    a.handle(Now::at(20), Input::PeerUp(NodeId::from("b")));
+    b.handle(Now::at(20), Input::PeerUp(NodeId::from("a")));
+    exchange(&mut a, &mut b, 20);
+    assert_eq!(a.replica().digest(), b.replica().digest());
+    assert!(b.replica().kv_get("n", "k49").is_ok());
+}
+
+#[test]
+fn timers_fire_by_token_and_redial_dials_members_not_connected() {
+    let mut a = engine("a");
+    let mut b = engine("b");
+    settle(&mut a, 1);
+    // a learns of b (its record, with addresses) through gossip.
+    b.handle(Now::at(2), Input::Command(ReqId(1), Command::Barrier));
+    let b_record = b.replica().state().members[b.node()].clone();
+    a.handle(
+        Now::at(3),
+        Input::Gossip {
+            from: NodeId::from("b"),
+            msg: MsgRef(1),
+            bytes: wire::gossip_chunks(
+                [&Delta::Member(NodeId::from("b"), Box::new(b_record))],
+                1 << 20,
+            )
+            .remove(0),
+        },
+    );
+    settle(&mut a, 3);
+    let mut dialed = false;
+    for _ in 0..100 {
+        let (at, token) = a.poll_timeout().expect("the engine keeps timers armed");
+        a.handle(Now::at(at.0), Input::Timer(token));
+        // Firing the same token again is stale and does nothing.
+        a.handle(Now::at(at.0), Input::Timer(token));
+        dialed |= settle(&mut a, at.0).iter().any(
+            |o| matches!(o, Output::Dial { node, addrs } if node.as_str() == "b" && addrs == &["/memory/b".to_string()]),
+        );
+        if dialed {
+            break;
+        }
+    }
+    assert!(
+        dialed,
+        "the redial timer dials a member it is not connected to"
+    );
+}
+
+fn publishes(out: &[Output]) -> usize {
+    out.iter()
+        .filter(|o| matches!(o, Output::Publish(_)))
+        .count()
+}
+
+#[test]
+fn gossip_goes_out_at_once_after_quiet_and_changes_within_the_window_wait_for_it() {
+    let mut e = engine("a");
+    settle(&mut e, 1_000);
+    e.handle(Now::at(2_000), Input::Command(ReqId(1), put("n", "k1", 1)));
+    assert_eq!(publishes(&settle(&mut e, 2_000)), 1, "first change after quiet");
+    assert!(!e.gossip_waiting());
+    e.handle(Now::at(2_001), Input::Command(ReqId(2), put("n", "k2", 1)));
+    assert_eq!(publishes(&settle(&mut e, 2_001)), 0, "within the window");
+    assert!(e.gossip_waiting());
+    // Timers that fell due while time jumped fire first (and re-arm later).
+    let (at, token) = loop {
+        let (at, token) = e.poll_timeout().unwrap();
+        if token.kind == TimerKind::GossipFlush {
+            break (at, token);
+        }
+        e.handle(Now::at(at.0.max(2_001)), Input::Timer(token));
+        settle(&mut e, 2_001);
+    };
+    assert_eq!(at, Mono(2_000 + ProtocolConfig::default().gossip_window_ms));
+    assert_eq!(token.kind, TimerKind::GossipFlush);
+    e.handle(Now::at(at.0), Input::Timer(token));
+    assert_eq!(publishes(&settle(&mut e, at.0)), 1, "the window passed");
+    assert!(!e.gossip_waiting());
 }

@@ -1,7 +1,7 @@
 //! Task operations of the engine: submit, place, run, claim, complete,
 //! retry, cancel.
 
-use super::{Engine, LocalRun, Output, StartTask};
+use super::{Effect, LocalRun, Replica, StartTask};
 use crate::core::error::EngineError;
 use crate::core::event::Event;
 use crate::core::ids::{Fence, Millis, NodeId, TaskId};
@@ -60,7 +60,7 @@ pub struct Claimed {
     pub claim_ttl_ms: u64,
 }
 
-impl Engine {
+impl Replica {
     /// Accepts a task. Returns its id and whether it was created (false when
     /// the idempotency key named an existing task).
     pub fn submit(
@@ -202,7 +202,7 @@ impl Engine {
                 reason: state.reason.clone().unwrap_or_default(),
             },
         };
-        self.emit(Output::Event(event));
+        self.emit(Effect::Event(event));
     }
 
     /// What this node does when a task's state changed: start it, queue it
@@ -218,7 +218,7 @@ impl Engine {
                 if !matches!(st.status, TaskStatus::Succeeded | TaskStatus::Failed)
                     || st.fence != fence
                 {
-                    self.emit(Output::Abort {
+                    self.emit(Effect::Abort {
                         task: id.clone(),
                         fence,
                     });
@@ -266,11 +266,13 @@ impl Engine {
                 id.clone(),
                 LocalRun {
                     fence: st.fence,
-                    deadline: now.plus(entry.spec().timeout_secs * 1000),
+                    deadline: self
+                        .mono
+                        .plus(entry.spec().timeout_secs.saturating_mul(1000)),
                     claim: None,
                 },
             );
-            self.emit(Output::Start(StartTask {
+            self.emit(Effect::Start(StartTask {
                 id: id.clone(),
                 capability: entry.spec().capability.clone(),
                 payload: entry.spec().payload.clone(),
@@ -278,7 +280,7 @@ impl Engine {
                 attempt: st.attempt,
                 timeout_secs: entry.spec().timeout_secs,
             }));
-            self.emit(Output::Event(Event::TaskStarted {
+            self.emit(Effect::Event(Event::TaskStarted {
                 task: id.clone(),
                 node: me,
                 attempt: st.attempt,
@@ -286,7 +288,7 @@ impl Engine {
             self.put_task(now, id, entry, true);
         }
         if for_workers {
-            self.emit(Output::WorkAvailable);
+            self.emit(Effect::WorkAvailable);
         }
     }
 
@@ -323,8 +325,10 @@ impl Engine {
             id.clone(),
             LocalRun {
                 fence: st.fence,
-                deadline: now.plus(entry.spec().timeout_secs * 1000),
-                claim: Some((worker.to_owned(), now.plus(self.cfg.claim_ttl_ms))),
+                deadline: self
+                    .mono
+                    .plus(entry.spec().timeout_secs.saturating_mul(1000)),
+                claim: Some((worker.to_owned(), self.mono.plus(self.cfg.claim_ttl_ms))),
             },
         );
         let claimed = Claimed {
@@ -335,7 +339,7 @@ impl Engine {
             attempt: st.attempt,
             claim_ttl_ms: self.cfg.claim_ttl_ms,
         };
-        self.emit(Output::Event(Event::TaskStarted {
+        self.emit(Effect::Event(Event::TaskStarted {
             task: id.clone(),
             node: me,
             attempt: st.attempt,
@@ -371,10 +375,12 @@ impl Engine {
         Ok(entry)
     }
 
-    /// A worker keeps its claim alive. Returns the claim's new lifetime in ms.
+    /// A worker keeps its claim alive (the claim runs on the monotonic
+    /// clock; `_now` is kept for symmetry with the other operations).
+    /// Returns the claim's new lifetime in ms.
     pub fn heartbeat(
         &mut self,
-        now: Millis,
+        _now: Millis,
         id: &TaskId,
         fence: Fence,
     ) -> Result<u64, EngineError> {
@@ -385,7 +391,7 @@ impl Engine {
             ..
         }) = self.local.get_mut(id)
         {
-            *expires = now.plus(ttl);
+            *expires = self.mono.plus(ttl);
         }
         Ok(ttl)
     }
@@ -459,7 +465,7 @@ impl Engine {
         let status = state.status;
         entry.transition(state, &note, &me);
         if status.is_terminal() {
-            self.emit(Output::Event(Event::TaskFinished {
+            self.emit(Effect::Event(Event::TaskFinished {
                 task: id.clone(),
                 status,
             }));
@@ -485,7 +491,7 @@ impl Engine {
             ..prev
         };
         entry.transition(st, "cancelled", &me);
-        self.emit(Output::Event(Event::TaskFinished {
+        self.emit(Effect::Event(Event::TaskFinished {
             task: id.clone(),
             status: TaskStatus::Cancelled,
         }));
@@ -496,15 +502,16 @@ impl Engine {
     /// Fails attempts whose timeout passed and gives back claims whose worker
     /// stopped heartbeating.
     pub(super) fn expire_local(&mut self, now: Millis) {
+        let mono = self.mono;
         let expired: Vec<(TaskId, Fence, String)> = self
             .local
             .iter()
             .filter_map(|(id, run)| {
-                if now >= run.deadline {
+                if mono >= run.deadline {
                     return Some((id.clone(), run.fence, "timed out".to_owned()));
                 }
                 match &run.claim {
-                    Some((worker, expires)) if now >= *expires => Some((
+                    Some((worker, expires)) if mono >= *expires => Some((
                         id.clone(),
                         run.fence,
                         format!("worker {worker} stopped heartbeating; claim given back"),
@@ -515,7 +522,7 @@ impl Engine {
             .collect();
         for (id, fence, why) in expired {
             self.local.remove(&id);
-            self.emit(Output::Abort {
+            self.emit(Effect::Abort {
                 task: id.clone(),
                 fence,
             });

@@ -1,6 +1,6 @@
 //! Knowledge-store operations of the engine.
 
-use super::{Engine, Output};
+use super::{Effect, Replica};
 use crate::core::error::EngineError;
 use crate::core::ids::Millis;
 use crate::core::knowledge::{canonical_json, changed_since, KvEntry, Policy, Version};
@@ -59,7 +59,7 @@ fn check_writable(ns: &str, key: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
-impl Engine {
+impl Replica {
     /// The conflict policy of a namespace (lww when never set).
     pub fn policy(&self, ns: &str) -> Policy {
         self.state
@@ -85,7 +85,7 @@ impl Engine {
             ns: ns.to_owned(),
             policy: namespace.policy.clone(),
         };
-        self.emit(Output::Changed(delta));
+        self.emit(Effect::Changed(delta));
         Ok(())
     }
 
@@ -115,7 +115,7 @@ impl Engine {
         Arc::make_mut(entry).delete(policy, &me, now, counter);
         let entry = Arc::clone(entry);
         self.note_version(ns, counter);
-        self.emit(Output::Changed(Delta::Kv {
+        self.emit(Effect::Changed(Delta::Kv {
             ns: ns.to_owned(),
             key: key.to_owned(),
             entry,
@@ -181,7 +181,7 @@ impl Engine {
         write(Arc::make_mut(entry), policy, &me, counter);
         let entry = Arc::clone(entry);
         self.note_version(ns, counter);
-        self.emit(Output::Changed(Delta::Kv {
+        self.emit(Effect::Changed(Delta::Kv {
             ns: ns.to_owned(),
             key: key.to_owned(),
             entry: Arc::clone(&entry),

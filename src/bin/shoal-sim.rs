@@ -1,0 +1,3 @@
+//! `shoal-sim`: the simulator (see `shoal::sim`).
+
+fn main() {}

@@ -1,0 +1,85 @@
+//! The protocol's cadences and limits, with the unit and range of each.
+
+use crate::core::replica::ReplicaConfig;
+
+/// Everything the engine needs to know: the replica's configuration (who
+/// this node is, what it runs, failure-detection timing) and the cadences of
+/// the protocol around it.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// The node and its replica.
+    pub replica: ReplicaConfig,
+    /// Cadences and limits.
+    pub protocol: ProtocolConfig,
+}
+
+/// Cadences and limits of the protocol. Every duration is in milliseconds.
+/// [`ProtocolConfig::for_heartbeat`] derives the values of a timing profile
+/// from its heartbeat interval; [`ProtocolConfig::validate`] checks ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProtocolConfig {
+    /// How often the failure detector, deadlines, claims and queued and
+    /// pending tasks are looked at. 10 to 1,000 ms; 100 in every profile.
+    pub tick_ms: u64,
+    /// How often this node gossips its member record (heartbeat and load).
+    /// 50 to 60,000 ms; the profile's heartbeat interval (lan 5,000, fast
+    /// 500, wan 10,000).
+    pub heartbeat_ms: u64,
+    /// How often an anti-entropy round starts with a random peer. 100 to
+    /// 300,000 ms; 4 heartbeats, kept within 1 to 30 s (lan 20,000, fast
+    /// 2,000, wan 30,000).
+    pub anti_entropy_ms: u64,
+    /// How often members this node is not connected to are dialed. 100 to
+    /// 60,000 ms; 2,000 in every profile.
+    pub redial_ms: u64,
+    /// While a node has no peer at all, redials back off by doubling up to
+    /// this many redial intervals. 1 to 64; 16 (32 s) in every profile.
+    pub redial_backoff_max: u32,
+    /// How long committed changes may wait to share a gossip message with
+    /// the next commits' changes. 0 to 1,000 ms; 5 in every profile. A change
+    /// made when nothing was published for this long goes out at once.
+    pub gossip_window_ms: u64,
+}
+
+impl ProtocolConfig {
+    /// The cadences of a profile whose heartbeat interval is `heartbeat_ms`.
+    pub fn for_heartbeat(heartbeat_ms: u64) -> Self {
+        ProtocolConfig {
+            tick_ms: 100,
+            heartbeat_ms,
+            anti_entropy_ms: heartbeat_ms.saturating_mul(4).clamp(1_000, 30_000),
+            redial_ms: 2_000,
+            redial_backoff_max: 16,
+            gossip_window_ms: 5,
+        }
+    }
+
+    /// Checks every field against its range; names the first one outside.
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v} is outside {lo}..={hi}"))
+            }
+        };
+        check("tick_ms", self.tick_ms, 10, 1_000)?;
+        check("heartbeat_ms", self.heartbeat_ms, 50, 60_000)?;
+        check("anti_entropy_ms", self.anti_entropy_ms, 100, 300_000)?;
+        check("redial_ms", self.redial_ms, 100, 60_000)?;
+        check(
+            "redial_backoff_max",
+            u64::from(self.redial_backoff_max),
+            1,
+            64,
+        )?;
+        check("gossip_window_ms", self.gossip_window_ms, 0, 1_000)
+    }
+}
+
+impl Default for ProtocolConfig {
+    /// The `fast` profile's cadences.
+    fn default() -> Self {
+        ProtocolConfig::for_heartbeat(500)
+    }
+}

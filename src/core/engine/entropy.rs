@@ -1,0 +1,160 @@
+//! Anti-entropy sessions: comparing digests with a peer and pulling what
+//! differs (see ARCHITECTURE.md, "Anti-entropy that follows the difference").
+//!
+//! A session starts when a peer connects (catch-up: rounds run back to back
+//! until nothing differs) or on the anti-entropy timer (one round; the next
+//! round takes the rest).
+
+use super::io::{Counter, Output, SyncRef};
+use super::Engine;
+use crate::core::event::Event;
+use crate::core::ids::NodeId;
+use crate::core::state::Delta;
+use crate::core::sync;
+use crate::core::wire::{self, SyncRequest, SyncResponse};
+
+/// Keeps a sync answer under the size limit; what does not fit is sent in a
+/// later round (the answer says there is more).
+pub(super) fn fit(mut deltas: Vec<Delta>) -> SyncResponse {
+    let mut size = 64;
+    let mut keep = 0;
+    for d in &deltas {
+        size += postcard::experimental::serialized_size(d).unwrap_or(0) + 8;
+        if size > wire::MAX_SYNC_BYTES {
+            break;
+        }
+        keep += 1;
+    }
+    let more = keep < deltas.len();
+    deltas.truncate(keep);
+    SyncResponse::Deltas { deltas, more }
+}
+
+impl Engine {
+    /// Starts a round with `peer`: ask for its bucket digests.
+    pub(super) fn ask_summary(&mut self, peer: NodeId) {
+        self.send(peer, &SyncRequest::Summary);
+    }
+
+    fn send(&mut self, to: NodeId, req: &SyncRequest) {
+        let bytes = wire::encode(req);
+        self.out.push(Output::Send { to, bytes });
+    }
+
+    /// Answers a peer's sync request.
+    pub(super) fn on_sync_request(&mut self, from: NodeId, id: SyncRef, bytes: &[u8]) {
+        let answer = match wire::decode::<SyncRequest>(bytes, wire::MAX_SYNC_BYTES) {
+            Ok(SyncRequest::Summary) => SyncResponse::Summary(self.replica.sync_summary()),
+            Ok(SyncRequest::Leaves(buckets)) => {
+                SyncResponse::Leaves(self.replica.sync_leaves(&buckets))
+            }
+            Ok(SyncRequest::Diff { cells, have }) => fit(self.replica.sync_missing(&cells, &have)),
+            Err(e) => {
+                self.out.push(Output::Count(Counter::SyncMalformed, 1));
+                SyncResponse::Refused(e.to_string())
+            }
+        };
+        let bytes = wire::encode(&answer);
+        self.out.push(Output::Respond {
+            to: from,
+            id,
+            bytes,
+        });
+    }
+
+    /// Takes a peer's answer to our sync request one step further.
+    pub(super) fn on_sync_response(&mut self, peer: NodeId, bytes: &[u8]) {
+        match wire::decode::<SyncResponse>(bytes, wire::MAX_SYNC_BYTES) {
+            Ok(SyncResponse::Summary(theirs)) => self.on_summary(peer, &theirs),
+            Ok(SyncResponse::Leaves(theirs)) => self.on_leaves(peer, &theirs),
+            Ok(SyncResponse::Deltas { deltas, more }) => self.on_deltas(peer, deltas, more),
+            Ok(SyncResponse::Refused(_)) => self.end_session(&peer),
+            Err(_) => {
+                self.out.push(Output::Count(Counter::SyncMalformed, 1));
+                self.end_session(&peer);
+            }
+        }
+    }
+
+    /// The exchange with `peer` is over; a later round or reconnect starts
+    /// anew.
+    pub(super) fn end_session(&mut self, peer: &NodeId) {
+        self.catching_up.remove(peer);
+        self.resync.remove(peer);
+    }
+
+    fn on_summary(&mut self, peer: NodeId, theirs: &[[u8; 8]]) {
+        let diff = sync::differing(&self.replica.sync_summary(), theirs);
+        if diff.is_empty() {
+            self.catching_up.remove(&peer);
+            return;
+        }
+        // Catching up after connecting, go on until nothing differs;
+        // otherwise the next round takes the rest (under load every bucket
+        // differs for a moment, and rounds must not run back to back).
+        if diff.len() == sync::MAX_PULL && self.catching_up.contains(&peer) {
+            self.resync.insert(peer.clone());
+        }
+        self.send(peer, &SyncRequest::Leaves(diff));
+    }
+
+    fn on_leaves(&mut self, peer: NodeId, theirs: &[(u16, Vec<[u8; 8]>)]) {
+        let cells = self.replica.sync_differing_cells(theirs);
+        if cells.is_empty() {
+            // What differed is no longer different (it was in flight).
+            if self.resync.remove(&peer) {
+                self.ask_summary(peer);
+            } else {
+                self.catching_up.remove(&peer);
+            }
+            return;
+        }
+        let (taken, have) = self.replica.sync_have(&cells);
+        if taken.len() < cells.len() && self.catching_up.contains(&peer) {
+            self.resync.insert(peer.clone());
+        }
+        self.send(peer, &SyncRequest::Diff { cells: taken, have });
+    }
+
+    fn on_deltas(&mut self, peer: NodeId, deltas: Vec<Delta>, more: bool) {
+        self.out
+            .push(Output::Count(Counter::SyncEntries, deltas.len() as u64));
+        let wall = self.clock.wall;
+        let mut changed = 0usize;
+        for d in deltas {
+            changed += usize::from(self.replica.apply_remote(wall, d));
+        }
+        let again = self.resync.remove(&peer) || more;
+        let initial = if again {
+            self.catching_up.contains(&peer)
+        } else {
+            self.catching_up.remove(&peer)
+        };
+        if changed > 0 && !initial {
+            // Entries that gossip had not brought: lost, or still in flight
+            // when the summaries were taken.
+            self.out.push(Output::Count(Counter::DivergenceRepaired, 1));
+            self.out.push(Output::Event(Event::Alert {
+                kind: "divergence_repaired".into(),
+                message: format!(
+                    "anti-entropy with peer {peer} brought {changed} entr{} that gossip had not",
+                    if changed == 1 { "y" } else { "ies" }
+                ),
+            }));
+        }
+        if again {
+            self.ask_summary(peer);
+        }
+    }
+
+    /// An anti-entropy round with a peer drawn from the engine's RNG.
+    pub(super) fn anti_entropy_round(&mut self) {
+        if self.peers.is_empty() {
+            return;
+        }
+        let i = (self.rng.next_u64() % self.peers.len() as u64) as usize;
+        if let Some(peer) = self.peers.iter().nth(i).cloned() {
+            self.ask_summary(peer);
+        }
+    }
+}

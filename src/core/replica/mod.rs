@@ -1,0 +1,754 @@
+//! The engine: one node's decisions, with no IO and no clock.
+//!
+//! The runtime calls the engine's methods with the current time and reads
+//! back [`Effect`]s with [`Replica::take_effects`]: deltas to persist (and, in
+//! a federation, to publish), tasks to start or abort, events and audit
+//! records. The runtime must make every [`Effect::Changed`] durable before it
+//! acknowledges the call that produced it.
+
+mod kv;
+mod tasks;
+
+pub use kv::{KvItem, KvWrite, RESERVED_NS};
+pub use tasks::{Claimed, Outcome, SubmitRequest};
+
+use crate::core::event::{AuditRecord, Event};
+use crate::core::ids::{Fence, Millis, Mono, NodeId, Now, TaskId, Term};
+use crate::core::member::{MemberEntry, MemberMarker, MemberRecord, MemberStatus};
+use crate::core::placement::Strategy;
+use crate::core::rng::Rng;
+use crate::core::state::{Delta, ReplicatedState};
+use crate::core::sync::SyncIndex;
+use crate::core::task::{TaskEntry, TaskStatus};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A hash map with a fixed hasher: the same inputs iterate in the same
+/// order in every process, so nothing derived from one can differ by run.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
+/// What the engine needs to know about its node.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// This node.
+    pub node: NodeId,
+    /// This node's self-description (incarnation is taken from the state).
+    pub record: MemberRecord,
+    /// Capabilities this node runs with handlers (embedded or commands); the
+    /// rest of `record.capabilities` is served by external workers.
+    pub handlers: BTreeSet<String>,
+    /// How long a worker's claim lives without a heartbeat, in ms.
+    pub claim_ttl_ms: u64,
+    /// Failure-detection timing.
+    pub failure: crate::core::failure::FailureConfig,
+}
+
+/// What the runtime must carry out.
+// Deltas are moved, not copied, through the output queue; boxing them would
+// add an allocation per change for no gain.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Effect {
+    /// A change to the replicated state: persist it (before acknowledging)
+    /// and spread it.
+    Changed(Delta),
+    /// An entry's new state after merging a remote delta: persist it (no need
+    /// to spread it: it came from the network).
+    Merged(Delta),
+    /// Spread it, but it need not be durable (heartbeats).
+    Gossip(Delta),
+    /// Run a task with a handler.
+    Start(StartTask),
+    /// Stop a running handler: the task was cancelled, timed out or re-fenced.
+    Abort {
+        /// The task.
+        task: TaskId,
+        /// The fence of the run to stop.
+        fence: Fence,
+    },
+    /// An event for the stream.
+    Event(Event),
+    /// A record for the audit log.
+    Audit(AuditRecord),
+    /// Tasks are waiting for external workers: wake long-polling claims.
+    WorkAvailable,
+}
+
+/// A task the runtime should run with a handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StartTask {
+    /// The task.
+    pub id: TaskId,
+    /// Which handler.
+    pub capability: String,
+    /// Payload as JSON text.
+    pub payload: String,
+    /// The fence to report the outcome under.
+    pub fence: Fence,
+    /// The attempt number.
+    pub attempt: u32,
+    /// Timeout in seconds.
+    pub timeout_secs: u64,
+}
+
+/// A task executing on this node.
+#[derive(Clone, Debug)]
+struct LocalRun {
+    fence: Fence,
+    deadline: Mono,
+    /// For worker-claimed tasks: the worker and when its claim lapses.
+    claim: Option<(String, Mono)>,
+}
+
+/// One node's engine.
+#[derive(Debug)]
+pub struct Replica {
+    cfg: ReplicaConfig,
+    state: ReplicatedState,
+    rng: Rng,
+    /// Monotonic time of the input being handled (see [`Replica::set_clock`]).
+    mono: Mono,
+    term: Term,
+    cursor: u64,
+    seq: u64,
+    outputs: Vec<Effect>,
+    // Indexes derived from `state`, kept in step by `put_task`.
+    keys: HashMap<String, TaskId>,
+    active: HashMap<NodeId, u32>,
+    pending: BTreeSet<(Millis, TaskId)>,
+    queued: BTreeSet<(Millis, TaskId)>,
+    local: BTreeMap<TaskId, LocalRun>,
+    pending_dirty: bool,
+    leaving: bool,
+    // Failure detection: local verdicts, never replicated.
+    detectors: HashMap<NodeId, crate::core::failure::Detector>,
+    suspects: BTreeSet<NodeId>,
+    // Digests for anti-entropy, kept in step by `emit`. Refreshed lazily,
+    // also from `&self` readers, hence the cell.
+    sync: RefCell<SyncIndex>,
+}
+
+impl Replica {
+    /// An engine over `state` (as loaded from disk), seeded with `seed`.
+    pub fn new(cfg: ReplicaConfig, state: ReplicatedState, seed: u64) -> Self {
+        let mut engine = Replica {
+            cfg,
+            state: ReplicatedState::default(),
+            rng: Rng::new(seed),
+            mono: Mono(0),
+            term: Term(0),
+            cursor: 0,
+            seq: 0,
+            outputs: Vec::new(),
+            keys: HashMap::default(),
+            active: HashMap::default(),
+            pending: BTreeSet::new(),
+            queued: BTreeSet::new(),
+            local: BTreeMap::new(),
+            pending_dirty: true,
+            leaving: false,
+            detectors: HashMap::default(),
+            suspects: BTreeSet::new(),
+            sync: RefCell::new(SyncIndex::new(&state)),
+        };
+        engine.state.members = state.members;
+        engine.state.namespaces = state.namespaces;
+        for (id, entry) in state.tasks {
+            engine.index(&id, &entry);
+            engine.state.tasks.insert(id, entry);
+        }
+        engine
+    }
+
+    /// Sets the monotonic time of what is being handled now. Methods take
+    /// wall time (`now: Millis`) for the timestamps they write; timers,
+    /// deadlines and the failure detector run on this clock instead, so a
+    /// step of the wall clock never causes a verdict.
+    pub fn set_clock(&mut self, now: Now) {
+        self.mono = self.mono.max(now.mono);
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &NodeId {
+        &self.cfg.node
+    }
+
+    /// The replicated state (read only).
+    pub fn state(&self) -> &ReplicatedState {
+        &self.state
+    }
+
+    /// The convergence digest of the state (see [`ReplicatedState::digest`]),
+    /// from digests kept up to date as the state changes.
+    pub fn digest(&self) -> blake3::Hash {
+        self.sync.borrow_mut().digest(&self.state)
+    }
+
+    /// One digest per anti-entropy bucket.
+    pub fn sync_summary(&self) -> Vec<[u8; 8]> {
+        self.sync.borrow_mut().summary(&self.state)
+    }
+
+    /// The leaf digests of anti-entropy buckets.
+    pub fn sync_leaves(&self, buckets: &[u16]) -> Vec<(u16, Vec<[u8; 8]>)> {
+        self.sync.borrow_mut().leaves(&self.state, buckets)
+    }
+
+    /// The cells where a peer's leaf digests differ from this replica's.
+    pub fn sync_differing_cells(&self, theirs: &[(u16, Vec<[u8; 8]>)]) -> Vec<u16> {
+        self.sync.borrow_mut().differing_cells(&self.state, theirs)
+    }
+
+    /// For a diff request: the cells taken of `cells` and the (id, digest)
+    /// pairs of this replica's entries in them.
+    pub fn sync_have(&self, cells: &[u16]) -> (Vec<u16>, Vec<(u64, u64)>) {
+        self.sync
+            .borrow_mut()
+            .have(&self.state, cells, crate::core::sync::MAX_HAVE)
+    }
+
+    /// For a diff answer: this replica's entries in `cells` that a peer
+    /// holding `have` lacks or holds in another state.
+    pub fn sync_missing(&self, cells: &[u16], have: &[(u64, u64)]) -> Vec<Delta> {
+        self.sync.borrow_mut().missing(&self.state, cells, have)
+    }
+
+    /// Takes the outputs produced since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// Drains the outputs produced since the last call, keeping the buffer
+    /// for the next ones.
+    pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.outputs.drain(..)
+    }
+
+    fn emit(&mut self, out: Effect) {
+        if let Effect::Changed(d) | Effect::Merged(d) | Effect::Gossip(d) = &out {
+            self.sync.get_mut().touch(d);
+        }
+        self.outputs.push(out);
+    }
+
+    /// Announces this node: a new incarnation of its membership record.
+    /// Tasks that were running here when the node stopped are taken up
+    /// again as a new attempt (their handlers died with the process).
+    pub fn start(&mut self, now: Millis) {
+        let me = self.cfg.node.clone();
+        let mut entry = self.state.members.get(&me).cloned().unwrap_or_default();
+        let mut record = self.cfg.record.clone();
+        record.incarnation = entry.marker().incarnation + 1;
+        record.status = MemberStatus::Alive;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me.clone(), entry);
+        self.emit(Effect::Event(Event::MemberJoined { node: me }));
+        self.recover_interrupted(now);
+        self.pending_dirty = true;
+        self.tick(now);
+    }
+
+    fn put_member(&mut self, id: NodeId, entry: MemberEntry) {
+        self.state
+            .apply(Delta::Member(id.clone(), Box::new(entry.clone())));
+        self.emit(Effect::Changed(Delta::Member(id, Box::new(entry))));
+    }
+
+    /// Marks this node as draining: it takes no new tasks and finishes what
+    /// it has.
+    pub fn drain(&mut self, now: Millis, node: &NodeId) -> Result<(), crate::core::EngineError> {
+        let mut entry = self.state.members.get(node).cloned().ok_or_else(|| {
+            crate::core::EngineError::NotFound {
+                what: "node",
+                id: node.to_string(),
+            }
+        })?;
+        let mut record = entry.record().clone();
+        match record.status {
+            MemberStatus::Draining => return Ok(()),
+            MemberStatus::Alive => {}
+            other => {
+                return Err(crate::core::EngineError::Conflict(format!(
+                    "node {node} is {}; only an alive node can be drained",
+                    other.as_str()
+                )))
+            }
+        }
+        record.status = MemberStatus::Draining;
+        record.updated_at = now;
+        let me = self.cfg.node.clone();
+        entry.write(record, &me);
+        self.put_member(node.clone(), entry);
+        self.emit(Effect::Event(Event::MemberDraining { node: node.clone() }));
+        self.emit(Effect::Audit(AuditRecord {
+            at: now,
+            by: me,
+            action: "node_drained".into(),
+            subject: node.to_string(),
+            detail: "drain requested".into(),
+        }));
+        Ok(())
+    }
+
+    /// Removes a member that left or was declared dead: its record is marked
+    /// dead for good (until it rejoins with a new incarnation).
+    pub fn remove_member(
+        &mut self,
+        now: Millis,
+        node: &NodeId,
+    ) -> Result<(), crate::core::EngineError> {
+        use crate::core::EngineError;
+        if node == &self.cfg.node {
+            return Err(EngineError::Conflict(
+                "cannot remove the local node: drain it or stop it".into(),
+            ));
+        }
+        let mut entry =
+            self.state
+                .members
+                .get(node)
+                .cloned()
+                .ok_or_else(|| EngineError::NotFound {
+                    what: "node",
+                    id: node.to_string(),
+                })?;
+        let mut record = entry.record().clone();
+        if matches!(record.status, MemberStatus::Alive | MemberStatus::Draining) {
+            return Err(EngineError::Conflict(format!(
+                "node {node} is {}; only dead or departed nodes can be removed",
+                record.status.as_str()
+            )));
+        }
+        record.status = MemberStatus::Dead;
+        record.updated_at = now;
+        entry.write(record, &self.cfg.node);
+        self.put_member(node.clone(), entry);
+        self.emit(Effect::Event(Event::MemberRemoved { node: node.clone() }));
+        self.emit(Effect::Audit(AuditRecord {
+            at: now,
+            by: self.cfg.node.clone(),
+            action: "node_removed".into(),
+            subject: node.to_string(),
+            detail: "removed by an operator".into(),
+        }));
+        Ok(())
+    }
+
+    /// Leaves gracefully: marks this node `left` and hands its tasks back.
+    pub fn leave(&mut self, now: Millis) {
+        self.leaving = true;
+        let me = self.cfg.node.clone();
+        let mut entry = self.state.members.get(&me).cloned().unwrap_or_default();
+        let mut record = entry.record().clone();
+        record.status = MemberStatus::Left;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me.clone(), entry);
+        self.requeue_local(now);
+        self.emit(Effect::Event(Event::MemberLeft { node: me }));
+    }
+
+    /// Records this node's current load in its membership record.
+    pub fn report_load(&mut self, now: Millis, cpu: f32, memory: f32, disk: f32) {
+        let me = self.cfg.node.clone();
+        let Some(mut entry) = self.state.members.get(&me).cloned() else {
+            return;
+        };
+        let mut record = entry.record().clone();
+        record.load.running = self.active.get(&me).copied().unwrap_or(0);
+        record.load.cpu = cpu;
+        record.load.memory = memory;
+        record.load.disk = disk;
+        record.updated_at = now;
+        entry.write(record, &me);
+        // A heartbeat: spread, not persisted (load figures are ephemeral, and
+        // a restart announces a new incarnation anyway).
+        self.state
+            .apply(Delta::Member(me.clone(), Box::new(entry.clone())));
+        self.emit(Effect::Gossip(Delta::Member(me, Box::new(entry))));
+    }
+
+    /// Merges a delta that came from another node (by gossip or sync).
+    /// Returns true when it changed this replica (a delta already seen
+    /// changes nothing and produces no output).
+    pub fn apply_remote(&mut self, now: Millis, delta: Delta) -> bool {
+        let changed = match delta {
+            Delta::Task(id, entry) => {
+                let mut merged = self
+                    .state
+                    .tasks
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| TaskEntry::new(entry.spec().clone()));
+                let before = merged.marker().clone();
+                let history = merged.history().len();
+                merged.merge(*entry);
+                if merged.marker() == &before
+                    && merged.history().len() == history
+                    && self.state.tasks.contains_key(&id)
+                {
+                    return false;
+                }
+                self.emit(Effect::Merged(Delta::Task(
+                    id.clone(),
+                    Box::new(merged.clone()),
+                )));
+                self.put_task(now, id, merged, false);
+                true
+            }
+            Delta::Member(id, entry) => self.merge_member(now, id, entry),
+            Delta::Kv { ns, key, entry } => {
+                let namespace = self.state.namespace_mut(&ns);
+                let Some(merged) = namespace.merge_entry(key.clone(), entry) else {
+                    return false;
+                };
+                let entry = merged.clone();
+                self.emit(Effect::Event(Event::KvMerged {
+                    ns: ns.clone(),
+                    key: key.clone(),
+                }));
+                self.emit(Effect::Merged(Delta::Kv { ns, key, entry }));
+                true
+            }
+            Delta::Policy { ns, policy } => {
+                let namespace = self.state.namespace_mut(&ns);
+                let before = namespace.policy.clone();
+                crdts::CvRDT::merge(&mut namespace.policy, policy);
+                if namespace.policy == before {
+                    return false;
+                }
+                let policy = namespace.policy.clone();
+                self.emit(Effect::Merged(Delta::Policy { ns, policy }));
+                true
+            }
+        };
+        self.pending_dirty = true;
+        changed
+    }
+
+    /// Merges a member record; true when the record changed.
+    fn merge_member(&mut self, now: Millis, id: NodeId, entry: Box<MemberEntry>) -> bool {
+        let before = self.state.members.get(&id).map(|m| m.marker().clone());
+        let known = before.is_some();
+        let delta = Delta::Member(id.clone(), entry);
+        // Any change to the record (not only to its marker) must reach the
+        // sync index; touching an unchanged entry is harmless.
+        self.sync.get_mut().touch(&delta);
+        self.state.apply(delta);
+        let merged = self.state.members[&id].clone();
+        if before.as_ref() == Some(merged.marker()) {
+            return false;
+        }
+        // Persist only what is not a mere heartbeat.
+        let stable = |m: &MemberMarker| (m.incarnation, m.status);
+        if before.as_ref().map(stable) != Some(stable(merged.marker())) || !known {
+            self.emit(Effect::Merged(Delta::Member(
+                id.clone(),
+                Box::new(merged.clone()),
+            )));
+        }
+        if id == self.cfg.node {
+            self.refute(now, &merged);
+            return true;
+        }
+        let rec = merged.record();
+        match rec.status {
+            MemberStatus::Alive | MemberStatus::Draining => {
+                if merged.marker().writer == id {
+                    let mono = self.mono;
+                    let expected = self.cfg.failure.heartbeat_interval_ms;
+                    self.detectors
+                        .entry(id.clone())
+                        .and_modify(|d| d.heartbeat(mono))
+                        .or_insert_with(|| crate::core::failure::Detector::new(mono, expected));
+                }
+                if !known {
+                    self.emit(Effect::Event(Event::MemberJoined { node: id.clone() }));
+                } else if before
+                    .as_ref()
+                    .is_some_and(|b| b.incarnation < merged.marker().incarnation)
+                {
+                    self.emit(Effect::Event(Event::MemberRecovered { node: id.clone() }));
+                }
+                if rec.status == MemberStatus::Draining
+                    && before
+                        .as_ref()
+                        .is_some_and(|b| b.status == MemberStatus::Alive)
+                {
+                    self.emit(Effect::Event(Event::MemberDraining { node: id.clone() }));
+                }
+            }
+            MemberStatus::Left => {
+                self.detectors.remove(&id);
+                self.suspects.remove(&id);
+                self.emit(Effect::Event(Event::MemberLeft { node: id.clone() }));
+            }
+            MemberStatus::Dead => {
+                self.detectors.remove(&id);
+                self.suspects.remove(&id);
+                self.emit(Effect::Event(Event::MemberDead { node: id.clone() }));
+            }
+        }
+        true
+    }
+
+    /// Another node declared this one dead or departed while it runs: come
+    /// back with a higher incarnation, as SWIM does.
+    fn refute(&mut self, now: Millis, merged: &MemberEntry) {
+        if !matches!(
+            merged.record().status,
+            MemberStatus::Dead | MemberStatus::Left
+        ) || self.leaving
+        {
+            return;
+        }
+        let me = self.cfg.node.clone();
+        let mut entry = merged.clone();
+        let mut record = self.cfg.record.clone();
+        record.incarnation = merged.marker().incarnation + 1;
+        record.status = MemberStatus::Alive;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me, entry);
+    }
+
+    /// The other members that are alive or draining (the ones to watch and
+    /// to stay connected to).
+    pub fn other_members_in_service(&self) -> Vec<NodeId> {
+        self.state
+            .members
+            .iter()
+            .filter(|(id, m)| {
+                **id != self.cfg.node
+                    && matches!(
+                        m.record().status,
+                        MemberStatus::Alive | MemberStatus::Draining
+                    )
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// A task by id.
+    pub fn task(&self, id: &TaskId) -> Result<&TaskEntry, crate::core::EngineError> {
+        self.state
+            .tasks
+            .get(id)
+            .ok_or_else(|| crate::core::EngineError::NotFound {
+                what: "task",
+                id: id.to_string(),
+            })
+    }
+
+    /// Runs the failure detector over the other members: suspects, recoveries
+    /// and death verdicts (a dead verdict is written to the replicated record,
+    /// so it spreads to every node).
+    fn detect_failures(&mut self, now: Millis) {
+        use crate::core::failure::{Detector, Verdict};
+        let f = self.cfg.failure;
+        let mono = self.mono;
+        let watched = self.other_members_in_service();
+        for id in watched {
+            let d = self
+                .detectors
+                .entry(id.clone())
+                .or_insert_with(|| Detector::new(mono, f.heartbeat_interval_ms));
+            match d.verdict(mono, f.suspect_after_missed, f.removed_after_ms) {
+                Verdict::Alive => {
+                    if self.suspects.remove(&id) {
+                        self.emit(Effect::Event(Event::MemberRecovered { node: id }));
+                    }
+                }
+                Verdict::Suspect => {
+                    if self.suspects.insert(id.clone()) {
+                        self.emit(Effect::Event(Event::MemberSuspect { node: id }));
+                    }
+                }
+                Verdict::Dead => self.declare_dead(now, id),
+            }
+        }
+    }
+
+    fn declare_dead(&mut self, now: Millis, id: NodeId) {
+        let Some(mut entry) = self.state.members.get(&id).cloned() else {
+            return;
+        };
+        let mut record = entry.record().clone();
+        let silent = self
+            .detectors
+            .get(&id)
+            .map(|d| self.mono.since(d.last_heard()))
+            .unwrap_or(0);
+        record.status = MemberStatus::Dead;
+        record.updated_at = now;
+        entry.write(record, &self.cfg.node);
+        self.detectors.remove(&id);
+        self.suspects.remove(&id);
+        self.put_member(id.clone(), entry);
+        self.emit(Effect::Event(Event::MemberDead { node: id.clone() }));
+        self.emit(Effect::Audit(AuditRecord {
+            at: now,
+            by: self.cfg.node.clone(),
+            action: "node_declared_dead".into(),
+            subject: id.to_string(),
+            detail: format!("no heartbeat for {silent} ms"),
+        }));
+        self.pending_dirty = true;
+    }
+
+    /// The status of a member as this node sees it: its declared status, or
+    /// `suspect` when the failure detector suspects it.
+    pub fn member_status(&self, id: &NodeId) -> &'static str {
+        if self.suspects.contains(id) {
+            return "suspect";
+        }
+        self.state
+            .members
+            .get(id)
+            .map(|m| m.record().status.as_str())
+            .unwrap_or("dead")
+    }
+
+    /// Milliseconds since this node last heard from `id` (0 for itself):
+    /// by the monotonic clock when a detector watches it, else by the wall
+    /// time its record was written (`now` is wall time).
+    pub fn last_heard_ms(&self, now: Millis, id: &NodeId) -> u64 {
+        if id == &self.cfg.node {
+            return 0;
+        }
+        self.detectors
+            .get(id)
+            .map(|d| self.mono.since(d.last_heard()))
+            .unwrap_or_else(|| {
+                self.state
+                    .members
+                    .get(id)
+                    .map(|m| now.since(m.record().updated_at))
+                    .unwrap_or(0)
+            })
+    }
+
+    /// True when `id` is alive, not draining and not suspected.
+    pub(crate) fn can_take_work(&self, id: &NodeId) -> bool {
+        !self.suspects.contains(id)
+            && self
+                .state
+                .members
+                .get(id)
+                .is_some_and(|m| m.record().status == MemberStatus::Alive)
+    }
+
+    /// Sets this node's p2p addresses in its member record.
+    pub fn set_addrs(&mut self, now: Millis, addrs: Vec<String>) {
+        self.cfg.record.addrs = addrs.clone();
+        let me = self.cfg.node.clone();
+        let Some(mut entry) = self.state.members.get(&me).cloned() else {
+            return;
+        };
+        let mut record = entry.record().clone();
+        record.addrs = addrs;
+        record.updated_at = now;
+        entry.write(record, &me);
+        self.put_member(me, entry);
+    }
+
+    /// The current lease term (0 while no lease holder exists).
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// Periodic work: expire claims and timeouts, start queued tasks, place
+    /// pending ones.
+    pub fn tick(&mut self, now: Millis) {
+        self.detect_failures(now);
+        self.expire_local(now);
+        self.start_queued(now);
+        if self.pending_dirty {
+            self.pending_dirty = false;
+            self.place_pending(now);
+        }
+    }
+
+    /// Tasks assigned to or running on `node`.
+    pub fn active_on(&self, node: &NodeId) -> u32 {
+        self.active.get(node).copied().unwrap_or(0)
+    }
+
+    /// The cluster's default placement strategy.
+    pub fn default_strategy(&self) -> Strategy {
+        self.kv_get(RESERVED_NS, "strategy")
+            .ok()
+            .and_then(|item| serde_json::from_str::<Strategy>(&item.value).ok())
+            .unwrap_or_default()
+    }
+
+    // ---- index upkeep ----------------------------------------------------
+
+    fn index(&mut self, id: &TaskId, entry: &TaskEntry) {
+        let st = entry.state();
+        if let Some(key) = &entry.spec().key {
+            self.keys.entry(key.clone()).or_insert_with(|| id.clone());
+        }
+        let at = entry.spec().submitted_at;
+        match st.status {
+            TaskStatus::Pending => {
+                self.pending.insert((at, id.clone()));
+            }
+            TaskStatus::Assigned | TaskStatus::Running => {
+                if let Some(node) = &st.node {
+                    *self.active.entry(node.clone()).or_default() += 1;
+                    if node == &self.cfg.node && st.status == TaskStatus::Assigned {
+                        self.queued.insert((at, id.clone()));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn unindex(&mut self, id: &TaskId, entry: &TaskEntry) {
+        let st = entry.state();
+        let at = entry.spec().submitted_at;
+        match st.status {
+            TaskStatus::Pending => {
+                self.pending.remove(&(at, id.clone()));
+            }
+            TaskStatus::Assigned | TaskStatus::Running => {
+                if let Some(node) = &st.node {
+                    if let Some(n) = self.active.get_mut(node) {
+                        *n = n.saturating_sub(1);
+                    }
+                    self.queued.remove(&(at, id.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Stores a task's new entry, keeps the indexes in step, emits the delta
+    /// when the change is local, and reacts to what changed for this node.
+    fn put_task(&mut self, now: Millis, id: TaskId, entry: TaskEntry, local: bool) {
+        if let Some(old) = self.state.tasks.remove(&id) {
+            self.unindex(&id, &old);
+        }
+        self.index(&id, &entry);
+        if local {
+            self.emit(Effect::Changed(Delta::Task(
+                id.clone(),
+                Box::new(entry.clone()),
+            )));
+        }
+        let st = entry.state().clone();
+        self.state.tasks.insert(id.clone(), entry);
+        self.react(now, &id, &st);
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+}
+
+#[cfg(test)]
+mod tests;

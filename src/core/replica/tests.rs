@@ -1,0 +1,350 @@
+//! Replica tests: drive engines by hand, no IO.
+
+use super::*;
+use crate::core::ids::Now;
+use crate::core::knowledge::Policy;
+use crate::core::member::MemberRecord;
+use crate::core::replica::tasks::Outcome;
+use crate::core::EngineError;
+
+fn engine(node: &str, caps: &[&str], handlers: &[&str], capacity: u32) -> Replica {
+    let cfg = ReplicaConfig {
+        node: NodeId::from(node),
+        record: MemberRecord {
+            name: node.into(),
+            capabilities: caps.iter().map(|s| s.to_string()).collect(),
+            capacity,
+            ..MemberRecord::default()
+        },
+        handlers: handlers.iter().map(|s| s.to_string()).collect(),
+        claim_ttl_ms: 1_000,
+        failure: Default::default(),
+    };
+    let mut e = Replica::new(cfg, ReplicatedState::default(), 7);
+    e.start(Millis(1));
+    e.take_effects();
+    e
+}
+
+fn submit(e: &mut Replica, cap: &str, key: Option<&str>) -> TaskId {
+    e.set_clock(Now::at(10));
+    e.submit(
+        Millis(10),
+        SubmitRequest {
+            capability: cap.into(),
+            payload: serde_json::json!({"x": 1}),
+            key: key.map(str::to_owned),
+            max_attempts: Some(2),
+            timeout_secs: Some(5),
+            ..SubmitRequest::default()
+        },
+    )
+    .unwrap()
+    .0
+}
+
+fn starts(outputs: &[Effect]) -> Vec<StartTask> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Effect::Start(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn handler_task_runs_and_succeeds_with_one_durable_delta_per_change() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    let id = submit(&mut e, "echo", None);
+    let out = e.take_effects();
+    let s = starts(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].id, id);
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Effect::Changed(Delta::Task(t, _)) if t == &id)));
+    assert_eq!(e.state().tasks[&id].state().status, TaskStatus::Running);
+    e.complete(Millis(20), &id, s[0].fence, Outcome::Success("42".into()))
+        .unwrap();
+    let t = &e.state().tasks[&id];
+    assert_eq!(t.state().status, TaskStatus::Succeeded);
+    assert_eq!(t.state().result.as_deref(), Some("42"));
+    let statuses: Vec<_> = t.history().iter().map(|h| h.status).collect();
+    assert!(statuses.contains(&TaskStatus::Assigned) && statuses.contains(&TaskStatus::Succeeded));
+}
+
+#[test]
+fn same_idempotency_key_gives_the_same_task() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    let a = submit(&mut e, "echo", Some("k1"));
+    let (b, created) = e
+        .submit(
+            Millis(11),
+            SubmitRequest {
+                capability: "echo".into(),
+                key: Some("k1".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(a, b);
+    assert!(!created);
+    assert_eq!(e.state().tasks.len(), 1);
+}
+
+#[test]
+fn task_without_capable_node_waits_pending_with_a_reason() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    let id = submit(&mut e, "gpu", None);
+    let st = e.state().tasks[&id].state().clone();
+    assert_eq!(st.status, TaskStatus::Pending);
+    assert!(st
+        .reason
+        .unwrap()
+        .contains("no alive node offers capability `gpu`"));
+}
+
+#[test]
+fn failure_retries_with_a_new_fence_until_attempts_run_out() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    let id = submit(&mut e, "echo", None);
+    let first = starts(&e.take_effects())[0].clone();
+    e.complete(
+        Millis(20),
+        &id,
+        first.fence,
+        Outcome::Failure("boom".into()),
+    )
+    .unwrap();
+    let second = starts(&e.take_effects())[0].clone();
+    assert!(second.fence > first.fence);
+    assert_eq!(second.attempt, 2);
+    // the old fence is refused
+    let err = e
+        .complete(
+            Millis(21),
+            &id,
+            first.fence,
+            Outcome::Success("late".into()),
+        )
+        .unwrap_err();
+    assert!(matches!(err, EngineError::StaleFence { .. }));
+    e.complete(
+        Millis(22),
+        &id,
+        second.fence,
+        Outcome::Failure("boom again".into()),
+    )
+    .unwrap();
+    let st = e.state().tasks[&id].state().clone();
+    assert_eq!(st.status, TaskStatus::Failed);
+    assert_eq!(st.error.as_deref(), Some("boom again"));
+}
+
+#[test]
+fn timeout_aborts_and_fails_the_attempt() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    let id = submit(&mut e, "echo", None);
+    e.take_effects();
+    e.set_clock(Now::at(10 + 5_000));
+    e.tick(Millis(10 + 5_000));
+    let out = e.take_effects();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Effect::Abort { task, .. } if task == &id)));
+    let st = e.state().tasks[&id].state().clone();
+    assert_eq!(st.attempt, 2);
+    assert!(st.error.unwrap().contains("timed out"));
+}
+
+#[test]
+fn worker_claim_heartbeat_complete_and_expired_claim_is_given_back() {
+    let mut e = engine("n1", &["ocr"], &[], 4);
+    let id = submit(&mut e, "ocr", None);
+    assert!(e
+        .take_effects()
+        .iter()
+        .any(|o| matches!(o, Effect::WorkAvailable)));
+    assert!(e
+        .claim(Millis(11), "w1", &["other".into()])
+        .unwrap()
+        .is_none());
+    e.set_clock(Now::at(11));
+    let c = e.claim(Millis(11), "w1", &["ocr".into()]).unwrap().unwrap();
+    assert_eq!(c.id, id);
+    e.set_clock(Now::at(900));
+    e.heartbeat(Millis(900), &id, c.fence).unwrap();
+    // still alive at 1_800 thanks to the heartbeat; expired at 1_901
+    e.set_clock(Now::at(1_800));
+    e.tick(Millis(1_800));
+    assert_eq!(e.state().tasks[&id].state().status, TaskStatus::Running);
+    e.set_clock(Now::at(1_901));
+    e.tick(Millis(1_901));
+    let st = e.state().tasks[&id].state().clone();
+    assert_eq!(st.status, TaskStatus::Assigned);
+    assert!(st.error.unwrap().contains("stopped heartbeating"));
+    // the first worker's late result is refused
+    assert!(e
+        .complete(Millis(1_902), &id, c.fence, Outcome::Success("1".into()))
+        .is_err());
+    let c2 = e
+        .claim(Millis(1_903), "w2", &["ocr".into()])
+        .unwrap()
+        .unwrap();
+    e.complete(
+        Millis(1_904),
+        &id,
+        c2.fence,
+        Outcome::Success("\"ok\"".into()),
+    )
+    .unwrap();
+    assert_eq!(e.state().tasks[&id].state().status, TaskStatus::Succeeded);
+}
+
+#[test]
+fn cancel_aborts_a_running_task_and_refuses_a_finished_one() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    let id = submit(&mut e, "echo", None);
+    let s = starts(&e.take_effects())[0].clone();
+    e.cancel(Millis(12), &id).unwrap();
+    assert!(e
+        .take_effects()
+        .iter()
+        .any(|o| matches!(o, Effect::Abort { task, .. } if task == &id)));
+    assert!(matches!(
+        e.cancel(Millis(13), &id),
+        Err(EngineError::Conflict(_))
+    ));
+    assert!(e
+        .complete(Millis(14), &id, s.fence, Outcome::Success("1".into()))
+        .is_err());
+    assert_eq!(e.state().tasks[&id].state().status, TaskStatus::Cancelled);
+}
+
+#[test]
+fn capacity_limits_running_handlers_and_queue_drains_in_order() {
+    let mut e = engine("n1", &["echo"], &["echo"], 1);
+    let a = submit(&mut e, "echo", None);
+    let b = submit(&mut e, "echo", None);
+    let s = starts(&e.take_effects());
+    assert_eq!(s.len(), 1);
+    assert_eq!(e.state().tasks[&b].state().status, TaskStatus::Pending);
+    e.complete(Millis(20), &a, s[0].fence, Outcome::Success("1".into()))
+        .unwrap();
+    e.tick(Millis(21));
+    let s2 = starts(&e.take_effects());
+    assert_eq!(s2.len(), 1);
+    assert_eq!(s2[0].id, b);
+}
+
+#[test]
+fn restart_retries_tasks_that_were_running() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    let id = submit(&mut e, "echo", None);
+    e.take_effects();
+    let state = e.state().clone();
+    let mut e2 = Replica::new(e.cfg.clone(), state, 8);
+    e2.start(Millis(100));
+    let s = starts(&e2.take_effects());
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].attempt, 2);
+    assert!(e2.state().members[&NodeId::from("n1")].marker().incarnation >= 2);
+    assert_eq!(e2.state().tasks[&id].state().status, TaskStatus::Running);
+}
+
+#[test]
+fn kv_policies_since_and_reserved_namespace() {
+    let mut e = engine("n1", &[], &[], 1);
+    e.set_policy(Millis(1), "tags", Policy::Set).unwrap();
+    e.kv_put(Millis(2), "tags", "colors", &serde_json::json!(["red"]))
+        .unwrap();
+    let item = e
+        .kv_put(Millis(3), "tags", "colors", &serde_json::json!("blue"))
+        .unwrap()
+        .resolve("tags", "colors")
+        .unwrap();
+    assert_eq!(item.value, "[\"blue\",\"red\"]");
+    let (_, v1, d1) = e.kv_list("tags", None);
+    e.kv_put(Millis(4), "tags", "shapes", &serde_json::json!("square"))
+        .unwrap();
+    let (changed, _, d2) = e.kv_list("tags", Some(&v1));
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].key, "shapes");
+    assert_ne!(d1, d2);
+    assert!(matches!(
+        e.kv_put(Millis(5), RESERVED_NS, "x", &serde_json::json!(1)),
+        Err(EngineError::Invalid(_))
+    ));
+    assert!(matches!(
+        e.kv_get("tags", "nope"),
+        Err(EngineError::NotFound { .. })
+    ));
+    e.kv_del(Millis(6), "tags", "colors").unwrap();
+    assert!(e.kv_get("tags", "colors").is_err());
+    assert!(e.kv_del(Millis(7), "tags", "colors").is_err());
+}
+
+#[test]
+fn default_strategy_is_replicated_setting() {
+    let mut e = engine("n1", &[], &[], 1);
+    assert_eq!(e.default_strategy(), Strategy::LeastLoaded);
+    e.set_default_strategy(Millis(2), Strategy::Hash);
+    assert_eq!(e.default_strategy(), Strategy::Hash);
+    assert!(e
+        .take_effects()
+        .iter()
+        .any(|o| matches!(o, Effect::Changed(Delta::Kv { ns, .. }) if ns == RESERVED_NS)));
+}
+
+#[test]
+fn two_engines_converge_by_exchanging_deltas() {
+    let mut a = engine("a", &["echo"], &["echo"], 4);
+    let mut b = engine("b", &["echo"], &["echo"], 4);
+    a.kv_put(Millis(5), "notes", "k", &serde_json::json!("from a"))
+        .unwrap();
+    b.kv_put(Millis(6), "notes", "k", &serde_json::json!("from b"))
+        .unwrap();
+    submit(&mut a, "echo", None);
+    let deltas = |e: &mut Replica| -> Vec<Delta> {
+        e.take_effects()
+            .into_iter()
+            .filter_map(|o| match o {
+                Effect::Changed(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    };
+    let (da, db) = (deltas(&mut a), deltas(&mut b));
+    for d in db {
+        a.apply_remote(Millis(7), d);
+    }
+    for d in da {
+        b.apply_remote(Millis(7), d);
+    }
+    assert_eq!(a.state().digest(), b.state().digest());
+    assert_eq!(a.kv_get("notes", "k").unwrap().value, "\"from b\"");
+}
+
+#[test]
+fn leave_hands_tasks_back_and_a_restart_takes_them_up() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    let id = submit(&mut e, "echo", None);
+    let s = starts(&e.take_effects())[0].clone();
+    e.leave(Millis(30));
+    let out = e.take_effects();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Effect::Abort { task, .. } if task == &id)));
+    let st = e.state().tasks[&id].state().clone();
+    assert_eq!(st.status, TaskStatus::Pending);
+    assert!(st.fence > s.fence);
+    let mut e2 = Replica::new(e.cfg.clone(), e.state().clone(), 9);
+    e2.start(Millis(40));
+    let again = starts(&e2.take_effects());
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].attempt, 1,
+        "a graceful leave does not use up an attempt"
+    );
+}
