@@ -1,0 +1,286 @@
+//! What a run promises, checked as it goes, and what it measures.
+//!
+//! Invariants (each failure is a [`Violation`]):
+//! - `ack_not_durable`: a write is acknowledged while the acknowledging
+//!   node's store lacks it (checked at every acknowledgement).
+//! - `ack_lost_on_restart`: a restarted node's store lacks a write it had
+//!   acknowledged (checked at every restart).
+//! - `fence_went_back`: a node started a task under a fence not newer than
+//!   one it started it under before (checked at every start).
+//! - `no_convergence`: the live nodes' digests differ when the liveness
+//!   phase ends (checked every 100 ms of the liveness phase).
+//! - `ack_lost`: after convergence, a live node lacks an acknowledged
+//!   write, or an acknowledged submission.
+//! - `succeeded_twice`: after convergence, a task's history records two
+//!   successes.
+//! - `live_member_not_alive`: after convergence, a live node is not
+//!   `alive` (or `draining`) in the others' view.
+
+use crate::core::ids::{Fence, NodeId, TaskId};
+use crate::core::knowledge::Version;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// A broken promise, with when and where.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Violation {
+    /// Which invariant.
+    pub kind: String,
+    /// Simulated time, ms.
+    pub at_ms: u64,
+    /// What exactly.
+    pub detail: String,
+}
+
+/// An acknowledged knowledge write.
+#[derive(Clone, Debug)]
+pub struct Ack {
+    /// Namespace.
+    pub ns: String,
+    /// Key.
+    pub key: String,
+    /// The entry's version as written.
+    pub version: Version,
+    /// Which node acknowledged it.
+    pub node: usize,
+    /// When, µs.
+    pub at_us: u64,
+}
+
+/// A write on its way to every node.
+#[derive(Debug)]
+struct Spreading {
+    ack: usize,
+    missing: usize,
+    have: Vec<bool>,
+}
+
+/// Invariant state and measurements of a run.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// Violations so far.
+    pub violations: Vec<Violation>,
+    /// Acknowledged writes.
+    pub acks: Vec<Ack>,
+    /// Acknowledged submissions.
+    pub submitted: Vec<TaskId>,
+    spreading: HashMap<(String, String), Vec<Spreading>, foldhash::fast::FixedState>,
+    /// Time for acknowledged writes to reach every node, ms.
+    pub convergence: Vec<f64>,
+    /// Writes that never reached every node.
+    pub unconverged: usize,
+    starts: HashMap<(usize, TaskId), Fence, foldhash::fast::FixedState>,
+    /// Crashed nodes: when, and who has seen them suspect / dead.
+    crashes: BTreeMap<usize, Crash>,
+    /// Detection: first suspicion and confirmed death at every survivor, ms.
+    pub suspect_ms: Vec<f64>,
+    /// Crash to every survivor seeing `dead`, ms.
+    pub dead_ms: Vec<f64>,
+    /// Suspect or dead verdicts about nodes that were running and reachable.
+    pub false_suspects: u64,
+    /// Dead verdicts about nodes that were running.
+    pub false_deads: u64,
+}
+
+#[derive(Debug)]
+struct Crash {
+    at_us: u64,
+    survivors: usize,
+    suspected: Vec<bool>,
+    dead: Vec<bool>,
+    suspect_count: usize,
+    dead_count: usize,
+}
+
+impl Checker {
+    /// Records a violation.
+    pub fn violate(&mut self, kind: &str, at_us: u64, detail: String) {
+        self.violations.push(Violation {
+            kind: kind.into(),
+            at_ms: at_us / 1_000,
+            detail,
+        });
+    }
+
+    /// An acknowledged write that `running` nodes other than its own must
+    /// receive (`n` nodes in all).
+    pub fn acked(&mut self, ack: Ack, running: &[bool]) {
+        let mut have = vec![false; running.len()];
+        have[ack.node] = true;
+        let missing = running
+            .iter()
+            .enumerate()
+            .filter(|(i, r)| **r && *i != ack.node)
+            .count();
+        let i = self.acks.len();
+        if missing > 0 {
+            self.spreading
+                .entry((ack.ns.clone(), ack.key.clone()))
+                .or_default()
+                .push(Spreading {
+                    ack: i,
+                    missing,
+                    have,
+                });
+        } else {
+            self.convergence.push(0.0);
+        }
+        self.acks.push(ack);
+    }
+
+    /// Node `node` now holds the entry `ns/key` at `version`: the tracked
+    /// writes it contains have reached it.
+    pub fn merged(&mut self, node: usize, ns: &str, key: &str, version: &Version, at_us: u64) {
+        let k = (ns.to_owned(), key.to_owned());
+        let Some(list) = self.spreading.get_mut(&k) else {
+            return;
+        };
+        let acks = &self.acks;
+        let convergence = &mut self.convergence;
+        list.retain_mut(|s| {
+            if node >= s.have.len() || s.have[node] {
+                return true;
+            }
+            if version >= &acks[s.ack].version {
+                s.have[node] = true;
+                s.missing -= 1;
+                if s.missing == 0 {
+                    convergence.push(at_us.saturating_sub(acks[s.ack].at_us) as f64 / 1_000.0);
+                    return false;
+                }
+            }
+            true
+        });
+        if list.is_empty() {
+            self.spreading.remove(&k);
+        }
+    }
+
+    /// A node stopped for good (left): writes waiting for it wait no more.
+    pub fn gone(&mut self, node: usize, at_us: u64) {
+        let acks = &self.acks;
+        let convergence = &mut self.convergence;
+        self.spreading.retain(|_, list| {
+            list.retain_mut(|s| {
+                if node < s.have.len() && !s.have[node] {
+                    s.have[node] = true;
+                    s.missing -= 1;
+                    if s.missing == 0 {
+                        convergence
+                            .push(at_us.saturating_sub(acks[s.ack].at_us) as f64 / 1_000.0);
+                        return false;
+                    }
+                }
+                true
+            });
+            !list.is_empty()
+        });
+    }
+
+    /// Closes the books on writes still spreading.
+    pub fn finish(&mut self) {
+        self.unconverged = self.spreading.values().map(Vec::len).sum();
+    }
+
+    /// A node starts a task under `fence`.
+    pub fn started(&mut self, node: usize, task: &TaskId, fence: Fence, at_us: u64) {
+        let k = (node, task.clone());
+        if let Some(prev) = self.starts.get(&k) {
+            if fence <= *prev {
+                self.violate(
+                    "fence_went_back",
+                    at_us,
+                    format!("node {node} started task {task} under {fence} after {prev}"),
+                );
+            }
+        }
+        self.starts.insert(k, fence);
+    }
+
+    /// Node `node` crashed; `running` says which nodes survive.
+    pub fn crashed(&mut self, node: usize, at_us: u64, running: &[bool]) {
+        let survivors = running.iter().filter(|r| **r).count();
+        self.crashes.insert(
+            node,
+            Crash {
+                at_us,
+                survivors,
+                suspected: vec![false; running.len()],
+                dead: vec![false; running.len()],
+                suspect_count: 0,
+                dead_count: 0,
+            },
+        );
+    }
+
+    /// Node `node` is back: detection of its crash ends.
+    pub fn restarted(&mut self, node: usize) {
+        self.crashes.remove(&node);
+    }
+
+    /// Observer `by` reports `node` suspect (`dead` false) or dead.
+    pub fn verdict(&mut self, by: usize, node: usize, dead: bool, at_us: u64, healthy: bool) {
+        let Some(c) = self.crashes.get_mut(&node) else {
+            if healthy {
+                self.false_suspects += u64::from(!dead);
+                self.false_deads += u64::from(dead);
+            }
+            return;
+        };
+        if by >= c.dead.len() {
+            return;
+        }
+        let elapsed = at_us.saturating_sub(c.at_us) as f64 / 1_000.0;
+        if !c.suspected[by] {
+            c.suspected[by] = true;
+            c.suspect_count += 1;
+            if c.suspect_count == c.survivors {
+                self.suspect_ms.push(elapsed);
+            }
+        }
+        if dead && !c.dead[by] {
+            c.dead[by] = true;
+            c.dead_count += 1;
+            if c.dead_count == c.survivors {
+                self.dead_ms.push(elapsed);
+            }
+        }
+    }
+}
+
+/// p50, p99 and max of a sample, ms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Spread {
+    /// How many.
+    pub count: usize,
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `xs`.
+    pub fn of(xs: &[f64]) -> Spread {
+        if xs.is_empty() {
+            return Spread::default();
+        }
+        let mut v = xs.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        let r = |x: f64| (x * 10.0).round() / 10.0;
+        Spread {
+            count: v.len(),
+            p50: r(at(0.5)),
+            p99: r(at(0.99)),
+            max: r(v[v.len() - 1]),
+        }
+    }
+}
+
+/// The id a node has in the simulation.
+pub fn sim_node_id(i: usize) -> NodeId {
+    NodeId::from(format!("sim{i:05}"))
+}

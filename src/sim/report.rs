@@ -1,0 +1,165 @@
+//! A run's report: what the last line of `shoal-sim run --json` prints.
+
+use super::check::{Spread, Violation};
+use super::world::World;
+use serde::Serialize;
+
+/// Traffic per node and second, by class.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PerNode {
+    /// Every frame.
+    pub total: f64,
+    /// Gossip messages (publishes, forwards, pulls).
+    pub gossip: f64,
+    /// Gossipsub control (lazy-gossip ids, grafts).
+    pub control: f64,
+    /// Anti-entropy (sync requests and answers).
+    pub sync: f64,
+}
+
+/// What a run did and found.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Nodes at the start.
+    pub nodes: usize,
+    /// Nodes at the end (joins included).
+    pub nodes_final: usize,
+    /// Simulated time, ms.
+    pub sim_ms: u64,
+    /// Wall time of the run, ms (the one field that differs between runs).
+    pub wall_ms: u64,
+    /// Broken promises (empty when none).
+    pub violations: Vec<Violation>,
+    /// The command that replays this run.
+    pub replay: String,
+    /// Messages (frames) sent per node per second.
+    pub messages_per_node_per_sec: PerNode,
+    /// Bytes sent per node per second.
+    pub bytes_per_node_per_sec: PerNode,
+    /// Acknowledged write to every node, ms.
+    pub convergence_ms: Spread,
+    /// Acknowledged writes that never reached every node.
+    pub unconverged_writes: usize,
+    /// Crash to every survivor suspecting the node, ms.
+    pub detection_suspect_ms: Spread,
+    /// Crash to every survivor holding the node dead, ms.
+    pub detection_dead_ms: Spread,
+    /// Suspicions of nodes that were running and reachable.
+    pub false_suspicions: u64,
+    /// Death verdicts about nodes that were running.
+    pub false_deaths: u64,
+    /// From the heal to every node agreeing, ms (null: never).
+    pub liveness_ms: Option<u64>,
+    /// Acknowledged knowledge writes.
+    pub writes_acknowledged: usize,
+    /// Acknowledged task submissions.
+    pub tasks_submitted: usize,
+    /// Gossip frames dropped as duplicates by receivers.
+    pub duplicates: u64,
+    /// Frames lost (cuts, loss, closed connections).
+    pub dropped: u64,
+    /// Open connections at the end.
+    pub connections: usize,
+    /// Events the simulator processed.
+    pub events: u64,
+}
+
+fn per_node(v: [u64; 3], nodes: usize, secs: f64) -> PerNode {
+    let d = (nodes.max(1) as f64 * secs.max(1e-9)).max(1e-9);
+    let r = |x: f64| (x / d * 100.0).round() / 100.0;
+    PerNode {
+        total: r(v.iter().sum::<u64>() as f64),
+        gossip: r(v[0] as f64),
+        control: r(v[1] as f64),
+        sync: r(v[2] as f64),
+    }
+}
+
+impl Report {
+    pub(super) fn of(
+        w: &World,
+        seed: u64,
+        nodes: usize,
+        file: &str,
+        wall: std::time::Duration,
+    ) -> Report {
+        let secs = w.now as f64 / 1e6;
+        let n = w.nodes.len();
+        let t = w.traffic;
+        Report {
+            seed,
+            nodes,
+            nodes_final: n,
+            sim_ms: w.now / 1_000,
+            wall_ms: wall.as_millis() as u64,
+            violations: w.check.violations.clone(),
+            replay: format!("shoal-sim run {file} --seed {seed} --nodes {nodes}"),
+            messages_per_node_per_sec: per_node(t.frames, n, secs),
+            bytes_per_node_per_sec: per_node(t.bytes, n, secs),
+            convergence_ms: Spread::of(&w.check.convergence),
+            unconverged_writes: w.check.unconverged,
+            detection_suspect_ms: Spread::of(&w.check.suspect_ms),
+            detection_dead_ms: Spread::of(&w.check.dead_ms),
+            false_suspicions: w.check.false_suspects,
+            false_deaths: w.check.false_deads,
+            liveness_ms: match (w.liveness_at, w.converged_at) {
+                (Some(l), Some(c)) => Some((c - l) / 1_000),
+                _ => None,
+            },
+            writes_acknowledged: w.check.acks.len(),
+            tasks_submitted: w.check.submitted.len(),
+            duplicates: t.duplicates,
+            dropped: t.dropped,
+            connections: w.net.link_count(),
+            events: w.events,
+        }
+    }
+
+    /// The report with its wall time zeroed: equal for two runs of one seed.
+    pub fn without_wall_time(&self) -> Report {
+        Report {
+            wall_ms: 0,
+            ..self.clone()
+        }
+    }
+
+    /// A few lines for people.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "seed {} · {} nodes ({} at the end) · {} ms simulated in {} ms\n",
+            self.seed, self.nodes, self.nodes_final, self.sim_ms, self.wall_ms
+        );
+        let m = &self.messages_per_node_per_sec;
+        let b = &self.bytes_per_node_per_sec;
+        s += &format!(
+            "traffic per node: {:.1} msg/s (gossip {:.1}, control {:.1}, sync {:.1}), {:.0} B/s\n",
+            m.total, m.gossip, m.control, m.sync, b.total
+        );
+        let c = &self.convergence_ms;
+        s += &format!(
+            "writes to every node: p50 {} ms, p99 {} ms, max {} ms ({} writes, {} never)\n",
+            c.p50, c.p99, c.max, c.count, self.unconverged_writes
+        );
+        let d = &self.detection_dead_ms;
+        s += &format!(
+            "detection: dead at every survivor p50 {} ms, max {} ms ({} crashes); false suspicions {}, false deaths {}\n",
+            d.p50, d.max, d.count, self.false_suspicions, self.false_deaths
+        );
+        s += &match self.liveness_ms {
+            Some(ms) => format!("agreement {ms} ms after the heal\n"),
+            None => "no agreement after the heal\n".into(),
+        };
+        if self.violations.is_empty() {
+            s += "0 violations\n";
+        } else {
+            s += &format!("{} violation(s):\n", self.violations.len());
+            for v in &self.violations {
+                s += &format!("  {} at {} ms: {}\n", v.kind, v.at_ms, v.detail);
+            }
+            s += &format!("replay: {}\n", self.replay);
+        }
+        s
+    }
+}
