@@ -22,7 +22,7 @@ struct MvMirror<V> {
     vals: Vec<(ClockMirror, V)>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct OrswotMirror<M: Ord> {
     clock: ClockMirror,
     entries: BTreeMap<M, ClockMirror>,
@@ -68,6 +68,26 @@ where
         .unwrap_or_default();
     vals.sort();
     hash_value(h, &vals);
+}
+
+/// Serializes an ORSWOT in canonical order (entries and deferred removes
+/// sorted), in exactly the layout its own `Serialize` has, so what is on disk
+/// and on the wire reads back either way. `crdts` keeps them in `HashMap`s
+/// with a per-process random hasher: its own encoding differs from process
+/// to process, which a replayed simulation must not.
+pub fn serialize_orswot<S, M>(set: &Orswot<M, NodeId>, s: S) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    M: Serialize + DeserializeOwned + Ord + Clone + std::hash::Hash + std::fmt::Debug,
+{
+    let Some(mut m) = mirror::<_, OrswotMirror<M>>(set) else {
+        return Err(serde::ser::Error::custom("an ORSWOT that does not re-read"));
+    };
+    for (_, ms) in &mut m.deferred {
+        ms.sort();
+    }
+    m.deferred.sort();
+    m.serialize(s)
 }
 
 /// Hashes an ORSWOT with entries and deferred removes in sorted order.
@@ -137,5 +157,12 @@ mod tests {
             c
         };
         assert_ne!(digest_set(&a), digest_set(&other));
+        // The canonical encoding: equal sets, equal bytes, and it reads back.
+        #[derive(Serialize)]
+        struct Canonical(#[serde(serialize_with = "serialize_orswot")] Orswot<String, NodeId>);
+        let canonical = |s: &Orswot<String, NodeId>| postcard::to_stdvec(&Canonical(s.clone())).unwrap();
+        assert_eq!(canonical(&a), canonical(&b));
+        let back: Orswot<String, NodeId> = postcard::from_bytes(&canonical(&a)).unwrap();
+        assert_eq!(back, a);
     }
 }

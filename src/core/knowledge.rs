@@ -62,6 +62,7 @@ pub struct Written {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct KvEntry {
     reg: MVReg<Written, NodeId>,
+    #[serde(serialize_with = "crate::core::canon::serialize_orswot")]
     set: Orswot<String, NodeId>,
     version: Version,
 }

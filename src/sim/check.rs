@@ -102,16 +102,12 @@ impl Checker {
         });
     }
 
-    /// An acknowledged write that `running` nodes other than its own must
-    /// receive (`n` nodes in all).
-    pub fn acked(&mut self, ack: Ack, running: &[bool]) {
-        let mut have = vec![false; running.len()];
+    /// An acknowledged write that the nodes marked in `lacking` (running,
+    /// and without it yet) must receive.
+    pub fn acked(&mut self, ack: Ack, lacking: &[bool]) {
+        let mut have: Vec<bool> = lacking.iter().map(|l| !l).collect();
         have[ack.node] = true;
-        let missing = running
-            .iter()
-            .enumerate()
-            .filter(|(i, r)| **r && *i != ack.node)
-            .count();
+        let missing = have.iter().filter(|h| !**h).count();
         let i = self.acks.len();
         if missing > 0 {
             self.spreading

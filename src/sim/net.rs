@@ -11,7 +11,7 @@
 //! those they lack.
 
 use crate::core::rng::Rng;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 
 /// What travels between two nodes.
@@ -86,7 +86,9 @@ pub struct Link {
 /// Connections and cuts.
 #[derive(Debug, Default)]
 pub struct Network {
-    links: BTreeMap<(usize, usize), Link>,
+    /// Open connections, by (lower, higher) node index. A hash map with a
+    /// fixed hasher: looked up on every frame; what iterates it sorts.
+    links: std::collections::HashMap<(usize, usize), Link, foldhash::fast::FixedState>,
     /// Each node's partition group (0 unless cut off).
     pub group: Vec<u32>,
     /// Nodes whose messages to nodes outside the flag are dropped.
@@ -132,9 +134,11 @@ impl Network {
         self.links.remove(&key(a, b)).is_some()
     }
 
-    /// Every open connection.
-    pub fn links(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        self.links.keys().copied()
+    /// Every open connection, in order.
+    pub fn links(&self) -> Vec<(usize, usize)> {
+        let mut v: Vec<(usize, usize)> = self.links.keys().copied().collect();
+        v.sort_unstable();
+        v
     }
 
     /// Open connections.

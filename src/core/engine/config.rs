@@ -18,9 +18,13 @@ pub struct EngineConfig {
 /// from its heartbeat interval; [`ProtocolConfig::validate`] checks ranges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProtocolConfig {
-    /// How often the failure detector, deadlines, claims and queued and
-    /// pending tasks are looked at. 10 to 1,000 ms; 100 in every profile.
+    /// How often deadlines, claims and queued and pending tasks are looked
+    /// at. 10 to 1,000 ms; 100 in every profile.
     pub tick_ms: u64,
+    /// How often the failure detector looks at every member (its cost grows
+    /// with the membership). 10 to 10,000 ms; a fifth of a heartbeat, kept
+    /// within 100 to 1,000 ms (lan 1,000, fast 100, wan 1,000).
+    pub detect_ms: u64,
     /// How often this node gossips its member record (heartbeat and load).
     /// 50 to 60,000 ms; the profile's heartbeat interval (lan 5,000, fast
     /// 500, wan 10,000).
@@ -46,6 +50,7 @@ impl ProtocolConfig {
     pub fn for_heartbeat(heartbeat_ms: u64) -> Self {
         ProtocolConfig {
             tick_ms: 100,
+            detect_ms: (heartbeat_ms / 5).clamp(100, 1_000),
             heartbeat_ms,
             anti_entropy_ms: heartbeat_ms.saturating_mul(4).clamp(1_000, 30_000),
             redial_ms: 2_000,
@@ -64,6 +69,7 @@ impl ProtocolConfig {
             }
         };
         check("tick_ms", self.tick_ms, 10, 1_000)?;
+        check("detect_ms", self.detect_ms, 10, 10_000)?;
         check("heartbeat_ms", self.heartbeat_ms, 50, 60_000)?;
         check("anti_entropy_ms", self.anti_entropy_ms, 100, 300_000)?;
         check("redial_ms", self.redial_ms, 100, 60_000)?;

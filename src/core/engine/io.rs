@@ -32,8 +32,10 @@ pub struct SyncRef(pub u64);
 /// The engine's timers. Each kind is armed at most once at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TimerKind {
-    /// Failure detection, deadlines and claims, queued and pending tasks.
+    /// Deadlines and claims, queued and pending tasks.
     Tick,
+    /// The failure detector's look at every member.
+    Detect,
     /// This node's heartbeat (its member record with load figures).
     Heartbeat,
     /// An anti-entropy round with a random peer.
@@ -47,8 +49,9 @@ pub enum TimerKind {
 
 impl TimerKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [TimerKind; 5] = [
+    pub const ALL: [TimerKind; 6] = [
         TimerKind::Tick,
+        TimerKind::Detect,
         TimerKind::Heartbeat,
         TimerKind::AntiEntropy,
         TimerKind::Redial,

@@ -220,6 +220,7 @@ impl Engine {
         self.replica.start(now.wall);
         let p = self.cfg;
         self.timers.arm(TimerKind::Tick, now.mono.plus(p.tick_ms));
+        self.timers.arm(TimerKind::Detect, now.mono.plus(p.detect_ms));
         // The first heartbeat goes out with the start's record; the next
         // one an interval later.
         self.timers
@@ -358,6 +359,10 @@ impl Engine {
             TimerKind::Tick => {
                 self.replica.tick(self.clock.wall);
                 self.timers.arm(TimerKind::Tick, now.plus(p.tick_ms));
+            }
+            TimerKind::Detect => {
+                self.replica.detect(self.clock.wall);
+                self.timers.arm(TimerKind::Detect, now.plus(p.detect_ms));
             }
             TimerKind::Heartbeat => {
                 let l = self.load;

@@ -548,24 +548,46 @@ impl Replica {
         use crate::core::failure::{Detector, Verdict};
         let f = self.cfg.failure;
         let mono = self.mono;
-        let watched = self.other_members_in_service();
-        for id in watched {
-            let d = self
-                .detectors
-                .entry(id.clone())
-                .or_insert_with(|| Detector::new(mono, f.heartbeat_interval_ms));
-            match d.verdict(mono, f.suspect_after_missed, f.removed_after_ms) {
-                Verdict::Alive => {
+        // Only what changes is collected: no copy of the member list.
+        let mut changed: Vec<(NodeId, Option<Verdict>)> = Vec::new();
+        for (id, m) in &self.state.members {
+            if *id == self.cfg.node
+                || !matches!(
+                    m.record().status,
+                    MemberStatus::Alive | MemberStatus::Draining
+                )
+            {
+                continue;
+            }
+            let Some(d) = self.detectors.get(id) else {
+                changed.push((id.clone(), None));
+                continue;
+            };
+            let verdict = d.verdict(mono, f.suspect_after_missed, f.removed_after_ms);
+            let suspected = self.suspects.contains(id);
+            match verdict {
+                Verdict::Alive if !suspected => {}
+                Verdict::Suspect if suspected => {}
+                v => changed.push((id.clone(), Some(v))),
+            }
+        }
+        for (id, verdict) in changed {
+            match verdict {
+                None => {
+                    self.detectors
+                        .insert(id, Detector::new(mono, f.heartbeat_interval_ms));
+                }
+                Some(Verdict::Alive) => {
                     if self.suspects.remove(&id) {
                         self.emit(Effect::Event(Event::MemberRecovered { node: id }));
                     }
                 }
-                Verdict::Suspect => {
+                Some(Verdict::Suspect) => {
                     if self.suspects.insert(id.clone()) {
                         self.emit(Effect::Event(Event::MemberSuspect { node: id }));
                     }
                 }
-                Verdict::Dead => self.declare_dead(now, id),
+                Some(Verdict::Dead) => self.declare_dead(now, id),
             }
         }
     }
@@ -658,10 +680,16 @@ impl Replica {
         self.term
     }
 
-    /// Periodic work: expire claims and timeouts, start queued tasks, place
-    /// pending ones.
-    pub fn tick(&mut self, now: Millis) {
+    /// Runs the failure detector over every member in service: suspicions,
+    /// recoveries and death verdicts.
+    pub fn detect(&mut self, now: Millis) {
         self.detect_failures(now);
+    }
+
+    /// Periodic work: expire claims and timeouts, start queued tasks, place
+    /// pending ones. (Failure detection runs on its own cadence:
+    /// [`Replica::detect`].)
+    pub fn tick(&mut self, now: Millis) {
         self.expire_local(now);
         self.start_queued(now);
         if self.pending_dirty {

@@ -109,6 +109,7 @@ impl World {
                 let cut: Vec<(usize, usize)> = self
                     .net
                     .links()
+                    .into_iter()
                     .filter(|&(a, b)| !self.net.both_ways(a, b))
                     .collect();
                 for (a, b) in cut {

@@ -52,6 +52,14 @@ impl World {
             self.traffic.dropped += 1;
             return;
         }
+        // A message the receiver already has is dropped there on arrival:
+        // it is counted as sent, and spared the trip through the queue.
+        if let Frame::Gossip { id, .. } = &frame {
+            if self.nodes[to].gossip.has_seen(*id) {
+                self.traffic.duplicates += 1;
+                return;
+            }
+        }
         let mut lat = link.latency_us as f64;
         if jitter > 0.0 {
             lat *= 1.0 + jitter * (2.0 * self.rng_net.next_f64() - 1.0);
