@@ -43,7 +43,8 @@ fn parse(argv: &[String]) -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut value = |name: &str| -> Result<u64, String> {
             let v = it.next().ok_or(format!("{name} needs a value"))?;
-            v.parse().map_err(|_| format!("{name}: `{v}` is not a number"))
+            v.parse()
+                .map_err(|_| format!("{name}: `{v}` is not a number"))
         };
         match flag.as_str() {
             "--seed" => a.seed = value("--seed")?,
@@ -100,7 +101,11 @@ fn main() -> ExitCode {
         if !report.violations.is_empty() {
             failed += 1;
             let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
-            println!("seed {seed} FAILED ({}): {}", kinds.join(", "), report.replay);
+            println!(
+                "seed {seed} FAILED ({}): {}",
+                kinds.join(", "),
+                report.replay
+            );
         }
     }
     println!(

@@ -160,7 +160,8 @@ mod tests {
         // The canonical encoding: equal sets, equal bytes, and it reads back.
         #[derive(Serialize)]
         struct Canonical(#[serde(serialize_with = "serialize_orswot")] Orswot<String, NodeId>);
-        let canonical = |s: &Orswot<String, NodeId>| postcard::to_stdvec(&Canonical(s.clone())).unwrap();
+        let canonical =
+            |s: &Orswot<String, NodeId>| postcard::to_stdvec(&Canonical(s.clone())).unwrap();
         assert_eq!(canonical(&a), canonical(&b));
         let back: Orswot<String, NodeId> = postcard::from_bytes(&canonical(&a)).unwrap();
         assert_eq!(back, a);

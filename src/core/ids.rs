@@ -10,9 +10,15 @@ use std::fmt;
 ///
 /// Shared, not copied: every vector clock, register and record names nodes,
 /// so a clone is a reference-count increment rather than a 52-byte copy.
-#[derive(Clone, Debug, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct NodeId(std::sync::Arc<str>);
+
+impl std::hash::Hash for NodeId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl PartialEq for NodeId {
     /// Clones of one id share their text: comparing the pointers first

@@ -162,8 +162,7 @@ impl Checker {
                     s.have[node] = true;
                     s.missing -= 1;
                     if s.missing == 0 {
-                        convergence
-                            .push(at_us.saturating_sub(acks[s.ack].at_us) as f64 / 1_000.0);
+                        convergence.push(at_us.saturating_sub(acks[s.ack].at_us) as f64 / 1_000.0);
                         return false;
                     }
                 }

@@ -63,7 +63,10 @@ impl Frame {
     /// Gossipsub traffic (subject to loss and duplication), as opposed to
     /// request-response on a reliable stream.
     pub fn is_gossip(&self) -> bool {
-        matches!(self, Frame::Gossip { .. } | Frame::IHave(_) | Frame::IWant(_))
+        matches!(
+            self,
+            Frame::Gossip { .. } | Frame::IHave(_) | Frame::IWant(_)
+        )
     }
 
     /// The traffic class, for the report.
@@ -108,7 +111,7 @@ impl Network {
 
     /// True when a message from `a` reaches `b` (no cut between them).
     pub fn reachable(&self, a: usize, b: usize) -> bool {
-        self.group[a] == self.group[b] && !(self.one_way[a] && !self.one_way[b])
+        self.group[a] == self.group[b] && (!self.one_way[a] || self.one_way[b])
     }
 
     /// True when both directions are open.
@@ -179,11 +182,7 @@ impl GossipState {
     /// the lazy-gossip window and returns the window.
     pub fn heartbeat(&mut self) -> Vec<u64> {
         self.beat += 1;
-        while self
-            .recent
-            .front()
-            .is_some_and(|(b, _)| b + 3 <= self.beat)
-        {
+        while self.recent.front().is_some_and(|(b, _)| b + 3 <= self.beat) {
             self.recent.pop_front();
         }
         self.recent.iter().map(|(_, id)| *id).collect()

@@ -216,7 +216,8 @@ impl Scenario {
             path: p.clone(),
             reason: e.to_string(),
         })?;
-        s.validate().map_err(|reason| ScenarioError::Invalid { path: p, reason })?;
+        s.validate()
+            .map_err(|reason| ScenarioError::Invalid { path: p, reason })?;
         Ok(s)
     }
 
@@ -226,7 +227,10 @@ impl Scenario {
             return Err("nodes must be at least 1".into());
         }
         if !["lan", "fast", "wan"].contains(&self.profile.as_str()) {
-            return Err(format!("profile `{}`: expected lan, fast or wan", self.profile));
+            return Err(format!(
+                "profile `{}`: expected lan, fast or wan",
+                self.profile
+            ));
         }
         let n = &self.network;
         for (name, p) in [("loss", n.loss), ("duplicate", n.duplicate)] {
@@ -235,13 +239,22 @@ impl Scenario {
             }
         }
         if n.mesh_degree == 0 || n.latency_median_ms < 0.0 || n.jitter < 0.0 {
-            return Err("network: mesh_degree must be positive, latency and jitter not negative".into());
+            return Err(
+                "network: mesh_degree must be positive, latency and jitter not negative".into(),
+            );
         }
         if self.workload.task_ms[0] > self.workload.task_ms[1] || self.workload.keys == 0 {
             return Err("workload: task_ms must be [min, max] and keys positive".into());
         }
         const KINDS: [&str; 8] = [
-            "partition", "one_way", "crash", "pause", "skew", "drain", "leave", "join",
+            "partition",
+            "one_way",
+            "crash",
+            "pause",
+            "skew",
+            "drain",
+            "leave",
+            "join",
         ];
         for f in &self.faults {
             if !KINDS.contains(&f.kind.as_str()) {

@@ -27,6 +27,15 @@ use std::rc::Rc;
 mod faults;
 mod traffic;
 
+/// True when `have` has seen everything `want` has (`>=` on version
+/// vectors, which are partially ordered).
+fn contains(
+    have: &crate::core::knowledge::Version,
+    want: &crate::core::knowledge::Version,
+) -> bool {
+    have >= want
+}
+
 /// Wall-clock origin of a run (any fixed date works).
 const EPOCH_MS: u64 = 1_780_000_000_000;
 /// Namespaces of the workload, one per policy.
@@ -42,20 +51,54 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 #[derive(Debug)]
 pub(super) enum Event2 {
     Boot(usize),
-    Deliver { to: usize, from: usize, frame: Frame },
-    Timer { node: usize, life: u32, token: Token },
-    Persisted { node: usize, life: u32, batch: BatchId },
-    HandlerDone { node: usize, life: u32, task: TaskId, fence: Fence },
-    Connect { a: usize, b: usize },
-    CloseIfCut { a: usize, b: usize },
-    PeerDown { node: usize, peer: usize },
-    SyncTimeout { req: u64 },
-    GossipBeat { node: usize, life: u32 },
+    Deliver {
+        to: usize,
+        from: usize,
+        frame: Frame,
+    },
+    Timer {
+        node: usize,
+        life: u32,
+        token: Token,
+    },
+    Persisted {
+        node: usize,
+        life: u32,
+        batch: BatchId,
+    },
+    HandlerDone {
+        node: usize,
+        life: u32,
+        task: TaskId,
+        fence: Fence,
+    },
+    Connect {
+        a: usize,
+        b: usize,
+    },
+    CloseIfCut {
+        a: usize,
+        b: usize,
+    },
+    PeerDown {
+        node: usize,
+        peer: usize,
+    },
+    SyncTimeout {
+        req: u64,
+    },
+    GossipBeat {
+        node: usize,
+        life: u32,
+    },
     Workload,
     Fault(usize),
     Heal(usize),
     Restart(usize),
-    Stop { node: usize, life: u32 },
+    Stop {
+        node: usize,
+        life: u32,
+    },
     Liveness,
     Check,
 }
@@ -314,7 +357,10 @@ impl World {
                 }
             }
             Event2::Timer { node, life, token } => {
-                if self.ready(node, life, Event2::Timer { node, life, token }).is_some() {
+                if self
+                    .ready(node, life, Event2::Timer { node, life, token })
+                    .is_some()
+                {
                     if self.nodes[node].scheduled.is_some_and(|(_, t)| t == token) {
                         self.nodes[node].scheduled = None;
                     }
@@ -322,7 +368,10 @@ impl World {
                 }
             }
             Event2::Persisted { node, life, batch } => {
-                if self.ready(node, life, Event2::Persisted { node, life, batch }).is_some() {
+                if self
+                    .ready(node, life, Event2::Persisted { node, life, batch })
+                    .is_some()
+                {
                     self.persisted(node, batch);
                 }
             }
@@ -341,7 +390,14 @@ impl World {
                 if let Some(Event2::HandlerDone { task, fence, .. }) = self.ready(node, life, e) {
                     if !self.nodes[node].aborted.remove(&(task.clone(), fence)) {
                         let outcome = Some(Outcome::Success("\"ok\"".into()));
-                        self.input(node, Input::HandlerDone { task, fence, outcome });
+                        self.input(
+                            node,
+                            Input::HandlerDone {
+                                task,
+                                fence,
+                                outcome,
+                            },
+                        );
                     }
                 }
             }
@@ -364,7 +420,10 @@ impl World {
                 }
             }
             Event2::GossipBeat { node, life } => {
-                if self.ready(node, life, Event2::GossipBeat { node, life }).is_some() {
+                if self
+                    .ready(node, life, Event2::GossipBeat { node, life })
+                    .is_some()
+                {
                     self.gossip_beat(node);
                 }
             }
@@ -525,7 +584,14 @@ impl World {
                 n.scheduled = Some((at, token));
                 let life = n.life;
                 let when = (at.0 * 1_000).max(self.now);
-                self.schedule(when, Event2::Timer { node: i, life, token });
+                self.schedule(
+                    when,
+                    Event2::Timer {
+                        node: i,
+                        life,
+                        token,
+                    },
+                );
             }
         }
     }
@@ -543,7 +609,14 @@ impl World {
                 let life = self.nodes[i].life;
                 let batch = p.id;
                 self.nodes[i].inflight = Some(p);
-                self.after((ms * 1_000.0) as u64, Event2::Persisted { node: i, life, batch });
+                self.after(
+                    (ms * 1_000.0) as u64,
+                    Event2::Persisted {
+                        node: i,
+                        life,
+                        batch,
+                    },
+                );
             }
             Output::Publish(bytes) => self.publish(i, bytes),
             Output::Send { to, bytes } => {
@@ -562,7 +635,11 @@ impl World {
                     self.send(i, j, Frame::SyncResponse { req: id.0, bytes });
                 }
             }
-            Output::Verdict { msg, from, rejected } => {
+            Output::Verdict {
+                msg,
+                from,
+                rejected,
+            } => {
                 if rejected.is_none() {
                     let from = self.node_index.get(&from).copied();
                     self.forward(i, msg.0, from);
@@ -645,7 +722,7 @@ impl World {
                                 .namespaces
                                 .get(&ns)
                                 .and_then(|x| x.entries.get(&key))
-                                .is_none_or(|en| !(en.version() >= &version))
+                                .is_none_or(|en| !contains(en.version(), &version))
                         })
                     })
                     .collect();

@@ -220,7 +220,8 @@ impl Engine {
         self.replica.start(now.wall);
         let p = self.cfg;
         self.timers.arm(TimerKind::Tick, now.mono.plus(p.tick_ms));
-        self.timers.arm(TimerKind::Detect, now.mono.plus(p.detect_ms));
+        self.timers
+            .arm(TimerKind::Detect, now.mono.plus(p.detect_ms));
         // The first heartbeat goes out with the start's record; the next
         // one an interval later.
         self.timers

@@ -288,7 +288,11 @@ fn gossip_goes_out_at_once_after_quiet_and_changes_within_the_window_wait_for_it
     let mut e = engine("a");
     settle(&mut e, 1_000);
     e.handle(Now::at(2_000), Input::Command(ReqId(1), put("n", "k1", 1)));
-    assert_eq!(publishes(&settle(&mut e, 2_000)), 1, "first change after quiet");
+    assert_eq!(
+        publishes(&settle(&mut e, 2_000)),
+        1,
+        "first change after quiet"
+    );
     assert!(!e.gossip_waiting());
     e.handle(Now::at(2_001), Input::Command(ReqId(2), put("n", "k2", 1)));
     assert_eq!(publishes(&settle(&mut e, 2_001)), 0, "within the window");

@@ -436,26 +436,27 @@ impl Replica {
         // sync index; touching an unchanged entry is harmless.
         self.sync.get_mut().touch(&delta);
         self.state.apply(delta);
-        let merged = self.state.members[&id].clone();
-        if before.as_ref() == Some(merged.marker()) {
+        // Heartbeats come often: look, and copy only what a change needs.
+        let current = &self.state.members[&id];
+        if before.as_ref() == Some(current.marker()) {
             return false;
         }
+        let marker = current.marker().clone();
+        let status = current.record().status;
         // Persist only what is not a mere heartbeat.
         let stable = |m: &MemberMarker| (m.incarnation, m.status);
-        if before.as_ref().map(stable) != Some(stable(merged.marker())) || !known {
-            self.emit(Effect::Merged(Delta::Member(
-                id.clone(),
-                Box::new(merged.clone()),
-            )));
+        if before.as_ref().map(stable) != Some(stable(&marker)) || !known {
+            let merged = current.clone();
+            self.emit(Effect::Merged(Delta::Member(id.clone(), Box::new(merged))));
         }
         if id == self.cfg.node {
+            let merged = self.state.members[&id].clone();
             self.refute(now, &merged);
             return true;
         }
-        let rec = merged.record();
-        match rec.status {
+        match status {
             MemberStatus::Alive | MemberStatus::Draining => {
-                if merged.marker().writer == id {
+                if marker.writer == id {
                     let mono = self.mono;
                     let expected = self.cfg.failure.heartbeat_interval_ms;
                     self.detectors
@@ -467,11 +468,11 @@ impl Replica {
                     self.emit(Effect::Event(Event::MemberJoined { node: id.clone() }));
                 } else if before
                     .as_ref()
-                    .is_some_and(|b| b.incarnation < merged.marker().incarnation)
+                    .is_some_and(|b| b.incarnation < marker.incarnation)
                 {
                     self.emit(Effect::Event(Event::MemberRecovered { node: id.clone() }));
                 }
-                if rec.status == MemberStatus::Draining
+                if status == MemberStatus::Draining
                     && before
                         .as_ref()
                         .is_some_and(|b| b.status == MemberStatus::Alive)

@@ -242,7 +242,10 @@ impl World {
                 if !held {
                     found.push((
                         "ack_lost",
-                        format!("node {o} lacks {}/{} acknowledged by node {}", ack.ns, ack.key, ack.node),
+                        format!(
+                            "node {o} lacks {}/{} acknowledged by node {}",
+                            ack.ns, ack.key, ack.node
+                        ),
                     ));
                 }
             }
@@ -258,11 +261,17 @@ impl World {
                     .filter(|h| h.status == TaskStatus::Succeeded)
                     .count();
                 if wins > 1 {
-                    found.push(("succeeded_twice", format!("task {id} has {wins} successes in its history (seen by node {o})")));
+                    found.push((
+                        "succeeded_twice",
+                        format!("task {id} has {wins} successes in its history (seen by node {o})"),
+                    ));
                 }
             }
             for &j in &running {
-                let status = state.members.get(&self.nodes[j].id).map(|m| m.record().status);
+                let status = state
+                    .members
+                    .get(&self.nodes[j].id)
+                    .map(|m| m.record().status);
                 if !matches!(status, Some(MemberStatus::Alive | MemberStatus::Draining)) {
                     found.push((
                         "live_member_not_alive",

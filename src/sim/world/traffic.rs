@@ -123,7 +123,13 @@ impl World {
             }
             Frame::SyncResponse { req, bytes } => {
                 if self.requests.remove(&req).is_some() {
-                    self.input(to, Input::SyncResponse { from: from_id, bytes });
+                    self.input(
+                        to,
+                        Input::SyncResponse {
+                            from: from_id,
+                            bytes,
+                        },
+                    );
                 }
             }
             Frame::Graft => {

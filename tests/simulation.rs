@@ -1,0 +1,109 @@
+//! The simulator in CI: every scenario under `simulations/` at a small size
+//! over a fixed set of seeds, with no violation; a seed replays to the same
+//! report; and the checker does report what breaks.
+
+use shoal::sim::{self, Scenario};
+use std::path::Path;
+
+const SCENARIOS: [&str; 5] = [
+    "steady",
+    "partition-heal",
+    "crash-restart",
+    "lossy",
+    "churn",
+];
+const SEEDS: [u64; 3] = [1, 2, 3];
+const NODES: usize = 12;
+
+fn scenario(name: &str) -> (Scenario, String) {
+    let file = format!("simulations/{name}.toml");
+    let mut s = Scenario::load(Path::new(&file)).expect("the scenario file loads");
+    s.nodes = NODES;
+    (s, file)
+}
+
+#[test]
+fn every_scenario_passes_at_a_small_size_over_fixed_seeds() {
+    let mut failures = Vec::new();
+    for name in SCENARIOS {
+        for seed in SEEDS {
+            let (s, file) = scenario(name);
+            let report = sim::run(s, seed, &file);
+            if !report.violations.is_empty() {
+                failures.push(format!("{}\n{}", report.replay, report.summary()));
+            }
+            assert!(
+                report.writes_acknowledged > 0,
+                "{name} seed {seed}: the workload ran"
+            );
+            assert!(
+                report.liveness_ms.is_some(),
+                "{name} seed {seed}: agreement after the heal"
+            );
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing runs:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn a_seed_replays_to_the_same_report() {
+    for name in ["crash-restart", "lossy"] {
+        let (s, file) = scenario(name);
+        let a = sim::run(s.clone(), 42, &file).without_wall_time();
+        let b = sim::run(s, 42, &file).without_wall_time();
+        assert_eq!(a, b, "{name}: same seed, same report");
+        let (s, file) = scenario(name);
+        let c = sim::run(s, 43, &file).without_wall_time();
+        assert_ne!(a.events, c.events, "{name}: another seed, another run");
+    }
+}
+
+#[test]
+fn a_crash_is_detected_by_every_survivor_and_measured() {
+    let (s, file) = scenario("crash-restart");
+    let r = sim::run(s, 5, &file);
+    assert!(r.violations.is_empty(), "{}", r.summary());
+    assert!(
+        r.detection_dead_ms.count >= 1,
+        "the node that stays down is declared dead everywhere: {}",
+        r.summary()
+    );
+    assert!(r.detection_dead_ms.max > 0.0);
+}
+
+#[test]
+fn agreement_that_does_not_come_in_time_is_a_violation_with_a_replay_command() {
+    // A partition that outlasts the connections, and no time at all to
+    // repair it: the checker must say so.
+    let (mut s, file) = scenario("partition-heal");
+    s.faults[0].for_ms = None;
+    s.phases.liveness_ms = 0;
+    let r = sim::run(s, 1, &file);
+    assert!(
+        r.violations.iter().any(|v| v.kind == "no_convergence"),
+        "{}",
+        r.summary()
+    );
+    assert!(r
+        .summary()
+        .contains("replay: shoal-sim run simulations/partition-heal.toml --seed 1 --nodes 12"));
+}
+
+#[test]
+fn a_scenario_with_an_unknown_fault_is_refused_with_its_name() {
+    let dir = std::env::temp_dir().join(format!("shoal-sim-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "nodes = 3\n[[faults]]\nat_ms = 10\nkind = \"meteor\"\n",
+    )
+    .unwrap();
+    let err = Scenario::load(&file).unwrap_err().to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(err.contains("meteor"), "{err}");
+}
