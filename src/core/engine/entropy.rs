@@ -13,6 +13,10 @@ use crate::core::state::Delta;
 use crate::core::sync;
 use crate::core::wire::{self, SyncRequest, SyncResponse};
 
+/// Back-to-back anti-entropy rounds with one peer that bring nothing before
+/// the session waits for the next periodic round.
+const MAX_STALLED_ROUNDS: u32 = 3;
+
 /// Keeps a sync answer under the size limit; what does not fit is sent in a
 /// later round (the answer says there is more).
 pub(super) fn fit(mut deltas: Vec<Delta>) -> SyncResponse {
@@ -81,6 +85,7 @@ impl Engine {
     pub(super) fn end_session(&mut self, peer: &NodeId) {
         self.catching_up.remove(peer);
         self.resync.remove(peer);
+        self.stalled.remove(peer);
     }
 
     fn on_summary(&mut self, peer: NodeId, theirs: &[[u8; 8]]) {
@@ -124,10 +129,22 @@ impl Engine {
         for d in deltas {
             changed += usize::from(self.replica.apply_remote(wall, d));
         }
-        let again = self.resync.remove(&peer) || more;
+        // Back-to-back rounds go on only while they bring something: a peer
+        // whose answers change nothing (a bug, or state that is newer here)
+        // gets a few tries, then waits for the next periodic round.
+        let stalled = if changed == 0 {
+            let n = self.stalled.entry(peer.clone()).or_default();
+            *n += 1;
+            *n
+        } else {
+            self.stalled.remove(&peer);
+            0
+        };
+        let again = (self.resync.remove(&peer) || more) && stalled < MAX_STALLED_ROUNDS;
         let initial = if again {
             self.catching_up.contains(&peer)
         } else {
+            self.stalled.remove(&peer);
             self.catching_up.remove(&peer)
         };
         if changed > 0 && !initial {

@@ -79,6 +79,8 @@ pub struct Engine {
     /// Peers to ask for a summary again as soon as a diff is answered,
     /// because not every differing bucket fitted in it.
     resync: BTreeSet<NodeId>,
+    /// Back-to-back rounds per peer that brought nothing.
+    stalled: std::collections::BTreeMap<NodeId, u32>,
     batches: Batches,
     outbox: Outbox,
     timers: Timers,
@@ -107,6 +109,7 @@ impl Engine {
             peers: BTreeSet::new(),
             catching_up: BTreeSet::new(),
             resync: BTreeSet::new(),
+            stalled: Default::default(),
             batches: Batches::default(),
             outbox: Outbox::default(),
             timers: Timers::default(),
