@@ -100,7 +100,11 @@ fn main() -> ExitCode {
         let report = sim::run(scenario.clone(), seed, &args.file);
         if !report.violations.is_empty() {
             failed += 1;
-            let kinds: Vec<&str> = report.violations.iter().map(|v| v.kind.as_str()).collect();
+            let mut kinds: std::collections::BTreeMap<&str, usize> = Default::default();
+            for v in &report.violations {
+                *kinds.entry(v.kind.as_str()).or_default() += 1;
+            }
+            let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} x{n}")).collect();
             println!(
                 "seed {seed} FAILED ({}): {}",
                 kinds.join(", "),
