@@ -40,15 +40,12 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn alive(h: &NodeHandle) -> usize {
-    h.read(|e, _| {
-        e.state()
-            .members
-            .keys()
-            .filter(|id| e.member_status(id) == "alive")
-            .count()
-    })
-    .await
-    .unwrap()
+    h.members()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|m| m.status == "alive")
+        .count()
 }
 
 /// CPU seconds this process has used (user and system, all threads), from
@@ -70,9 +67,7 @@ fn cpu_seconds() -> f64 {
 }
 
 async fn digest(h: &NodeHandle) -> String {
-    h.read(|e, _| e.digest().to_hex().to_string())
-        .await
-        .unwrap()
+    h.summary().await.unwrap().digest
 }
 
 fn main() {

@@ -5,7 +5,6 @@ use super::types::NodeView;
 use super::AppState;
 use crate::core::ids::NodeId;
 use crate::core::placement::Strategy;
-use crate::core::replica::Replica;
 use crate::runtime::node::now;
 use axum::extract::{Path, Query, State};
 use axum::Json;
@@ -13,13 +12,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
-fn views(e: &Replica) -> Vec<NodeView> {
+/// Every member's view, from the engine's answer.
+async fn views(s: &AppState) -> Result<Vec<NodeView>, ApiError> {
     let t = now();
-    e.state()
-        .members
+    Ok(s.node
+        .members()
+        .await?
         .iter()
-        .map(|(id, m)| NodeView::of(e, id, m, t))
-        .collect()
+        .map(|m| NodeView::of(m, t))
+        .collect())
 }
 
 fn by_status(nodes: &[NodeView]) -> BTreeMap<String, usize> {
@@ -33,24 +34,6 @@ fn by_status(nodes: &[NodeView]) -> BTreeMap<String, usize> {
     out
 }
 
-fn tasks_by_status(e: &Replica) -> BTreeMap<&'static str, usize> {
-    let mut out: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for s in [
-        "pending",
-        "assigned",
-        "running",
-        "succeeded",
-        "failed",
-        "cancelled",
-    ] {
-        out.insert(s, 0);
-    }
-    for t in e.state().tasks.values() {
-        *out.entry(t.state().status.as_str()).or_default() += 1;
-    }
-    out
-}
-
 pub(super) async fn status(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let info = s.node.info();
     let (id, name, fp, uptime) = (
@@ -60,34 +43,31 @@ pub(super) async fn status(State(s): State<AppState>) -> Result<Json<Value>, Api
         info.started.elapsed().as_secs(),
     );
     let peers = s.node.metrics().peers.get();
-    let body = s
-        .node
-        .read(move |e, _| {
-            let nodes = views(e);
-            let counts = by_status(&nodes);
-            let me = nodes.into_iter().find(|n| n.id == id.as_str());
-            json!({
+    let nodes = views(&s).await?;
+    let sum = s.node.summary().await?;
+    let counts = by_status(&nodes);
+    let total = nodes.len();
+    let me = nodes.into_iter().find(|n| n.id == id.as_str());
+    let body = json!({
                 "node": me,
                 "name": name,
                 "cluster": {
-                    "nodes": e.state().members.len(),
+                    "nodes": total,
                     "alive": counts.get("alive"),
                     "suspect": counts.get("suspect"),
                     "dead": counts.get("dead"),
                     "left": counts.get("left"),
                     "draining": counts.get("draining"),
-                    "tasks": tasks_by_status(e),
-                    "strategy": e.default_strategy(),
+                    "tasks": sum.tasks_by_status,
+                    "strategy": sum.strategy,
                 },
                 "leader": Value::Null,
-                "term": e.term().0,
+                "term": sum.term.0,
                 "peers": peers,
                 "uptime_secs": uptime,
                 "secret_fingerprint": fp,
                 "version": env!("CARGO_PKG_VERSION"),
-            })
-        })
-        .await?;
+    });
     Ok(Json(body))
 }
 
@@ -108,7 +88,7 @@ pub(super) async fn nodes(
             )));
         }
     }
-    let mut list = s.node.read(|e, _| views(e)).await?;
+    let mut list = views(&s).await?;
     if let Some(st) = q.status {
         list.retain(|n| n.status == st);
     }
@@ -119,10 +99,7 @@ pub(super) async fn node(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
-    let found = s
-        .node
-        .read(move |e, _| views(e).into_iter().find(|n| n.id == id))
-        .await?;
+    let found = views(&s).await?.into_iter().find(|n| n.id == id);
     found
         .map(Json)
         .ok_or_else(|| ApiError::not_found("node not found"))
@@ -152,45 +129,40 @@ pub(super) async fn remove(
 
 pub(super) async fn leader(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     // No lease holder is elected until the federation's Raft group exists.
-    let term = s.node.read(|e, _| e.term().0).await?;
+    let term = s.node.summary().await?.term.0;
     Ok(Json(json!({"leader": Value::Null, "term": term})))
 }
 
 pub(super) async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let body = s
-        .node
-        .read(|e, _| {
-            let nodes = views(e);
-            let capacity: u64 = nodes
-                .iter()
-                .filter(|n| n.status == "alive")
-                .map(|n| n.capacity as u64)
-                .sum();
-            let busy: u64 = nodes
-                .iter()
-                .filter(|n| n.status == "alive")
-                .map(|n| n.running as u64)
-                .sum();
-            let kv: usize = e.state().namespaces.values().map(|n| n.entries.len()).sum();
-            json!({
-                "nodes": {"total": nodes.len(), "by_status": by_status(&nodes)},
-                "tasks": {"total": e.state().tasks.len(), "by_status": tasks_by_status(e)},
-                "utilization": {
-                    "capacity": capacity,
-                    "busy": busy,
-                    "ratio": if capacity == 0 { 0.0 } else { busy as f64 / capacity as f64 },
-                },
-                "knowledge": {"namespaces": e.state().namespaces.len(), "entries": kv},
-                "strategy": e.default_strategy(),
-                "digest": e.digest().to_hex().to_string(),
-            })
-        })
-        .await?;
+    let nodes = views(&s).await?;
+    let sum = s.node.summary().await?;
+    let capacity: u64 = nodes
+        .iter()
+        .filter(|n| n.status == "alive")
+        .map(|n| n.capacity as u64)
+        .sum();
+    let busy: u64 = nodes
+        .iter()
+        .filter(|n| n.status == "alive")
+        .map(|n| n.running as u64)
+        .sum();
+    let body = json!({
+        "nodes": {"total": nodes.len(), "by_status": by_status(&nodes)},
+        "tasks": {"total": sum.tasks, "by_status": sum.tasks_by_status},
+        "utilization": {
+            "capacity": capacity,
+            "busy": busy,
+            "ratio": if capacity == 0 { 0.0 } else { busy as f64 / capacity as f64 },
+        },
+        "knowledge": {"namespaces": sum.namespaces, "entries": sum.kv_entries},
+        "strategy": sum.strategy,
+        "digest": sum.digest,
+    });
     Ok(Json(body))
 }
 
 pub(super) async fn balance(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let strategy = s.node.read(|e, _| e.default_strategy()).await?;
+    let strategy = s.node.summary().await?.strategy;
     let all: Vec<&str> = Strategy::ALL.iter().map(|s| s.as_str()).collect();
     Ok(Json(json!({"strategy": strategy, "available": all})))
 }
@@ -222,7 +194,6 @@ pub(super) async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let records = s.node.read(move |_, store| store.audit(limit)).await?;
-    let records = records.map_err(crate::runtime::NodeError::Store)?;
+    let records = s.node.audit(limit).await?;
     Ok(Json(json!({"count": records.len(), "records": records})))
 }

@@ -3,6 +3,7 @@
 use super::error::{ApiError, Body};
 use super::types::{parse_version, version_json, KvView};
 use super::AppState;
+use crate::core::engine::{Found, Query as EngineQuery};
 use crate::core::knowledge::Policy;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -27,7 +28,7 @@ pub(super) async fn get(
     State(s): State<AppState>,
     Path((ns, key)): Path<(String, String)>,
 ) -> Result<Json<KvView>, ApiError> {
-    let item = s.node.read(move |e, _| e.kv_get(&ns, &key)).await??;
+    let item = s.node.kv_get(&ns, &key).await?;
     Ok(Json(KvView::new(&item)))
 }
 
@@ -56,15 +57,16 @@ pub(super) async fn list(
         .map(parse_version)
         .transpose()
         .map_err(ApiError::bad_request)?;
-    let policy_ns = ns.clone();
     let name = ns.clone();
-    let (items, version, digest, policy) = s
-        .node
-        .read(move |e, _| {
-            let (items, version, digest) = e.kv_list(&ns, since.as_ref());
-            (items, version, digest, e.policy(&policy_ns))
-        })
-        .await?;
+    let Found::KvList {
+        items,
+        version,
+        digest,
+        policy,
+    } = s.node.query(EngineQuery::KvList { ns, since }).await?
+    else {
+        return Err(ApiError::internal("unexpected answer from the engine"));
+    };
     let entries: Vec<KvView> = items.iter().map(KvView::new).collect();
     Ok(Json(json!({
         "ns": name,
@@ -95,7 +97,9 @@ pub(super) async fn set_policy(
 }
 
 pub(super) async fn namespaces(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let list = s.node.read(|e, _| e.namespaces()).await?;
+    let Found::Namespaces(list) = s.node.query(EngineQuery::Namespaces).await? else {
+        return Err(ApiError::internal("unexpected answer from the engine"));
+    };
     let out: Vec<Value> = list
         .into_iter()
         .map(|(ns, policy, entries)| json!({"ns": ns, "policy": policy, "entries": entries}))

@@ -2,7 +2,6 @@
 
 use super::error::ApiError;
 use super::AppState;
-use crate::core::task::TaskStatus;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -40,38 +39,22 @@ pub(super) async fn events(
 }
 
 pub(super) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let node = s.node.clone();
-    s.node
-        .read(move |e, _| {
-            let m = node.metrics();
-            for st in [
-                TaskStatus::Pending,
-                TaskStatus::Assigned,
-                TaskStatus::Running,
-                TaskStatus::Succeeded,
-                TaskStatus::Failed,
-                TaskStatus::Cancelled,
-            ] {
-                m.set_tasks(st.as_str(), 0);
-            }
-            let mut counts = std::collections::BTreeMap::new();
-            for t in e.state().tasks.values() {
-                *counts.entry(t.state().status.as_str()).or_insert(0i64) += 1;
-            }
-            for (st, n) in counts {
-                m.set_tasks(st, n);
-            }
-            let mut members = std::collections::BTreeMap::new();
-            for mem in e.state().members.values() {
-                *members.entry(mem.record().status.as_str()).or_insert(0i64) += 1;
-            }
-            for (st, n) in members {
-                m.set_members(st, n);
-            }
-            let kv: usize = e.state().namespaces.values().map(|n| n.entries.len()).sum();
-            m.kv_entries.set(kv as i64);
-        })
-        .await?;
+    let sum = s.node.summary().await?;
+    let members = s.node.members().await?;
+    let m = s.node.metrics();
+    for (st, n) in &sum.tasks_by_status {
+        m.set_tasks(st, *n as i64);
+    }
+    let mut by_status = std::collections::BTreeMap::new();
+    for mem in &members {
+        *by_status
+            .entry(mem.entry.record().status.as_str())
+            .or_insert(0i64) += 1;
+    }
+    for (st, n) in by_status {
+        m.set_members(st, n);
+    }
+    m.kv_entries.set(sum.kv_entries as i64);
     let body = s.node.metrics().encode();
     Ok((
         [(
@@ -88,7 +71,7 @@ pub(super) async fn healthz() -> impl IntoResponse {
 }
 
 pub(super) async fn readyz(State(s): State<AppState>) -> Response {
-    let engine_answers = s.node.read(|_, _| ()).await.is_ok();
+    let engine_answers = s.node.summary().await.is_ok();
     if s.node.is_ready() && engine_answers {
         axum::Json(json!({"status": "ready", "store": "open"})).into_response()
     } else {

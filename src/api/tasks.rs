@@ -3,6 +3,7 @@
 use super::error::{ApiError, Body};
 use super::types::TaskView;
 use super::AppState;
+use crate::core::engine::Query as EngineQuery;
 use crate::core::ids::{Fence, NodeId, TaskId};
 use crate::core::knowledge::canonical_json;
 use crate::core::placement::Strategy;
@@ -30,8 +31,9 @@ pub struct SubmitBody {
     timeout_secs: Option<u64>,
 }
 
-fn task_view(e: &crate::core::replica::Replica, id: &TaskId) -> Result<TaskView, EngineError> {
-    Ok(TaskView::new(id, e.task(id)?))
+async fn task_view(s: &AppState, id: TaskId) -> Result<TaskView, ApiError> {
+    let task = s.node.task(id.clone()).await?;
+    Ok(TaskView::new(&id, &task))
 }
 
 pub(super) async fn submit(
@@ -54,7 +56,7 @@ pub(super) async fn submit(
         timeout_secs: b.timeout_secs,
     };
     let (id, created) = s.node.submit(req).await?;
-    let view = s.node.read(move |e, _| task_view(e, &id)).await??;
+    let view = task_view(&s, id).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -83,37 +85,14 @@ pub(super) async fn list(
         .transpose()
         .map_err(ApiError::bad_request)?;
     let limit = q.limit.unwrap_or(1000).min(100_000);
-    let (tasks, total) = s
-        .node
-        .read(move |e, _| {
-            let matching: Vec<_> = e
-                .state()
-                .tasks
-                .iter()
-                .filter(|(_, t)| status.is_none_or(|st| t.state().status == st))
-                .filter(|(_, t)| {
-                    q.node
-                        .as_deref()
-                        .is_none_or(|n| t.state().node.as_ref().is_some_and(|x| x.as_str() == n))
-                })
-                .filter(|(_, t)| {
-                    q.capability
-                        .as_deref()
-                        .is_none_or(|c| t.spec().capability == c)
-                })
-                .collect();
-            let total = matching.len();
-            let mut views: Vec<TaskView> = matching
-                .into_iter()
-                .map(|(id, t)| TaskView::new(id, t))
-                .collect();
-            views.sort_by(|a, b| (a.submitted_at, &a.id).cmp(&(b.submitted_at, &b.id)));
-            if views.len() > limit {
-                views.drain(..views.len() - limit);
-            }
-            (views, total)
-        })
-        .await?;
+    let filter = EngineQuery::Tasks {
+        status,
+        node: q.node.map(NodeId::from),
+        capability: q.capability,
+        limit,
+    };
+    let (found, total) = s.node.tasks(filter).await?;
+    let tasks: Vec<TaskView> = found.iter().map(|(id, t)| TaskView::new(id, t)).collect();
     Ok(Json(json!({"tasks": tasks, "count": total})))
 }
 
@@ -122,7 +101,7 @@ pub(super) async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<TaskView>, ApiError> {
     let id = TaskId(id);
-    let view = s.node.read(move |e, _| task_view(e, &id)).await??;
+    let view = task_view(&s, id).await?;
     Ok(Json(view))
 }
 
@@ -138,7 +117,7 @@ pub(super) async fn cancel(
 ) -> Result<Json<TaskView>, ApiError> {
     let id = TaskId(id);
     s.node.cancel(id.clone()).await?;
-    let view = s.node.read(move |e, _| task_view(e, &id)).await??;
+    let view = task_view(&s, id).await?;
     Ok(Json(view))
 }
 
@@ -219,27 +198,20 @@ pub(super) async fn complete(
     };
     let id = TaskId(id);
     s.node.complete(id.clone(), fence, outcome).await?;
-    let view = s.node.read(move |e, _| task_view(e, &id)).await??;
+    let view = task_view(&s, id).await?;
     Ok(Json(view))
 }
 
 pub(super) async fn assignments(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let list = s
+    let list: Vec<Value> = s
         .node
-        .read(|e, _| {
-            e.state()
-                .tasks
-                .iter()
-                .filter_map(|(id, t)| {
-                    let st = t.state();
-                    let node: &NodeId = st.node.as_ref()?;
-                    matches!(st.status, TaskStatus::Assigned | TaskStatus::Running).then(|| {
-                        json!({"task": id, "node": node, "fence": st.fence.to_string(), "status": st.status.as_str()})
-                    })
-                })
-                .collect::<Vec<_>>()
+        .assignments()
+        .await?
+        .into_iter()
+        .map(|a| {
+            json!({"task": a.task, "node": a.node, "fence": a.fence.to_string(), "status": a.status.as_str()})
         })
-        .await?;
+        .collect();
     let n = list.len();
     Ok(Json(json!({"assignments": list, "count": n})))
 }

@@ -45,16 +45,11 @@ pub struct NodeView {
 }
 
 impl NodeView {
-    /// Builds the view from the engine's knowledge of a member.
-    pub fn of(
-        e: &crate::core::replica::Replica,
-        id: &NodeId,
-        m: &MemberEntry,
-        now: Millis,
-    ) -> Self {
-        let mut v = Self::new(id, m, e.active_on(id), now, id == e.node());
-        v.status = e.member_status(id).to_owned();
-        v.last_seen_ms = e.last_heard_ms(now, id);
+    /// Builds the view from the engine's answer about a member.
+    pub fn of(m: &crate::core::engine::MemberView, now: Millis) -> Self {
+        let mut v = Self::new(&m.id, &m.entry, m.running, now, m.local);
+        v.status = m.status.to_owned();
+        v.last_seen_ms = m.last_heard_ms;
         v
     }
 

@@ -13,17 +13,18 @@
 
 use crate::config::NodeConfig;
 use crate::core::engine::{
-    Answer, BatchId, Command, Counter, EngineConfig, Input, LoadSample, MsgRef, Persist,
-    ProtocolConfig, ReqId, SyncRef,
+    Answer, Assignment, BatchId, Command, Counter, EngineConfig, Found, Input, LoadSample,
+    MemberView, MsgRef, Persist, ProtocolConfig, Query, ReqId, Summary, SyncRef,
 };
-use crate::core::event::Event;
+use crate::core::event::{AuditRecord, Event};
 use crate::core::ids::{Fence, Millis, Mono, NodeId, Now, TaskId};
 use crate::core::knowledge::Policy;
 use crate::core::member::MemberRecord;
 use crate::core::placement::Strategy;
 use crate::core::replica::{
-    Claimed, KvWrite, Outcome, Replica, ReplicaConfig, StartTask, SubmitRequest,
+    Claimed, KvItem, KvWrite, Outcome, ReplicaConfig, StartTask, SubmitRequest,
 };
+use crate::core::task::TaskEntry;
 use crate::core::{Engine, EngineError, Output};
 use crate::runtime::executor::{self, Handler, Handlers};
 use crate::runtime::identity::{self, ClusterSecret, IdentityError};
@@ -89,15 +90,15 @@ pub struct NodeInfo {
     pub started: Instant,
 }
 
-type Reply = Box<dyn FnOnce(Result<(), NodeError>) + Send>;
-type ReadJob = Box<dyn FnOnce(&Replica, &Store) -> Reply + Send>;
+type QueryReply = oneshot::Sender<Result<Found, NodeError>>;
 
 /// What callers send the owner task.
 enum Request {
     /// A command for the engine, answered with its outcome.
     Command(Command, oneshot::Sender<Result<Answer, NodeError>>),
-    /// A read: computed at once, answered once what it saw is durable.
-    Read(ReadJob),
+    /// A query: answered by the engine at once, released once every change
+    /// it may have seen is durable.
+    Query(Query, QueryReply),
     /// Leave gracefully, then stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -105,7 +106,7 @@ enum Request {
 /// Who waits for an engine reply.
 enum Waiter {
     Command(oneshot::Sender<Result<Answer, NodeError>>),
-    Read(Reply),
+    Query(Box<Found>, QueryReply),
     /// The graceful leave: stop once its changes are durable and spread.
     Leave,
 }
@@ -114,6 +115,7 @@ enum Waiter {
 #[derive(Clone)]
 pub struct NodeHandle {
     tx: mpsc::Sender<Request>,
+    store: Arc<Store>,
     events: broadcast::Sender<Event>,
     work: Arc<Notify>,
     info: Arc<NodeInfo>,
@@ -127,6 +129,13 @@ impl std::fmt::Debug for NodeHandle {
             .field("id", &self.info.id)
             .finish()
     }
+}
+
+/// A query answer of an unexpected kind: a bug in the engine's dispatch.
+fn unexpected_found(f: Found) -> NodeError {
+    NodeError::Engine(EngineError::Conflict(format!(
+        "unexpected answer from the engine: {f:?}"
+    )))
 }
 
 /// An answer of an unexpected kind: a bug in the engine's dispatch.
@@ -239,25 +248,77 @@ impl NodeHandle {
         self.done(Command::Remove(node)).await
     }
 
-    /// Runs `f` against the replica (and store) and returns what it
-    /// computes, once every change it may have seen is durable.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, NodeError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Replica, &Store) -> T + Send + 'static,
-    {
+    /// Asks the engine; answers once every change the answer may reflect is
+    /// durable.
+    pub async fn query(&self, q: Query) -> Result<Found, NodeError> {
         let (tx, rx) = oneshot::channel();
-        let job: ReadJob = Box::new(move |replica, store| {
-            let value = f(replica, store);
-            Box::new(move |stored: Result<(), NodeError>| {
-                let _ = tx.send(stored.map(|()| value));
-            })
-        });
         self.tx
-            .send(Request::Read(job))
+            .send(Request::Query(q, tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Every member, as this node sees it.
+    pub async fn members(&self) -> Result<Vec<MemberView>, NodeError> {
+        match self.query(Query::Members).await? {
+            Found::Members(m) => Ok(m),
+            other => Err(unexpected_found(other)),
+        }
+    }
+
+    /// One task.
+    pub async fn task(&self, id: TaskId) -> Result<TaskEntry, NodeError> {
+        match self.query(Query::Task(id)).await? {
+            Found::Task(t) => Ok(*t?),
+            other => Err(unexpected_found(other)),
+        }
+    }
+
+    /// Tasks matching the filters of a [`Query::Tasks`]: the tasks kept and
+    /// how many matched.
+    pub async fn tasks(&self, q: Query) -> Result<(Vec<(TaskId, TaskEntry)>, usize), NodeError> {
+        match self.query(q).await? {
+            Found::Tasks { tasks, total } => Ok((tasks, total)),
+            other => Err(unexpected_found(other)),
+        }
+    }
+
+    /// Tasks assigned or running.
+    pub async fn assignments(&self) -> Result<Vec<Assignment>, NodeError> {
+        match self.query(Query::Assignments).await? {
+            Found::Assignments(a) => Ok(a),
+            other => Err(unexpected_found(other)),
+        }
+    }
+
+    /// A knowledge entry.
+    pub async fn kv_get(&self, ns: &str, key: &str) -> Result<KvItem, NodeError> {
+        let q = Query::Kv {
+            ns: ns.to_owned(),
+            key: key.to_owned(),
+        };
+        match self.query(q).await? {
+            Found::Kv(item) => Ok(item?),
+            other => Err(unexpected_found(other)),
+        }
+    }
+
+    /// Totals, strategy, term and digest.
+    pub async fn summary(&self) -> Result<Summary, NodeError> {
+        match self.query(Query::Summary).await? {
+            Found::Summary(s) => Ok(s),
+            other => Err(unexpected_found(other)),
+        }
+    }
+
+    /// The newest audit records, read from the store (off the owner task).
+    pub async fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, NodeError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.audit(limit))
+            .await
+            .map_err(|_| NodeError::Stopped)?
+            .map_err(NodeError::Store)
     }
 
     /// Claims a task for an external worker, waiting up to `wait` for one.
@@ -408,6 +469,7 @@ impl Node {
         let (events, _) = broadcast::channel(4096);
         let handle = NodeHandle {
             tx,
+            store: store.clone(),
             events: events.clone(),
             work: Arc::new(Notify::new()),
             info: info.clone(),
@@ -573,9 +635,9 @@ impl Owner {
                     let req = self.req(Waiter::Command(tx));
                     inputs.push(Input::Command(req, cmd));
                 }
-                Request::Read(job) => {
-                    let reply = job(self.engine.replica(), &self.store);
-                    let req = self.req(Waiter::Read(reply));
+                Request::Query(q, tx) => {
+                    let found = self.engine.query(self.now(), &q);
+                    let req = self.req(Waiter::Query(Box::new(found), tx));
                     inputs.push(Input::Command(req, Command::Barrier));
                 }
                 Request::Shutdown(done) => {
@@ -745,7 +807,9 @@ impl Owner {
                 }
                 let _ = tx.send(result);
             }
-            Waiter::Read(reply) => reply(result.map(|_| ())),
+            Waiter::Query(found, tx) => {
+                let _ = tx.send(result.map(|_| *found));
+            }
             Waiter::Leave => {
                 if let Err(e) = result {
                     error!(error = %e, "final commit failed");

@@ -30,6 +30,7 @@ mod batch;
 mod config;
 mod entropy;
 mod io;
+mod query;
 mod timers;
 
 pub use config::{EngineConfig, ProtocolConfig};
@@ -37,6 +38,7 @@ pub use io::{
     Answer, BatchId, Command, Counter, Input, LoadSample, MsgRef, Output, Persist, ReqId, SyncRef,
     TimerKind, Token,
 };
+pub use query::{Assignment, Found, MemberView, Query, Summary};
 
 use crate::core::error::EngineError;
 use crate::core::ids::{Mono, NodeId, Now};

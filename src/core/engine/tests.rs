@@ -312,3 +312,48 @@ fn gossip_goes_out_at_once_after_quiet_and_changes_within_the_window_wait_for_it
     assert_eq!(publishes(&settle(&mut e, at.0)), 1, "the window passed");
     assert!(!e.gossip_waiting());
 }
+
+#[test]
+fn queries_answer_from_the_replica_with_filters_and_limits() {
+    let mut e = engine("a");
+    for i in 0..5u64 {
+        let req = crate::core::replica::SubmitRequest {
+            capability: if i % 2 == 0 { "echo" } else { "none" }.into(),
+            ..Default::default()
+        };
+        e.handle(
+            Now::at(10 + i),
+            Input::Command(ReqId(i), Command::Submit(req)),
+        );
+    }
+    settle(&mut e, 20);
+    let now = Now::at(20);
+    let Found::Tasks { tasks, total } = e.query(
+        now,
+        &Query::Tasks {
+            status: None,
+            node: None,
+            capability: Some("echo".into()),
+            limit: 2,
+        },
+    ) else {
+        panic!("a task list");
+    };
+    assert_eq!(total, 3, "three echo tasks match");
+    assert_eq!(tasks.len(), 2, "the limit keeps the newest two");
+    assert!(tasks[0].1.spec().submitted_at <= tasks[1].1.spec().submitted_at);
+    let Found::Summary(s) = e.query(now, &Query::Summary) else {
+        panic!("a summary");
+    };
+    assert_eq!(s.tasks, 5);
+    assert_eq!(s.digest, e.replica().digest().to_hex().to_string());
+    let Found::Members(m) = e.query(now, &Query::Members) else {
+        panic!("members");
+    };
+    assert_eq!(m.len(), 1);
+    assert!(m[0].local && m[0].status == "alive");
+    assert!(matches!(
+        e.query(now, &Query::Task(crate::core::ids::TaskId("nope".into()))),
+        Found::Task(Err(EngineError::NotFound { .. }))
+    ));
+}
