@@ -66,7 +66,8 @@ pub struct NetworkSpec {
     /// three heartbeats go to `mesh_degree` peers outside the mesh, which
     /// pull what they miss.
     pub lazy_gossip: bool,
-    /// Gossipsub heartbeat (mesh upkeep, lazy gossip), ms.
+    /// Gossipsub heartbeat (mesh upkeep, lazy gossip), ms; Shoal's nodes
+    /// use 700.
     pub gossip_heartbeat_ms: u64,
     /// A connection across a cut closes after this long, ms (ping and
     /// keep-alive timeouts).
@@ -87,7 +88,7 @@ impl Default for NetworkSpec {
             duplicate: 0.0,
             mesh_degree: 6,
             lazy_gossip: true,
-            gossip_heartbeat_ms: 1_000,
+            gossip_heartbeat_ms: 700,
             conn_timeout_ms: 10_000,
             request_timeout_ms: 10_000,
             commit_ms: 2.0,
@@ -99,6 +100,9 @@ impl Default for NetworkSpec {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkloadSpec {
+    /// When the workload starts, ms (after the join settles, to measure the
+    /// steady state).
+    pub start_ms: u64,
     /// Knowledge writes per second over the federation, spread evenly over
     /// the namespaces `lww`, `mv` and `set` (each with that policy).
     pub kv_per_sec: f64,
@@ -115,6 +119,7 @@ pub struct WorkloadSpec {
 impl Default for WorkloadSpec {
     fn default() -> Self {
         WorkloadSpec {
+            start_ms: 0,
             kv_per_sec: 20.0,
             keys: 200,
             tasks_per_sec: 2.0,

@@ -278,7 +278,8 @@ impl World {
         }
         let safety = w.scenario.phases.safety_ms * 1_000;
         w.schedule(safety, Event2::Liveness);
-        w.schedule(0, Event2::Workload);
+        let start = w.scenario.workload.start_ms * 1_000;
+        w.schedule(start, Event2::Workload);
         w
     }
 

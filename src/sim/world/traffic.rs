@@ -142,19 +142,16 @@ impl World {
         }
     }
 
-    /// The engine of `i` publishes: the message goes to its mesh (or, with
-    /// no mesh yet, to up to D connected peers).
+    /// The engine of `i` publishes: gossipsub's flood publishing sends a
+    /// node's own message to every connected peer of the topic (libp2p's
+    /// default, which Shoal keeps); the mesh forwards it from there.
     pub(super) fn publish(&mut self, i: usize, bytes: Vec<u8>) {
         self.next_msg += 1;
         let id = self.next_msg;
         let bytes: Rc<[u8]> = bytes.into();
         self.messages.insert(id, bytes.clone());
         self.nodes[i].gossip.see(id);
-        let mut targets: Vec<usize> = self.nodes[i].gossip.mesh.iter().copied().collect();
-        if targets.is_empty() {
-            let d = self.scenario.network.mesh_degree;
-            targets = self.pick(self.nodes[i].peers.iter().copied().collect(), d);
-        }
+        let targets: Vec<usize> = self.nodes[i].peers.iter().copied().collect();
         for t in targets {
             self.send(
                 i,
@@ -229,6 +226,15 @@ impl World {
                 .filter(|p| !n.gossip.mesh.contains(p))
                 .copied()
                 .collect();
+            // Gossipsub sends IHAVE to max(D, a quarter of the peers outside
+            // the mesh). All of them are counted; D of them, drawn at
+            // random, are delivered (what the others would pull is what the
+            // D pull: the model's one shortcut, for speed at scale).
+            let all = d.max(others.len() / 4).min(others.len());
+            let frame = Frame::IHave(window.clone());
+            let extra = all.saturating_sub(d) as u64;
+            self.traffic.frames[frame.class()] += extra;
+            self.traffic.bytes[frame.class()] += extra * frame.size();
             for p in self.pick(others, d) {
                 self.send(i, p, Frame::IHave(window.clone()));
             }
@@ -261,8 +267,14 @@ impl World {
         let spec = &self.scenario.network;
         let (median, sigma) = (spec.latency_median_ms, spec.latency_sigma);
         self.net.connect(a, b, median, sigma, &mut self.rng_net);
+        let d = self.scenario.network.mesh_degree;
         for (x, y) in [(a, b), (b, a)] {
             self.nodes[x].peers.insert(y);
+            // A new peer of the topic joins the mesh at once while it is
+            // below D-1 (gossipsub grafts on subscription).
+            if self.nodes[x].gossip.mesh.len() + 1 < d {
+                self.nodes[x].gossip.mesh.insert(y);
+            }
             let id = self.nodes[y].id.clone();
             self.input(x, Input::PeerUp(id));
         }
