@@ -7,8 +7,9 @@
 //!   acknowledged (checked at every restart).
 //! - `fence_went_back`: a node started a task under a fence not newer than
 //!   one it started it under before (checked at every start).
-//! - `no_convergence`: the live nodes' digests differ when the liveness
-//!   phase ends (checked every 100 ms of the liveness phase).
+//! - `no_convergence`: the live nodes' digests differ, or their views of
+//!   who is alive do, when the liveness phase ends (checked every 100 ms of
+//!   the liveness phase).
 //! - `ack_lost`: after convergence, a live node lacks an acknowledged
 //!   write, or an acknowledged submission.
 //! - `succeeded_twice`: after convergence, a task's history records two

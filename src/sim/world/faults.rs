@@ -187,8 +187,35 @@ impl World {
         self.after(CHECK_EVERY_US, Event2::Check);
     }
 
+    /// True when every running node holds every running node as alive (or
+    /// draining). The convergence digest covers tasks and knowledge only, so
+    /// membership is compared on its own.
+    fn members_agree(&self) -> bool {
+        let running: Vec<&crate::core::ids::NodeId> = self
+            .nodes
+            .iter()
+            .filter(|n| n.running())
+            .map(|n| &n.id)
+            .collect();
+        self.nodes
+            .iter()
+            .filter_map(|n| n.engine.as_ref())
+            .all(|e| {
+                let members = &e.replica().state().members;
+                running.iter().all(|id| {
+                    members.get(*id).is_some_and(|m| {
+                        matches!(
+                            m.record().status,
+                            MemberStatus::Alive | MemberStatus::Draining
+                        )
+                    })
+                })
+            })
+    }
+
     /// During the liveness phase: done once every running node has the same
-    /// digest; a violation if that takes longer than the phase.
+    /// digest and holds every running node alive; a violation if that takes
+    /// longer than the phase.
     pub(super) fn check_convergence(&mut self) {
         let digests: std::collections::BTreeSet<[u8; 32]> = self
             .nodes
@@ -197,7 +224,7 @@ impl World {
             .map(|e| *e.replica().digest().as_bytes())
             .collect();
         let since = self.now - self.liveness_at.unwrap_or(self.now);
-        if digests.len() <= 1 {
+        if digests.len() <= 1 && self.members_agree() {
             self.converged_at = Some(self.now);
             self.closing_checks();
             self.done = true;
@@ -207,9 +234,14 @@ impl World {
                 "no_convergence",
                 at,
                 format!(
-                    "{} distinct digests among the running nodes {} ms after the heal",
+                    "{} distinct digests among the running nodes {} ms after the heal{}",
                     digests.len(),
-                    since / 1_000
+                    since / 1_000,
+                    if self.members_agree() {
+                        ""
+                    } else {
+                        "; membership differs"
+                    }
                 ),
             );
             self.closing_checks();
