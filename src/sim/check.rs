@@ -73,6 +73,8 @@ pub struct Checker {
     starts: HashMap<(usize, TaskId), Fence, foldhash::fast::FixedState>,
     /// Crashed nodes: when, and who has seen them suspect / dead.
     crashes: BTreeMap<usize, Crash>,
+    /// Nodes that crashed and came back.
+    recovered: std::collections::BTreeSet<usize>,
     /// Detection: first suspicion and confirmed death at every survivor, ms.
     pub suspect_ms: Vec<f64>,
     /// Crash to every survivor seeing `dead`, ms.
@@ -135,18 +137,8 @@ impl Checker {
         let acks = &self.acks;
         let convergence = &mut self.convergence;
         list.retain_mut(|s| {
-            if node >= s.have.len() || s.have[node] {
-                return true;
-            }
-            if version >= &acks[s.ack].version {
-                s.have[node] = true;
-                s.missing -= 1;
-                if s.missing == 0 {
-                    convergence.push(at_us.saturating_sub(acks[s.ack].at_us) as f64 / 1_000.0);
-                    return false;
-                }
-            }
-            true
+            let holds = version >= &acks[s.ack].version;
+            !(holds && reach(s, node, &acks[s.ack], at_us, convergence))
         });
         if list.is_empty() {
             self.spreading.remove(&k);
@@ -158,17 +150,7 @@ impl Checker {
         let acks = &self.acks;
         let convergence = &mut self.convergence;
         self.spreading.retain(|_, list| {
-            list.retain_mut(|s| {
-                if node < s.have.len() && !s.have[node] {
-                    s.have[node] = true;
-                    s.missing -= 1;
-                    if s.missing == 0 {
-                        convergence.push(at_us.saturating_sub(acks[s.ack].at_us) as f64 / 1_000.0);
-                        return false;
-                    }
-                }
-                true
-            });
+            list.retain_mut(|s| !reach(s, node, &acks[s.ack], at_us, convergence));
             !list.is_empty()
         });
     }
@@ -209,15 +191,18 @@ impl Checker {
         );
     }
 
-    /// Node `node` is back: detection of its crash ends.
+    /// Node `node` is back: detection of its crash ends, and verdicts
+    /// about it still on their way are neither true nor false.
     pub fn restarted(&mut self, node: usize) {
-        self.crashes.remove(&node);
+        if self.crashes.remove(&node).is_some() {
+            self.recovered.insert(node);
+        }
     }
 
     /// Observer `by` reports `node` suspect (`dead` false) or dead.
     pub fn verdict(&mut self, by: usize, node: usize, dead: bool, at_us: u64, healthy: bool) {
         let Some(c) = self.crashes.get_mut(&node) else {
-            if healthy {
+            if healthy && !self.recovered.contains(&node) {
                 self.false_suspects += u64::from(!dead);
                 self.false_deads += u64::from(dead);
             }
@@ -242,6 +227,21 @@ impl Checker {
             }
         }
     }
+}
+
+/// Marks a spreading write as at `node` (if it was not); true when that was
+/// the last node it lacked, and records how long it took.
+fn reach(s: &mut Spreading, node: usize, ack: &Ack, at_us: u64, out: &mut Vec<f64>) -> bool {
+    if node >= s.have.len() || s.have[node] {
+        return false;
+    }
+    s.have[node] = true;
+    s.missing -= 1;
+    if s.missing > 0 {
+        return false;
+    }
+    out.push(at_us.saturating_sub(ack.at_us) as f64 / 1_000.0);
+    true
 }
 
 /// p50, p99 and max of a sample, ms.

@@ -120,10 +120,13 @@ impl World {
             "crash" => {
                 for &i in &hit {
                     self.stop(i, false);
-                    let running = self.running_mask();
-                    let at = self.now;
-                    self.check.crashed(i, at, &running);
                     self.at(end, Event2::Restart(i));
+                }
+                // Survivors are the nodes still running once all are down.
+                let running = self.running_mask();
+                let at = self.now;
+                for &i in &hit {
+                    self.check.crashed(i, at, &running);
                 }
             }
             "pause" => {
