@@ -907,8 +907,17 @@ impl Owner {
             let _ = cancel.send(());
         }
         for (_, waiter) in self.waiters.drain() {
-            if let Waiter::Command(tx) = waiter {
-                let _ = tx.send(Err(NodeError::Stopped));
+            match waiter {
+                Waiter::Command(tx) => {
+                    let _ = tx.send(Err(NodeError::Stopped));
+                }
+                Waiter::Query(_, tx) => {
+                    let _ = tx.send(Err(NodeError::Stopped));
+                }
+                // A leave that lost its commit still ends the node.
+                Waiter::Leave => {
+                    self.leaving_until = Some(tokio::time::Instant::now() + LEAVE_LINGER);
+                }
             }
         }
         let store = self.store.clone();
