@@ -152,6 +152,24 @@ async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothin
             &lz4_flex::block::compress_prepend_size(&[0xff; 40]),
         ]
         .concat(),
+        // Well-formed messages with an unsound delta: a policy for the empty
+        // namespace (this one made the store commit panic on every node it
+        // reached), and a knowledge entry with an empty key.
+        unsound(shoal::core::state::Delta::Policy {
+            ns: String::new(),
+            policy: crdts::LWWReg {
+                val: shoal::core::knowledge::Policy::Mv,
+                marker: (
+                    shoal::core::ids::Millis(1),
+                    shoal::core::ids::NodeId::from("x"),
+                ),
+            },
+        }),
+        unsound(shoal::core::state::Delta::Kv {
+            ns: "facts".into(),
+            key: String::new(),
+            entry: Default::default(),
+        }),
     ];
     let sent = messages.len() as f64;
     // One hostile identity per message: the first rejected message graylists
@@ -193,6 +211,11 @@ async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothin
             "p forwarded malformed messages to q"
         );
     });
+}
+
+/// A well-formed gossip message carrying one delta.
+fn unsound(d: shoal::core::state::Delta) -> Vec<u8> {
+    shoal::core::wire::gossip_chunks([&d], shoal::core::wire::MAX_GOSSIP_BYTES).remove(0)
 }
 
 fn wait_equal_digests(p: &Proc, q: &Proc) -> String {

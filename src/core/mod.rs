@@ -19,6 +19,7 @@ pub mod rng;
 pub mod state;
 pub mod sync;
 pub mod task;
+pub mod validate;
 pub mod wire;
 
 pub use engine::{Engine, EngineConfig, Input, Output};

@@ -504,6 +504,7 @@ impl Node {
             next_ref: 0,
             peer_ids: HashMap::new(),
             inflight: None,
+            persisting: None,
             leaving_until: None,
         };
         owner.input(Input::Start);
@@ -559,6 +560,8 @@ struct Owner {
     /// Node ids the engine names, as peer ids.
     peer_ids: HashMap<NodeId, PeerId>,
     inflight: Option<Inflight>,
+    /// The batch being committed.
+    persisting: Option<BatchId>,
     /// Set once the graceful leave is durable: when to stop.
     leaving_until: Option<tokio::time::Instant>,
 }
@@ -731,6 +734,10 @@ impl Owner {
             Counter::DivergenceRepaired => {
                 m.divergences.inc_by(n);
             }
+            Counter::DeltaRefused => {
+                m.drop_reason_n("delta_refused", n);
+                debug!(n, "refused unsound deltas from a peer");
+            }
         }
     }
 
@@ -834,6 +841,7 @@ impl Owner {
     /// out one at a time).
     fn persist(&mut self, batch: Persist) {
         debug_assert!(self.inflight.is_none(), "one batch at a time");
+        self.persisting = Some(batch.id);
         let store = self.store.clone();
         let metrics = self.handle.metrics.clone();
         self.inflight = Some(tokio::task::spawn_blocking(move || {
@@ -859,6 +867,7 @@ impl Owner {
         done: Result<(BatchId, Result<(), StoreError>), tokio::task::JoinError>,
     ) {
         self.inflight = None;
+        let persisting = self.persisting.take();
         match done {
             Ok((id, Ok(()))) => self.input(Input::Persisted(id)),
             Ok((id, Err(e))) => {
@@ -870,7 +879,19 @@ impl Owner {
                 self.carry_out();
                 self.rebuild().await;
             }
-            Err(_) => error!("commit task panicked"),
+            Err(_) => {
+                // The batch's fate is unknown: fail what waits on it and
+                // rebuild from what the store holds, as for a failed commit.
+                error!("store commit panicked; nothing in it was acknowledged");
+                if let Some(batch) = persisting {
+                    self.input(Input::PersistFailed {
+                        batch,
+                        reason: "the commit panicked".into(),
+                    });
+                }
+                self.carry_out();
+                self.rebuild().await;
+            }
         }
     }
 
@@ -882,6 +903,7 @@ impl Owner {
             let Some(inflight) = self.inflight.take() else {
                 return Ok(());
             };
+            self.persisting = None;
             let (id, r) = inflight.await.map_err(|_| NodeError::Stopped)?;
             r?;
             self.input(Input::Persisted(id));

@@ -11,6 +11,7 @@ use crate::core::event::Event;
 use crate::core::ids::NodeId;
 use crate::core::state::Delta;
 use crate::core::sync;
+use crate::core::validate;
 use crate::core::wire::{self, SyncRequest, SyncResponse};
 
 /// Back-to-back anti-entropy rounds with one peer that bring nothing before
@@ -126,8 +127,16 @@ impl Engine {
             .push(Output::Count(Counter::SyncEntries, deltas.len() as u64));
         let wall = self.clock.wall;
         let mut changed = 0usize;
+        let mut refused = 0u64;
         for d in deltas {
+            if validate::delta(&d).is_err() {
+                refused += 1;
+                continue;
+            }
             changed += usize::from(self.replica.apply_remote(wall, d));
+        }
+        if refused > 0 {
+            self.out.push(Output::Count(Counter::DeltaRefused, refused));
         }
         // Back-to-back rounds go on only while they bring something: a peer
         // whose answers change nothing (a bug, or state that is newer here)

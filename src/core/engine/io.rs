@@ -271,6 +271,8 @@ pub enum Counter {
     SyncMalformed,
     /// An anti-entropy exchange that repaired what gossip had not brought.
     DivergenceRepaired,
+    /// Deltas from peers refused as unsound (see `core::validate`).
+    DeltaRefused,
 }
 
 /// What the engine asks the caller to do.

@@ -45,6 +45,7 @@ use crate::core::ids::{Mono, NodeId, Now};
 use crate::core::replica::{Effect, Outcome, Replica};
 use crate::core::rng::Rng;
 use crate::core::state::{Delta, ReplicatedState};
+use crate::core::validate;
 use crate::core::wire::{self, Gossip};
 use batch::{Batches, Released};
 use std::collections::{BTreeSet, VecDeque};
@@ -302,6 +303,17 @@ impl Engine {
     fn on_gossip(&mut self, from: NodeId, msg: MsgRef, bytes: &[u8]) {
         match wire::decode::<Gossip>(bytes, wire::MAX_GOSSIP_BYTES) {
             Ok(Gossip::Deltas(deltas)) => {
+                // One unsound delta and the whole message is refused: applied
+                // nowhere, forwarded nowhere.
+                if let Some(why) = deltas.iter().find_map(|d| validate::delta(d).err()) {
+                    self.out.push(Output::Count(Counter::DeltaRefused, 1));
+                    self.out.push(Output::Verdict {
+                        msg,
+                        from,
+                        rejected: Some(format!("refused delta: {why}")),
+                    });
+                    return;
+                }
                 self.out.push(Output::Verdict {
                     msg,
                     from,

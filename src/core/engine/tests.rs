@@ -357,3 +357,47 @@ fn queries_answer_from_the_replica_with_filters_and_limits() {
         Found::Task(Err(EngineError::NotFound { .. }))
     ));
 }
+
+#[test]
+fn a_gossip_message_with_one_unsound_delta_is_rejected_whole_and_changes_nothing() {
+    let mut a = engine("a");
+    settle(&mut a, 1);
+    let before = a.replica().digest();
+    let good = Delta::Kv {
+        ns: "n".into(),
+        key: "k".into(),
+        entry: Default::default(),
+    };
+    // A policy for the empty namespace: a well-formed message that once
+    // crashed the store commit on every node it reached.
+    let bad = Delta::Policy {
+        ns: String::new(),
+        policy: crdts::LWWReg {
+            val: crate::core::knowledge::Policy::Mv,
+            marker: (crate::core::ids::Millis(5), NodeId::from("x")),
+        },
+    };
+    let bytes = wire::gossip_chunks([&good, &bad], 1 << 20).remove(0);
+    a.handle(
+        Now::at(2),
+        Input::Gossip {
+            from: NodeId::from("x"),
+            msg: MsgRef(7),
+            bytes,
+        },
+    );
+    let out = settle(&mut a, 2);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Verdict { msg: MsgRef(7), rejected: Some(why), .. } if why.contains("namespace")
+    )));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Count(Counter::DeltaRefused, 1))));
+    assert_eq!(
+        a.replica().digest(),
+        before,
+        "the sound delta beside it was not applied either"
+    );
+    assert!(a.replica().kv_get("n", "k").is_err());
+}

@@ -34,7 +34,7 @@ pub struct KvItem {
     pub digest: String,
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(EngineError::Invalid(format!(
             "{what} must be 1 to {MAX_NAME_LEN} bytes"

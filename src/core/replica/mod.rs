@@ -9,8 +9,9 @@
 mod kv;
 mod tasks;
 
-pub use kv::{KvItem, KvWrite, RESERVED_NS};
-pub use tasks::{Claimed, Outcome, SubmitRequest};
+pub(crate) use kv::check_name;
+pub use kv::{KvItem, KvWrite, MAX_NAME_LEN, RESERVED_NS};
+pub use tasks::{Claimed, Outcome, SubmitRequest, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS};
 
 use crate::core::event::{AuditRecord, Event};
 use crate::core::ids::{Fence, Millis, Mono, NodeId, Now, TaskId, Term};

@@ -1,0 +1,91 @@
+//! What a peer sends is checked here before it is applied, stored or
+//! forwarded: the same name rules as the API, and bounds that keep the
+//! counters a node adds to from overflowing. A delta that fails is refused
+//! whole; the engine counts it, and a gossip message holding one is
+//! rejected (gossipsub then does not forward it and scores its sender).
+//!
+//! This is the shape check (issue 12, point 2). Who may write what (writer
+//! binding, signatures) is not checked yet.
+
+use crate::core::replica::{check_name, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS, RESERVED_NS};
+use crate::core::state::Delta;
+
+/// Why a delta from a peer was refused.
+pub type Refusal = String;
+
+fn name(what: &str, s: &str) -> Result<(), Refusal> {
+    check_name(what, s).map_err(|e| e.to_string())
+}
+
+/// Checks one delta from a peer.
+pub fn delta(d: &Delta) -> Result<(), Refusal> {
+    match d {
+        Delta::Member(id, entry) => {
+            name("node id", id.as_str())?;
+            if entry.marker().incarnation == u64::MAX || entry.record().incarnation == u64::MAX {
+                return Err(format!("member {id}: incarnation at its limit"));
+            }
+            Ok(())
+        }
+        Delta::Task(id, entry) => {
+            name("task id", id.as_str())?;
+            let spec = entry.spec();
+            name("capability", &spec.capability)?;
+            name("submitter", spec.submitted_by.as_str())?;
+            if !(1..=MAX_ATTEMPTS_LIMIT).contains(&spec.max_attempts)
+                || !(1..=MAX_TIMEOUT_SECS).contains(&spec.timeout_secs)
+            {
+                return Err(format!("task {id}: attempts or timeout out of range"));
+            }
+            let st = entry.state();
+            if st.fence.seq == u64::MAX || st.fence.term.0 == u64::MAX || st.attempt == u32::MAX {
+                return Err(format!("task {id}: fence or attempt at its limit"));
+            }
+            if let Some(node) = &st.node {
+                name("task node", node.as_str())?;
+            }
+            Ok(())
+        }
+        Delta::Kv { ns, key, .. } => {
+            name("namespace", ns)?;
+            name("key", key)?;
+            if ns == RESERVED_NS && key != "strategy" {
+                return Err(format!("namespace `{RESERVED_NS}` holds no key `{key}`"));
+            }
+            Ok(())
+        }
+        Delta::Policy { ns, .. } => name("namespace", ns),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ids::{Millis, NodeId};
+    use crate::core::knowledge::{KvEntry, Policy};
+    use std::sync::Arc;
+
+    #[test]
+    fn empty_over_long_and_control_names_are_refused_and_sound_ones_pass() {
+        let policy = |ns: &str| Delta::Policy {
+            ns: ns.into(),
+            policy: crdts::LWWReg {
+                val: Policy::Mv,
+                marker: (Millis(1), NodeId::from("n")),
+            },
+        };
+        assert!(delta(&policy("")).is_err(), "the one-message crash");
+        assert!(delta(&policy(&"x".repeat(300))).is_err());
+        assert!(delta(&policy("a\0b")).is_err());
+        assert!(delta(&policy("facts")).is_ok());
+        let kv = |ns: &str, key: &str| Delta::Kv {
+            ns: ns.into(),
+            key: key.into(),
+            entry: Arc::new(KvEntry::default()),
+        };
+        assert!(delta(&kv("facts", "")).is_err());
+        assert!(delta(&kv(RESERVED_NS, "other")).is_err());
+        assert!(delta(&kv(RESERVED_NS, "strategy")).is_ok());
+        assert!(delta(&kv("facts", "a")).is_ok());
+    }
+}
