@@ -8,6 +8,7 @@
 
 pub mod admit;
 pub mod executor;
+pub mod handle;
 pub mod identity;
 pub mod memory;
 pub mod metrics;

@@ -49,7 +49,7 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// Something that happens at an instant.
 #[derive(Debug)]
-pub(super) enum Event2 {
+pub(super) enum SimEvent {
     Boot(usize),
     Deliver {
         to: usize,
@@ -109,12 +109,12 @@ pub(super) enum Event2 {
 #[derive(Default)]
 struct Queue {
     heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
-    slab: Vec<Option<Event2>>,
+    slab: Vec<Option<SimEvent>>,
     free: Vec<u32>,
 }
 
 impl Queue {
-    fn push(&mut self, at: u64, seq: u64, event: Event2) {
+    fn push(&mut self, at: u64, seq: u64, event: SimEvent) {
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slab[s as usize] = Some(event);
@@ -128,7 +128,7 @@ impl Queue {
         self.heap.push(Reverse((at, seq, slot)));
     }
 
-    fn pop(&mut self) -> Option<(u64, Event2)> {
+    fn pop(&mut self) -> Option<(u64, SimEvent)> {
         let Reverse((at, _, slot)) = self.heap.pop()?;
         self.free.push(slot);
         self.slab[slot as usize].take().map(|e| (at, e))
@@ -270,16 +270,16 @@ impl World {
         for i in 0..n {
             w.add_node();
             let at = w.rng_fault.next_u64() % (w.scenario.startup_ms.max(1) * 1_000);
-            w.at(if i == 0 { 0 } else { at }, Event2::Boot(i));
+            w.at(if i == 0 { 0 } else { at }, SimEvent::Boot(i));
         }
         let starts: Vec<u64> = w.scenario.faults.iter().map(|f| f.at_ms * 1_000).collect();
         for (i, at) in starts.into_iter().enumerate() {
-            w.schedule(at, Event2::Fault(i));
+            w.schedule(at, SimEvent::Fault(i));
         }
         let safety = w.scenario.phases.safety_ms * 1_000;
-        w.schedule(safety, Event2::Liveness);
+        w.schedule(safety, SimEvent::Liveness);
         let start = w.scenario.workload.start_ms * 1_000;
-        w.schedule(start, Event2::Workload);
+        w.schedule(start, SimEvent::Workload);
         w
     }
 
@@ -292,16 +292,16 @@ impl World {
         i
     }
 
-    fn schedule(&mut self, at: u64, event: Event2) {
+    fn schedule(&mut self, at: u64, event: SimEvent) {
         self.seq += 1;
         self.queue.push(at, self.seq, event);
     }
 
-    fn at(&mut self, at: u64, event: Event2) {
+    fn at(&mut self, at: u64, event: SimEvent) {
         self.schedule(at, event);
     }
 
-    fn after(&mut self, us: u64, event: Event2) {
+    fn after(&mut self, us: u64, event: SimEvent) {
         self.schedule(self.now + us, event);
     }
 
@@ -333,7 +333,7 @@ impl World {
 
     /// True when `node` exists in `life` and is not paused; a paused
     /// node's event is put off until it resumes.
-    fn ready(&mut self, node: usize, life: u32, event: Event2) -> Option<Event2> {
+    fn ready(&mut self, node: usize, life: u32, event: SimEvent) -> Option<SimEvent> {
         let n = &self.nodes[node];
         if n.life != life || !n.running() {
             return None;
@@ -346,20 +346,20 @@ impl World {
         Some(event)
     }
 
-    fn step(&mut self, event: Event2) {
+    fn step(&mut self, event: SimEvent) {
         match event {
-            Event2::Boot(i) => self.boot(i),
-            Event2::Deliver { to, from, frame } => {
+            SimEvent::Boot(i) => self.boot(i),
+            SimEvent::Deliver { to, from, frame } => {
                 let life = self.nodes[to].life;
-                if let Some(Event2::Deliver { to, from, frame }) =
-                    self.ready(to, life, Event2::Deliver { to, from, frame })
+                if let Some(SimEvent::Deliver { to, from, frame }) =
+                    self.ready(to, life, SimEvent::Deliver { to, from, frame })
                 {
                     self.deliver(to, from, frame);
                 }
             }
-            Event2::Timer { node, life, token } => {
+            SimEvent::Timer { node, life, token } => {
                 if self
-                    .ready(node, life, Event2::Timer { node, life, token })
+                    .ready(node, life, SimEvent::Timer { node, life, token })
                     .is_some()
                 {
                     if self.nodes[node].scheduled.is_some_and(|(_, t)| t == token) {
@@ -368,27 +368,27 @@ impl World {
                     self.input(node, Input::Timer(token));
                 }
             }
-            Event2::Persisted { node, life, batch } => {
+            SimEvent::Persisted { node, life, batch } => {
                 if self
-                    .ready(node, life, Event2::Persisted { node, life, batch })
+                    .ready(node, life, SimEvent::Persisted { node, life, batch })
                     .is_some()
                 {
                     self.persisted(node, batch);
                 }
             }
-            Event2::HandlerDone {
+            SimEvent::HandlerDone {
                 node,
                 life,
                 task,
                 fence,
             } => {
-                let e = Event2::HandlerDone {
+                let e = SimEvent::HandlerDone {
                     node,
                     life,
                     task,
                     fence,
                 };
-                if let Some(Event2::HandlerDone { task, fence, .. }) = self.ready(node, life, e) {
+                if let Some(SimEvent::HandlerDone { task, fence, .. }) = self.ready(node, life, e) {
                     if !self.nodes[node].aborted.remove(&(task.clone(), fence)) {
                         let outcome = Some(Outcome::Success("\"ok\"".into()));
                         self.input(
@@ -402,43 +402,43 @@ impl World {
                     }
                 }
             }
-            Event2::Connect { a, b } => self.connected(a, b),
-            Event2::CloseIfCut { a, b } => {
+            SimEvent::Connect { a, b } => self.connected(a, b),
+            SimEvent::CloseIfCut { a, b } => {
                 if !self.net.both_ways(a, b) {
                     self.close(a, b);
                 }
             }
-            Event2::PeerDown { node, peer } => {
+            SimEvent::PeerDown { node, peer } => {
                 if self.nodes[node].peers.remove(&peer) {
                     let id = self.nodes[peer].id.clone();
                     self.input(node, Input::PeerDown(id));
                 }
             }
-            Event2::SyncTimeout { req } => {
+            SimEvent::SyncTimeout { req } => {
                 if let Some((asker, asked)) = self.requests.remove(&req) {
                     let from = self.nodes[asked].id.clone();
                     self.input(asker, Input::SyncFailed { from });
                 }
             }
-            Event2::GossipBeat { node, life } => {
+            SimEvent::GossipBeat { node, life } => {
                 if self
-                    .ready(node, life, Event2::GossipBeat { node, life })
+                    .ready(node, life, SimEvent::GossipBeat { node, life })
                     .is_some()
                 {
                     self.gossip_beat(node);
                 }
             }
-            Event2::Workload => self.workload(),
-            Event2::Fault(i) => self.fault(i),
-            Event2::Heal(i) => self.heal(i),
-            Event2::Restart(i) => self.restart(i),
-            Event2::Stop { node, life } => {
+            SimEvent::Workload => self.workload(),
+            SimEvent::Fault(i) => self.fault(i),
+            SimEvent::Heal(i) => self.heal(i),
+            SimEvent::Restart(i) => self.restart(i),
+            SimEvent::Stop { node, life } => {
                 if self.nodes[node].life == life {
                     self.stop(node, true);
                 }
             }
-            Event2::Liveness => self.liveness(),
-            Event2::Check => self.check_convergence(),
+            SimEvent::Liveness => self.liveness(),
+            SimEvent::Check => self.check_convergence(),
         }
     }
 
@@ -495,7 +495,7 @@ impl World {
         }
         let beat = self.scenario.network.gossip_heartbeat_ms * 1_000;
         let jitter = self.rng_net.next_u64() % beat.max(1);
-        self.after(jitter, Event2::GossipBeat { node: i, life });
+        self.after(jitter, SimEvent::GossipBeat { node: i, life });
     }
 
     /// Node `i` restarts from what its store holds.
@@ -551,7 +551,7 @@ impl World {
                 }
             }
             let lat = self.latency(i, p);
-            self.after(lat, Event2::PeerDown { node: p, peer: i });
+            self.after(lat, SimEvent::PeerDown { node: p, peer: i });
         }
         if gone {
             let at = self.now;
@@ -587,7 +587,7 @@ impl World {
                 let when = (at.0 * 1_000).max(self.now);
                 self.schedule(
                     when,
-                    Event2::Timer {
+                    SimEvent::Timer {
                         node: i,
                         life,
                         token,
@@ -612,7 +612,7 @@ impl World {
                 self.nodes[i].inflight = Some(p);
                 self.after(
                     (ms * 1_000.0) as u64,
-                    Event2::Persisted {
+                    SimEvent::Persisted {
                         node: i,
                         life,
                         batch,
@@ -629,7 +629,7 @@ impl World {
                 self.requests.insert(req, (i, j));
                 self.send(i, j, Frame::SyncRequest { req, bytes });
                 let t = self.scenario.network.request_timeout_ms * 1_000;
-                self.after(t, Event2::SyncTimeout { req });
+                self.after(t, SimEvent::SyncTimeout { req });
             }
             Output::Respond { to, id, bytes } => {
                 if let Some(&j) = self.node_index.get(&to) {
@@ -666,7 +666,7 @@ impl World {
                 let life = self.nodes[i].life;
                 self.after(
                     ms * 1_000,
-                    Event2::HandlerDone {
+                    SimEvent::HandlerDone {
                         node: i,
                         life,
                         task: t.id,
@@ -711,9 +711,10 @@ impl World {
                         format!("node {i} acknowledged {ns}/{key} before its store held it"),
                     );
                 }
-                // Nodes that hold it already (anti-entropy can serve a
-                // change before its batch is durable) count as reached.
-                let running: Vec<bool> = self
+                // Running nodes that lack it must receive it; those that hold
+                // it already (anti-entropy can serve a change before its
+                // batch is durable) count as reached.
+                let lacking: Vec<bool> = self
                     .nodes
                     .iter()
                     .map(|n| {
@@ -735,14 +736,14 @@ impl World {
                     at_us: self.now,
                 };
                 self.nodes[i].acked.push(self.check.acks.len());
-                self.check.acked(ack, &running);
+                self.check.acked(ack, &lacking);
             }
             (Asked::Submit, Ok(Answer::Submitted { id, created: true })) => {
                 self.check.submitted.push(id);
             }
             (Asked::Leave, Ok(_)) => {
                 let life = self.nodes[i].life;
-                self.after(500_000, Event2::Stop { node: i, life });
+                self.after(500_000, SimEvent::Stop { node: i, life });
             }
             _ => {}
         }

@@ -1,7 +1,7 @@
 //! The workload, the faults of the safety phase, and the liveness phase
 //! with its closing checks.
 
-use super::{Asked, Event2, World, NAMESPACES};
+use super::{Asked, SimEvent, World, NAMESPACES};
 use crate::core::engine::Command;
 use crate::core::member::MemberStatus;
 use crate::core::replica::SubmitRequest;
@@ -32,7 +32,7 @@ impl World {
             return;
         }
         let gap_s = -(1.0 - self.rng_work.next_f64()).ln() / rate;
-        self.after((gap_s * 1e6) as u64 + 1, Event2::Workload);
+        self.after((gap_s * 1e6) as u64 + 1, SimEvent::Workload);
         let Some(i) = self.pick_active() else {
             return;
         };
@@ -90,7 +90,7 @@ impl World {
             for _ in 0..k {
                 let i = self.add_node();
                 let delay = self.rng_fault.next_u64() % 100_000;
-                self.after(delay, Event2::Boot(i));
+                self.after(delay, SimEvent::Boot(i));
             }
             return;
         }
@@ -113,14 +113,14 @@ impl World {
                     .filter(|&(a, b)| !self.net.both_ways(a, b))
                     .collect();
                 for (a, b) in cut {
-                    self.after(timeout, Event2::CloseIfCut { a, b });
+                    self.after(timeout, SimEvent::CloseIfCut { a, b });
                 }
-                self.at(end, Event2::Heal(f));
+                self.at(end, SimEvent::Heal(f));
             }
             "crash" => {
                 for &i in &hit {
                     self.stop(i, false);
-                    self.at(end, Event2::Restart(i));
+                    self.at(end, SimEvent::Restart(i));
                 }
                 // Survivors are the nodes still running once all are down.
                 let running = self.running_mask();
@@ -138,7 +138,7 @@ impl World {
                 for &i in &hit {
                     self.nodes[i].skew_ms = spec.skew_ms;
                 }
-                self.at(end, Event2::Heal(f));
+                self.at(end, SimEvent::Heal(f));
             }
             "drain" => {
                 for &i in &hit {
@@ -187,7 +187,7 @@ impl World {
         self.net.group.iter_mut().for_each(|g| *g = 0);
         self.net.one_way.iter_mut().for_each(|o| *o = false);
         self.release_held();
-        self.after(CHECK_EVERY_US, Event2::Check);
+        self.after(CHECK_EVERY_US, SimEvent::Check);
     }
 
     /// True when every running node holds every running node as alive (or
@@ -250,7 +250,7 @@ impl World {
             self.closing_checks();
             self.done = true;
         } else {
-            self.after(CHECK_EVERY_US, Event2::Check);
+            self.after(CHECK_EVERY_US, SimEvent::Check);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Moving bytes: connections, frames, the gossipsub model, and what the
 //! store makes durable.
 
-use super::{Event2, World};
+use super::{SimEvent, World};
 use crate::core::engine::{Input, MsgRef, SyncRef};
 use crate::core::event::Event;
 use crate::sim::net::Frame;
@@ -69,14 +69,14 @@ impl World {
             let copy = frame.clone();
             self.after(
                 lat * 2,
-                Event2::Deliver {
+                SimEvent::Deliver {
                     to,
                     from,
                     frame: copy,
                 },
             );
         }
-        self.after(lat, Event2::Deliver { to, from, frame });
+        self.after(lat, SimEvent::Deliver { to, from, frame });
     }
 
     /// A frame arrives at a running, unpaused node.
@@ -200,7 +200,7 @@ impl World {
         let (d, lazy) = (spec.mesh_degree, spec.lazy_gossip);
         let beat = spec.gossip_heartbeat_ms * 1_000;
         let life = self.nodes[i].life;
-        self.after(beat, Event2::GossipBeat { node: i, life });
+        self.after(beat, SimEvent::GossipBeat { node: i, life });
         let n = &mut self.nodes[i];
         let peers = &n.peers;
         n.gossip.mesh.retain(|p| peers.contains(p));
@@ -252,7 +252,7 @@ impl World {
             return;
         }
         let rtt = 2 * self.latency(a, b);
-        self.after(rtt, Event2::Connect { a, b });
+        self.after(rtt, SimEvent::Connect { a, b });
     }
 
     /// A dial completes.
@@ -296,7 +296,7 @@ impl World {
             }
             let lat = self.latency(from, to);
             for frame in frames {
-                self.after(lat, Event2::Deliver { to, from, frame });
+                self.after(lat, SimEvent::Deliver { to, from, frame });
             }
         }
     }
