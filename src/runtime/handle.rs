@@ -73,14 +73,22 @@ fn unexpected(a: Answer) -> NodeError {
 }
 
 impl NodeHandle {
-    /// Runs a command; answers once its changes are on disk.
-    pub async fn command(&self, cmd: Command) -> Result<Answer, NodeError> {
+    /// Sends a request carrying a reply channel and waits for the reply.
+    async fn ask<T>(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Request,
+    ) -> Result<T, NodeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Request::Command(cmd, tx))
+            .send(request(tx))
             .await
             .map_err(|_| NodeError::Stopped)?;
         rx.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    /// Runs a command; answers once its changes are on disk.
+    pub async fn command(&self, cmd: Command) -> Result<Answer, NodeError> {
+        self.ask(|tx| Request::Command(cmd, tx)).await
     }
 
     async fn done(&self, cmd: Command) -> Result<(), NodeError> {
@@ -178,12 +186,7 @@ impl NodeHandle {
     /// Asks the engine; answers once every change the answer may reflect is
     /// durable.
     pub async fn query(&self, q: Query) -> Result<Found, NodeError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Query(q, tx))
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        rx.await.map_err(|_| NodeError::Stopped)?
+        self.ask(|tx| Request::Query(q, tx)).await
     }
 
     /// Every member, as this node sees it.

@@ -336,6 +336,7 @@ impl Owner {
         stopping: &mut Option<oneshot::Sender<()>>,
     ) {
         let mut inputs = Vec::new();
+        let closed = first.is_none();
         let mut next = first;
         while let Some(request) = next.take() {
             match request {
@@ -360,7 +361,7 @@ impl Owner {
                 next = rx.try_recv().ok();
             }
         }
-        if first_was_none(&inputs, stopping) {
+        if closed {
             // Every handle is gone: leave as if asked to.
             *stopping = Some(oneshot::channel().0);
             let req = self.req(Waiter::Leave);
@@ -688,11 +689,6 @@ impl Owner {
             .instrument(span),
         );
     }
-}
-
-/// True when the request channel closed without a request in this round.
-fn first_was_none(inputs: &[Input], stopping: &Option<oneshot::Sender<()>>) -> bool {
-    inputs.is_empty() && stopping.is_none()
 }
 
 /// A deadline for a timer branch that is disabled.

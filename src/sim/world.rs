@@ -270,7 +270,7 @@ impl World {
         for i in 0..n {
             w.add_node();
             let at = w.rng_fault.next_u64() % (w.scenario.startup_ms.max(1) * 1_000);
-            w.at(if i == 0 { 0 } else { at }, SimEvent::Boot(i));
+            w.schedule(if i == 0 { 0 } else { at }, SimEvent::Boot(i));
         }
         let starts: Vec<u64> = w.scenario.faults.iter().map(|f| f.at_ms * 1_000).collect();
         for (i, at) in starts.into_iter().enumerate() {
@@ -295,10 +295,6 @@ impl World {
     fn schedule(&mut self, at: u64, event: SimEvent) {
         self.seq += 1;
         self.queue.push(at, self.seq, event);
-    }
-
-    fn at(&mut self, at: u64, event: SimEvent) {
-        self.schedule(at, event);
     }
 
     fn after(&mut self, us: u64, event: SimEvent) {

@@ -142,11 +142,6 @@ impl Batches {
             })
             .collect()
     }
-
-    /// True while a batch is being persisted.
-    pub(super) fn is_persisting(&self) -> bool {
-        self.inflight.is_some()
-    }
 }
 
 fn release(

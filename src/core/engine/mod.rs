@@ -146,11 +146,6 @@ impl Engine {
         &self.peers
     }
 
-    /// True while a batch is being persisted.
-    pub fn is_persisting(&self) -> bool {
-        self.batches.is_persisting()
-    }
-
     /// The next output to carry out.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.ready.pop_front()

@@ -546,7 +546,7 @@ impl Replica {
     /// Runs the failure detector over the other members: suspects, recoveries
     /// and death verdicts (a dead verdict is written to the replicated record,
     /// so it spreads to every node).
-    fn detect_failures(&mut self, now: Millis) {
+    pub fn detect(&mut self, now: Millis) {
         use crate::core::failure::{Detector, Verdict};
         let f = self.cfg.failure;
         let mono = self.mono;
@@ -680,12 +680,6 @@ impl Replica {
     /// The current lease term (0 while no lease holder exists).
     pub fn term(&self) -> Term {
         self.term
-    }
-
-    /// Runs the failure detector over every member in service: suspicions,
-    /// recoveries and death verdicts.
-    pub fn detect(&mut self, now: Millis) {
-        self.detect_failures(now);
     }
 
     /// Periodic work: expire claims and timeouts, start queued tasks, place

@@ -115,12 +115,12 @@ impl World {
                 for (a, b) in cut {
                     self.after(timeout, SimEvent::CloseIfCut { a, b });
                 }
-                self.at(end, SimEvent::Heal(f));
+                self.schedule(end, SimEvent::Heal(f));
             }
             "crash" => {
                 for &i in &hit {
                     self.stop(i, false);
-                    self.at(end, SimEvent::Restart(i));
+                    self.schedule(end, SimEvent::Restart(i));
                 }
                 // Survivors are the nodes still running once all are down.
                 let running = self.running_mask();
@@ -138,7 +138,7 @@ impl World {
                 for &i in &hit {
                     self.nodes[i].skew_ms = spec.skew_ms;
                 }
-                self.at(end, SimEvent::Heal(f));
+                self.schedule(end, SimEvent::Heal(f));
             }
             "drain" => {
                 for &i in &hit {

@@ -194,6 +194,16 @@ impl World {
         out
     }
 
+    /// Node `i`'s connected peers that are not in its mesh.
+    fn outside_mesh(&self, i: usize) -> Vec<usize> {
+        let n = &self.nodes[i];
+        n.peers
+            .iter()
+            .filter(|p| !n.gossip.mesh.contains(p))
+            .copied()
+            .collect()
+    }
+
     /// Gossipsub's heartbeat at node `i`: mesh upkeep and lazy gossip.
     pub(super) fn gossip_beat(&mut self, i: usize) {
         let spec = &self.scenario.network;
@@ -205,12 +215,7 @@ impl World {
         let peers = &n.peers;
         n.gossip.mesh.retain(|p| peers.contains(p));
         if n.gossip.mesh.len() + 1 < d {
-            let free: Vec<usize> = n
-                .peers
-                .iter()
-                .filter(|p| !n.gossip.mesh.contains(p))
-                .copied()
-                .collect();
+            let free = self.outside_mesh(i);
             let want = d - self.nodes[i].gossip.mesh.len();
             for p in self.pick(free, want) {
                 self.nodes[i].gossip.mesh.insert(p);
@@ -219,13 +224,7 @@ impl World {
         }
         let window = self.nodes[i].gossip.heartbeat();
         if lazy && !window.is_empty() {
-            let n = &self.nodes[i];
-            let others: Vec<usize> = n
-                .peers
-                .iter()
-                .filter(|p| !n.gossip.mesh.contains(p))
-                .copied()
-                .collect();
+            let others = self.outside_mesh(i);
             // Gossipsub sends IHAVE to max(D, a quarter of the peers outside
             // the mesh). All of them are counted; D of them, drawn at
             // random, are delivered (what the others would pull is what the
