@@ -57,47 +57,46 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
-    /// LAN defaults: heartbeat 5 s, suspect after 3 missed, removed after 30 s.
+    /// LAN defaults: a probe every 1 s, suspicion multiplier 4, removed 30 s
+    /// after death.
     #[default]
     Lan,
-    /// Tests, demos, benchmarks: heartbeat 500 ms, 3 missed, removed after 10 s.
+    /// Tests, demos, benchmarks: a probe every 500 ms, multiplier 2, removed
+    /// after 10 s.
     Fast,
-    /// Wide-area: heartbeat 10 s, 5 missed, removed after 120 s.
+    /// Wide-area: a probe every 5 s, multiplier 6, removed after 120 s.
     Wan,
 }
 
 /// Failure-detection timing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Timing {
-    /// Heartbeat interval in ms (50 to 600 000).
+    /// The probe (heartbeat) interval in ms (50 to 600 000): each node
+    /// probes one member per interval.
     pub heartbeat_interval_ms: u64,
-    /// Missed heartbeats before a node is suspected (1 to 100); the phi
-    /// accrual threshold is derived from it.
+    /// The suspicion multiplier (1 to 100): a suspicion confirmed by other
+    /// observers lasts this many probe intervals times log10 of the
+    /// federation's size (at least 1), an unconfirmed one three times that.
     pub suspect_after_missed: u32,
-    /// Time without heartbeats before a node is removed, in ms (must exceed
-    /// the suspicion time).
+    /// How long a dead member's record stays before it is removed, in ms
+    /// (must exceed the shortest suspicion).
     pub removed_after_ms: u64,
 }
 
 impl Profile {
-    /// The profile's timing preset.
+    /// The profile's timing preset (the table in
+    /// [`crate::core::failure::FailureConfig::profile`]).
     pub fn timing(self) -> Timing {
-        match self {
-            Profile::Lan => Timing {
-                heartbeat_interval_ms: 5_000,
-                suspect_after_missed: 3,
-                removed_after_ms: 30_000,
-            },
-            Profile::Fast => Timing {
-                heartbeat_interval_ms: 500,
-                suspect_after_missed: 3,
-                removed_after_ms: 10_000,
-            },
-            Profile::Wan => Timing {
-                heartbeat_interval_ms: 10_000,
-                suspect_after_missed: 5,
-                removed_after_ms: 120_000,
-            },
+        let name = match self {
+            Profile::Lan => "lan",
+            Profile::Fast => "fast",
+            Profile::Wan => "wan",
+        };
+        let f = crate::core::failure::FailureConfig::profile(name).expect("a preset");
+        Timing {
+            heartbeat_interval_ms: f.heartbeat_interval_ms,
+            suspect_after_missed: f.suspect_after_missed,
+            removed_after_ms: f.removed_after_ms,
         }
     }
 }

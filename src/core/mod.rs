@@ -17,6 +17,7 @@ pub mod placement;
 pub mod replica;
 pub mod rng;
 pub mod state;
+pub mod swim;
 pub mod sync;
 pub mod task;
 pub mod validate;

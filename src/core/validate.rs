@@ -9,6 +9,42 @@
 
 use crate::core::replica::{check_name, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS, RESERVED_NS};
 use crate::core::state::Delta;
+use crate::core::swim::{Packet, Probe, Update};
+
+/// Updates one failure-detection packet may carry.
+pub const MAX_PACKET_UPDATES: usize = 64;
+
+/// Checks a failure-detection packet from a peer: node ids well formed, a
+/// bounded number of updates, incarnations below their limit.
+pub fn packet(p: &Packet) -> Result<(), Refusal> {
+    if p.updates.len() > MAX_PACKET_UPDATES {
+        return Err(format!(
+            "{} updates in one probe packet (at most {MAX_PACKET_UPDATES})",
+            p.updates.len()
+        ));
+    }
+    if let Probe::PingReq { target, .. } = &p.probe {
+        name("node id", target.as_str())?;
+    }
+    for u in &p.updates {
+        let (node, incarnation) = match u {
+            Update::Suspect {
+                node,
+                incarnation,
+                by,
+            } => {
+                name("node id", by.as_str())?;
+                (node, *incarnation)
+            }
+            Update::Alive { node, incarnation } => (node, *incarnation),
+        };
+        name("node id", node.as_str())?;
+        if incarnation == u64::MAX {
+            return Err(format!("member {node}: incarnation at its limit"));
+        }
+    }
+    Ok(())
+}
 
 /// Why a delta from a peer was refused.
 pub type Refusal = String;

@@ -69,6 +69,12 @@ pub struct Metrics {
     pub sync_entries: Counter,
     /// Times anti-entropy found this node diverged from a peer (and repaired it).
     pub divergences: Counter,
+    /// Failure detection by kind: probes sent and failed, indirect probes,
+    /// suspicions raised and refuted, members declared dead.
+    pub detection: Family<Label, Counter>,
+    /// Milliseconds from suspicion to death verdict, of the verdicts this
+    /// node reached.
+    pub detection_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +105,8 @@ impl Default for Metrics {
             peers: Gauge::default(),
             sync_entries: Counter::default(),
             divergences: Counter::default(),
+            detection: Family::default(),
+            detection_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
         };
         registry.register(
             "acknowledged_writes",
@@ -165,6 +173,16 @@ impl Default for Metrics {
             "Divergences from a peer found by anti-entropy and repaired",
             m.divergences.clone(),
         );
+        registry.register(
+            "failure_detection",
+            "Failure detection by kind: probe_sent, probe_failed, indirect_probe, suspicion_raised, suspicion_refuted, probe_malformed",
+            m.detection.clone(),
+        );
+        registry.register(
+            "suspicion_to_dead_seconds",
+            "How long the suspicions this node turned into death verdicts lasted",
+            m.detection_seconds.clone(),
+        );
         Metrics {
             registry: std::sync::Mutex::new(registry),
             ..m
@@ -173,6 +191,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts failure-detection events of one kind.
+    pub fn detected(&self, kind: &str, n: u64) {
+        self.detection.get_or_create(&Label::of(kind)).inc_by(n);
+    }
+
     /// Counts a refused request.
     pub fn reject(&self, reason: &str) {
         self.rejected.get_or_create(&Label::of(reason)).inc();

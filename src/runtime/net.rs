@@ -39,21 +39,38 @@ use tracing::{debug, info, warn};
 /// The gossip topic carrying state deltas.
 pub const STATE_TOPIC: &str = "shoal/state/1";
 const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/sync/1");
+/// Failure detection: one SWIM packet per request, answered with nothing
+/// (SWIM's own acks are packets too).
+const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/swim/1");
 const IDENTIFY_PROTOCOL: &str = "/shoal/id/1";
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1");
 
-/// Raw, length-prefixed bytes; the owner decodes them with [`crate::core::wire`].
-#[derive(Clone, Default)]
-pub struct SyncCodec;
+/// Raw, length-prefixed bytes, at most `limit` of them; the owner decodes
+/// them with [`crate::core::wire`].
+#[derive(Clone)]
+pub struct SyncCodec {
+    limit: usize,
+}
 
-async fn read_frame<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<Vec<u8>> {
+impl Default for SyncCodec {
+    fn default() -> Self {
+        SyncCodec {
+            limit: MAX_SYNC_BYTES,
+        }
+    }
+}
+
+async fn read_frame<T: futures::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    limit: usize,
+) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_SYNC_BYTES {
+    if len > limit {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("sync frame of {len} bytes is over the limit"),
+            format!("frame of {len} bytes is over the limit of {limit}"),
         ));
     }
     let mut buf = vec![0u8; len];
@@ -81,14 +98,14 @@ impl request_response::Codec for SyncCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Vec<u8>> {
-        read_frame(io).await
+        read_frame(io, self.limit).await
     }
     async fn read_response<T: futures::AsyncRead + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
     ) -> std::io::Result<Vec<u8>> {
-        read_frame(io).await
+        read_frame(io, self.limit).await
     }
     async fn write_request<T: futures::AsyncWrite + Unpin + Send>(
         &mut self,
@@ -123,6 +140,7 @@ mod composed {
         pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
         pub(super) gossipsub: gossipsub::Behaviour,
         pub(super) sync: request_response::Behaviour<SyncCodec>,
+        pub(super) swim: request_response::Behaviour<SyncCodec>,
     }
 }
 pub use composed::{Behaviour, BehaviourEvent};
@@ -163,6 +181,13 @@ pub enum NetEvent {
     Disconnected(PeerId),
     /// A sync request of ours got no answer (timeout, connection closed).
     SyncFailed(PeerId),
+    /// A failure-detection packet from a peer.
+    Probe {
+        /// The peer.
+        peer: PeerId,
+        /// The encoded packet.
+        data: Vec<u8>,
+    },
 }
 
 /// A network setup failure.
@@ -193,6 +218,7 @@ impl Net {
         listen: &[String],
         bootstrap: &[String],
         mdns_on: bool,
+        idle: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Net, NetError> {
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
@@ -205,7 +231,7 @@ impl Net {
             .map_err(err)?
             .with_behaviour(|key| behaviour(key, mdns_on, &metrics))
             .map_err(err)?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build();
         let topic = IdentTopic::new(STATE_TOPIC);
         swarm
@@ -365,6 +391,18 @@ impl Net {
         self.metrics.net("sync_requests_sent");
     }
 
+    /// Sends a failure-detection packet, dialing the peer at `addrs` first
+    /// when they are given (it is not connected). A packet that cannot be
+    /// delivered is counted; SWIM itself treats it as lost.
+    pub fn probe(&mut self, peer: PeerId, addrs: &[String], data: Vec<u8>) {
+        for a in addrs {
+            if let Ok(addr) = a.parse::<Multiaddr>() {
+                self.swarm.add_peer_address(peer, addr);
+            }
+        }
+        self.swarm.behaviour_mut().swim.send_request(&peer, data);
+    }
+
     /// Answers a sync request.
     pub fn respond(&mut self, channel: ResponseChannel<Vec<u8>>, data: Vec<u8>) {
         if self
@@ -391,6 +429,7 @@ impl Net {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Swim(e)) => self.on_swim(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     self.swarm
@@ -411,14 +450,6 @@ impl Net {
             })) => {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
-                None
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::RoutingUpdated {
-                peer, ..
-            })) => {
-                if !self.swarm.is_connected(&peer) {
-                    let _ = self.swarm.dial(peer);
                 }
                 None
             }
@@ -518,6 +549,41 @@ impl Net {
                 );
                 None
             }
+        }
+    }
+
+    fn on_swim(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) -> Option<NetEvent> {
+        match e {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .swim
+                    .send_response(channel, Vec::new());
+                Some(NetEvent::Probe {
+                    peer,
+                    data: request,
+                })
+            }
+            request_response::Event::OutboundFailure { peer, error, .. } => {
+                // An unreachable member is what probes are for: counted, and
+                // logged at debug only.
+                self.metrics.drop_reason("probe_undeliverable");
+                debug!(%peer, %error, "probe not delivered");
+                None
+            }
+            request_response::Event::InboundFailure { .. } => {
+                self.metrics.drop_reason("probe_inbound_failed");
+                None
+            }
+            _ => None,
         }
     }
 
@@ -672,9 +738,16 @@ fn behaviour(
         kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_cfg),
         gossipsub,
         sync: request_response::Behaviour::with_codec(
-            SyncCodec,
+            SyncCodec::default(),
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+        ),
+        swim: request_response::Behaviour::with_codec(
+            SyncCodec {
+                limit: crate::core::swim::MAX_PACKET_BYTES,
+            },
+            [(SWIM_PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
         ),
     })
 }

@@ -126,6 +126,7 @@ impl Node {
             &cfg.listen,
             &cfg.bootstrap,
             cfg.mdns,
+            idle_timeout(cfg.timing.heartbeat_interval_ms),
             metrics.clone(),
         )?;
         let p2p_addrs = net.wait_listening(Duration::from_secs(10)).await;
@@ -389,6 +390,11 @@ impl Owner {
                     self.net.request(peer, bytes);
                 }
             }
+            Output::Probe { to, addrs, bytes } => {
+                if let Some(peer) = self.peer_id(&to) {
+                    self.net.probe(peer, &addrs, bytes);
+                }
+            }
             Output::Respond { id, bytes, .. } => {
                 if let Some(channel) = self.syncs.remove(&id) {
                     self.net.respond(channel, bytes);
@@ -444,6 +450,12 @@ impl Owner {
                 m.drop_reason_n("delta_refused", n);
                 debug!(n, "refused unsound deltas from a peer");
             }
+            Counter::ProbeSent => m.detected("probe_sent", n),
+            Counter::ProbeFailed => m.detected("probe_failed", n),
+            Counter::IndirectProbe => m.detected("indirect_probe", n),
+            Counter::SuspicionRaised => m.detected("suspicion_raised", n),
+            Counter::SuspicionRefuted => m.detected("suspicion_refuted", n),
+            Counter::ProbeMalformed => m.detected("probe_malformed", n),
         }
     }
 
@@ -501,6 +513,10 @@ impl Owner {
             },
             NetEvent::SyncFailed(peer) => Input::SyncFailed {
                 from: self.node_id(peer),
+            },
+            NetEvent::Probe { peer, data } => Input::Probe {
+                from: self.node_id(peer),
+                bytes: data,
             },
             NetEvent::Connected(peer) => Input::PeerUp(self.node_id(peer)),
             NetEvent::Disconnected(peer) => Input::PeerDown(self.node_id(peer)),
@@ -692,6 +708,14 @@ impl Owner {
 }
 
 /// A deadline for a timer branch that is disabled.
+/// How long a connection nothing uses stays open: long enough for a probe
+/// and its indirect rounds, short enough that a node keeps only the
+/// connections its gossip mesh (gossipsub keeps those alive) and its recent
+/// probes need: four probe intervals, 2 to 60 s.
+fn idle_timeout(probe_interval_ms: u64) -> Duration {
+    Duration::from_millis(probe_interval_ms.saturating_mul(4).clamp(2_000, 60_000))
+}
+
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400)
 }

@@ -44,6 +44,13 @@ pub enum Frame {
     },
     /// Gossipsub GRAFT: the sender added the receiver to its mesh.
     Graft,
+    /// Gossipsub PRUNE: the receiver's GRAFT was refused (the sender's mesh
+    /// is full); it takes the sender out of its mesh again.
+    Prune,
+    /// A failure-detection packet. It needs no open connection (the node
+    /// dials on demand and the connection is short-lived), so it is
+    /// modelled as a datagram: lost by chance, dropped by a cut.
+    Probe(Vec<u8>),
 }
 
 impl Frame {
@@ -56,7 +63,8 @@ impl Frame {
             Frame::SyncRequest { bytes, .. } | Frame::SyncResponse { bytes, .. } => {
                 bytes.len() as u64
             }
-            Frame::Graft => 8,
+            Frame::Graft | Frame::Prune => 8,
+            Frame::Probe(bytes) => bytes.len() as u64,
         }
     }
 
@@ -73,8 +81,9 @@ impl Frame {
     pub fn class(&self) -> usize {
         match self {
             Frame::Gossip { .. } => 0,
-            Frame::IHave(_) | Frame::IWant(_) | Frame::Graft => 1,
+            Frame::IHave(_) | Frame::IWant(_) | Frame::Graft | Frame::Prune => 1,
             Frame::SyncRequest { .. } | Frame::SyncResponse { .. } => 2,
+            Frame::Probe(_) => 3,
         }
     }
 }

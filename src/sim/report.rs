@@ -15,6 +15,8 @@ pub struct PerNode {
     pub control: f64,
     /// Anti-entropy (sync requests and answers).
     pub sync: f64,
+    /// Failure detection (SWIM pings, acks, ping requests, nacks).
+    pub probe: f64,
 }
 
 /// What a run did and found.
@@ -66,7 +68,7 @@ pub struct Report {
     pub events: u64,
 }
 
-fn per_node(v: [u64; 3], nodes: usize, secs: f64) -> PerNode {
+fn per_node(v: [u64; 4], nodes: usize, secs: f64) -> PerNode {
     let d = (nodes.max(1) as f64 * secs.max(1e-9)).max(1e-9);
     let r = |x: f64| (x / d * 100.0).round() / 100.0;
     PerNode {
@@ -74,6 +76,7 @@ fn per_node(v: [u64; 3], nodes: usize, secs: f64) -> PerNode {
         gossip: r(v[0] as f64),
         control: r(v[1] as f64),
         sync: r(v[2] as f64),
+        probe: r(v[3] as f64),
     }
 }
 
@@ -134,8 +137,8 @@ impl Report {
         let m = &self.messages_per_node_per_sec;
         let b = &self.bytes_per_node_per_sec;
         s += &format!(
-            "traffic per node: {:.1} msg/s (gossip {:.1}, control {:.1}, sync {:.1}), {:.0} B/s\n",
-            m.total, m.gossip, m.control, m.sync, b.total
+            "traffic per node: {:.1} msg/s (gossip {:.1}, control {:.1}, sync {:.1}, probe {:.1}), {:.0} B/s\n",
+            m.total, m.gossip, m.control, m.sync, m.probe, b.total
         );
         let c = &self.convergence_ms;
         s += &format!(

@@ -279,13 +279,12 @@ impl Scenario {
         Ok(())
     }
 
-    /// Failure-detection timing of the profile: heartbeat interval ms,
-    /// missed heartbeats before suspicion, silence before death ms.
-    pub fn timing(&self) -> (u64, u32, u64) {
-        match self.profile.as_str() {
-            "fast" => (500, 3, 10_000),
-            "wan" => (10_000, 5, 120_000),
-            _ => (5_000, 3, 30_000),
-        }
+    /// Failure-detection timing of the profile (lan when it names none
+    /// that exists).
+    pub fn timing(&self) -> crate::core::failure::FailureConfig {
+        let f = crate::core::failure::FailureConfig::profile;
+        f(&self.profile)
+            .or_else(|| f("lan"))
+            .expect("lan is a profile")
     }
 }

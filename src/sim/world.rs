@@ -12,7 +12,6 @@ use crate::core::engine::{
     Answer, BatchId, Command, EngineConfig, Input, LoadSample, Output, Persist, ProtocolConfig,
     ReqId, Token,
 };
-use crate::core::failure::FailureConfig;
 use crate::core::ids::{Fence, Millis, Mono, NodeId, Now, TaskId};
 use crate::core::knowledge::Policy;
 use crate::core::member::MemberRecord;
@@ -197,11 +196,11 @@ impl SimNode {
 }
 
 /// Traffic counters: frames and bytes per class (gossip, gossipsub
-/// control, sync).
+/// control, sync, probes).
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Traffic {
-    pub(super) frames: [u64; 3],
-    pub(super) bytes: [u64; 3],
+    pub(super) frames: [u64; 4],
+    pub(super) bytes: [u64; 4],
     pub(super) duplicates: u64,
     pub(super) dropped: u64,
 }
@@ -441,7 +440,7 @@ impl World {
     // ---- nodes -------------------------------------------------------
 
     fn engine_config(&self, i: usize) -> EngineConfig {
-        let (hb, missed, removed) = self.scenario.timing();
+        let failure = self.scenario.timing();
         let id = self.nodes[i].id.clone();
         EngineConfig {
             replica: ReplicaConfig {
@@ -455,13 +454,9 @@ impl World {
                 },
                 handlers: ["work".to_string()].into(),
                 claim_ttl_ms: 30_000,
-                failure: FailureConfig {
-                    heartbeat_interval_ms: hb,
-                    suspect_after_missed: missed,
-                    removed_after_ms: removed,
-                },
+                failure,
             },
-            protocol: ProtocolConfig::for_heartbeat(hb),
+            protocol: ProtocolConfig::for_heartbeat(failure.heartbeat_interval_ms),
         }
     }
 
@@ -626,6 +621,11 @@ impl World {
                 self.send(i, j, Frame::SyncRequest { req, bytes });
                 let t = self.scenario.network.request_timeout_ms * 1_000;
                 self.after(t, SimEvent::SyncTimeout { req });
+            }
+            Output::Probe { to, bytes, .. } => {
+                if let Some(&j) = self.node_index.get(&to) {
+                    self.datagram(i, j, Frame::Probe(bytes));
+                }
             }
             Output::Respond { to, id, bytes } => {
                 if let Some(&j) = self.node_index.get(&to) {

@@ -21,21 +21,24 @@ pub struct ProtocolConfig {
     /// How often deadlines, claims and queued and pending tasks are looked
     /// at. 10 to 1,000 ms; 100 in every profile.
     pub tick_ms: u64,
-    /// How often the failure detector looks at every member (its cost grows
-    /// with the membership). 10 to 10,000 ms; a fifth of a heartbeat, kept
-    /// within 100 to 1,000 ms (lan 1,000, fast 100, wan 1,000).
-    pub detect_ms: u64,
-    /// How often this node gossips its member record (heartbeat and load).
-    /// 50 to 60,000 ms; the profile's heartbeat interval (lan 5,000, fast
-    /// 500, wan 10,000).
-    pub heartbeat_ms: u64,
+    /// How often this node looks at its load figures; they are gossiped
+    /// (in its member record) only when they changed by more than a
+    /// threshold. 50 to 60,000 ms; five probe intervals, kept within 1 to
+    /// 30 s (lan 5,000, fast 2,500, wan 25,000).
+    pub load_ms: u64,
     /// How often an anti-entropy round starts with a random peer. 100 to
     /// 300,000 ms; 4 heartbeats, kept within 1 to 30 s (lan 20,000, fast
     /// 2,000, wan 30,000).
     pub anti_entropy_ms: u64,
-    /// How often members this node is not connected to are dialed. 100 to
-    /// 60,000 ms; 2,000 in every profile.
+    /// How often this node tops up its connections to `max_peers` (and
+    /// tries one member declared dead, which finds a healed partition).
+    /// 100 to 60,000 ms; 2,000 in every profile.
     pub redial_ms: u64,
+    /// Connections this node keeps on its own: it dials members until it
+    /// has this many (gossipsub's mesh is drawn from them). Probes reach
+    /// other members on short-lived connections. 1 to 1,000; 8 in every
+    /// profile.
+    pub max_peers: usize,
     /// While a node has no peer at all, redials back off by doubling up to
     /// this many redial intervals. 1 to 64; 16 (32 s) in every profile.
     pub redial_backoff_max: u32,
@@ -46,14 +49,15 @@ pub struct ProtocolConfig {
 }
 
 impl ProtocolConfig {
-    /// The cadences of a profile whose heartbeat interval is `heartbeat_ms`.
+    /// The cadences of a profile whose probe (heartbeat) interval is
+    /// `heartbeat_ms`.
     pub fn for_heartbeat(heartbeat_ms: u64) -> Self {
         ProtocolConfig {
             tick_ms: 100,
-            detect_ms: (heartbeat_ms / 5).clamp(100, 1_000),
-            heartbeat_ms,
+            load_ms: heartbeat_ms.saturating_mul(5).clamp(1_000, 30_000),
             anti_entropy_ms: heartbeat_ms.saturating_mul(4).clamp(1_000, 30_000),
             redial_ms: 2_000,
+            max_peers: 8,
             redial_backoff_max: 16,
             gossip_window_ms: 5,
         }
@@ -69,8 +73,8 @@ impl ProtocolConfig {
             }
         };
         check("tick_ms", self.tick_ms, 10, 1_000)?;
-        check("detect_ms", self.detect_ms, 10, 10_000)?;
-        check("heartbeat_ms", self.heartbeat_ms, 50, 60_000)?;
+        check("load_ms", self.load_ms, 50, 60_000)?;
+        check("max_peers", self.max_peers as u64, 1, 1_000)?;
         check("anti_entropy_ms", self.anti_entropy_ms, 100, 300_000)?;
         check("redial_ms", self.redial_ms, 100, 60_000)?;
         check(

@@ -34,10 +34,12 @@ pub struct SyncRef(pub u64);
 pub enum TimerKind {
     /// Deadlines and claims, queued and pending tasks.
     Tick,
-    /// The failure detector's look at every member.
+    /// The failure detector: the next probe, a probe's timeout, a
+    /// suspicion running out (armed for whichever is due first).
     Detect,
-    /// This node's heartbeat (its member record with load figures).
-    Heartbeat,
+    /// A look at this node's load: reported in its member record when it
+    /// changed by more than a threshold.
+    Load,
     /// An anti-entropy round with a random peer.
     AntiEntropy,
     /// Dialing members this node is not connected to (and bootstrap peers
@@ -52,7 +54,7 @@ impl TimerKind {
     pub const ALL: [TimerKind; 6] = [
         TimerKind::Tick,
         TimerKind::Detect,
-        TimerKind::Heartbeat,
+        TimerKind::Load,
         TimerKind::AntiEntropy,
         TimerKind::Redial,
         TimerKind::GossipFlush,
@@ -196,6 +198,14 @@ pub enum Input {
         /// The encoded request.
         bytes: Vec<u8>,
     },
+    /// A failure-detection packet from a peer (SWIM: ping, ack, ping
+    /// request, nack, with membership updates).
+    Probe {
+        /// The peer.
+        from: NodeId,
+        /// The encoded packet.
+        bytes: Vec<u8>,
+    },
     /// A peer answered our sync request.
     SyncResponse {
         /// Who answered.
@@ -273,6 +283,18 @@ pub enum Counter {
     DivergenceRepaired,
     /// Deltas from peers refused as unsound (see `core::validate`).
     DeltaRefused,
+    /// Direct probes sent.
+    ProbeSent,
+    /// Probes that got no ack, direct or relayed.
+    ProbeFailed,
+    /// Indirect probes asked of other members.
+    IndirectProbe,
+    /// Suspicions raised here or first heard of here.
+    SuspicionRaised,
+    /// Suspicions refuted (about other members or about this node).
+    SuspicionRefuted,
+    /// Failure-detection packets that did not decode or were unsound.
+    ProbeMalformed,
 }
 
 /// What the engine asks the caller to do.
@@ -288,6 +310,16 @@ pub enum Output {
     Send {
         /// The peer.
         to: NodeId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Send an encoded failure-detection packet to a member, dialing it at
+    /// `addrs` when they are given (the engine is not connected to it).
+    Probe {
+        /// The member.
+        to: NodeId,
+        /// Where to reach it, when not connected.
+        addrs: Vec<String>,
         /// The bytes.
         bytes: Vec<u8>,
     },

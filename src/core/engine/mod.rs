@@ -42,9 +42,11 @@ pub use query::{Assignment, Found, MemberView, Query, Summary};
 
 use crate::core::error::EngineError;
 use crate::core::ids::{Mono, NodeId, Now};
+use crate::core::member::MemberStatus;
 use crate::core::replica::{Effect, Outcome, Replica};
 use crate::core::rng::Rng;
 use crate::core::state::{Delta, ReplicatedState};
+use crate::core::swim::{Packet, SwimCounter, MAX_PACKET_BYTES};
 use crate::core::validate;
 use crate::core::wire::{self, Gossip};
 use batch::{Batches, Released};
@@ -63,6 +65,19 @@ struct Outbox {
 impl Outbox {
     fn is_empty(&self) -> bool {
         self.changed.is_empty() && self.gossip.is_empty()
+    }
+}
+
+/// How far a load figure (a fraction) must move before it is gossiped again.
+const LOAD_THRESHOLD: f32 = 0.1;
+
+fn counter(c: SwimCounter) -> Counter {
+    match c {
+        SwimCounter::ProbeSent => Counter::ProbeSent,
+        SwimCounter::ProbeFailed => Counter::ProbeFailed,
+        SwimCounter::IndirectSent => Counter::IndirectProbe,
+        SwimCounter::SuspicionRaised => Counter::SuspicionRaised,
+        SwimCounter::SuspicionRefuted => Counter::SuspicionRefuted,
     }
 }
 
@@ -90,6 +105,9 @@ pub struct Engine {
     redial_backoff: u32,
     redial_skip: u32,
     load: LoadSample,
+    /// The load figures last gossiped, and the running count with them.
+    reported: Option<(LoadSample, u32)>,
+    started: bool,
     out: Vec<Output>,
     ready: VecDeque<Output>,
 }
@@ -119,6 +137,8 @@ impl Engine {
             redial_backoff: 1,
             redial_skip: 0,
             load: LoadSample::default(),
+            reported: None,
+            started: false,
             out: Vec::new(),
             ready: VecDeque::new(),
         }
@@ -184,6 +204,12 @@ impl Engine {
             self.release(released);
             self.collect();
         }
+        if self.started {
+            let due = self.replica.detect_due();
+            if self.timers.armed_at(TimerKind::Detect) != Some(due) {
+                self.timers.arm(TimerKind::Detect, due);
+            }
+        }
         self.ready.extend(self.out.drain(..));
     }
 
@@ -194,6 +220,7 @@ impl Engine {
             Input::Gossip { from, msg, bytes } => self.on_gossip(from, msg, &bytes),
             Input::SyncRequest { from, id, bytes } => self.on_sync_request(from, id, &bytes),
             Input::SyncResponse { from, bytes } => self.on_sync_response(from, &bytes),
+            Input::Probe { from, bytes } => self.on_probe(&from, &bytes),
             Input::SyncFailed { from } => self.end_session(&from),
             Input::PeerUp(peer) => self.peer_up(peer),
             Input::PeerDown(peer) => self.peer_down(&peer),
@@ -217,16 +244,14 @@ impl Engine {
     }
 
     fn start(&mut self) {
+        self.started = true;
         let now = self.clock;
         self.replica.start(now.wall);
         let p = self.cfg;
         self.timers.arm(TimerKind::Tick, now.mono.plus(p.tick_ms));
-        self.timers
-            .arm(TimerKind::Detect, now.mono.plus(p.detect_ms));
-        // The first heartbeat goes out with the start's record; the next
-        // one an interval later.
-        self.timers
-            .arm(TimerKind::Heartbeat, now.mono.plus(p.heartbeat_ms));
+        // The first load figures go out with the start's record; the next
+        // look is an interval later.
+        self.timers.arm(TimerKind::Load, now.mono.plus(p.load_ms));
         self.timers
             .arm(TimerKind::AntiEntropy, now.mono.plus(p.anti_entropy_ms));
         self.timers
@@ -373,17 +398,12 @@ impl Engine {
                 self.replica.tick(self.clock.wall);
                 self.timers.arm(TimerKind::Tick, now.plus(p.tick_ms));
             }
-            TimerKind::Detect => {
-                self.replica.detect(self.clock.wall);
-                self.timers.arm(TimerKind::Detect, now.plus(p.detect_ms));
-            }
-            TimerKind::Heartbeat => {
-                let l = self.load;
-                self.replica
-                    .report_load(self.clock.wall, l.cpu, l.memory, l.disk);
+            // Re-armed by `handle_all` for whatever the detector wants next.
+            TimerKind::Detect => self.replica.detect(self.clock.wall),
+            TimerKind::Load => {
+                self.report_load();
                 self.out.push(Output::SampleLoad);
-                self.timers
-                    .arm(TimerKind::Heartbeat, now.plus(p.heartbeat_ms));
+                self.timers.arm(TimerKind::Load, now.plus(p.load_ms));
             }
             TimerKind::AntiEntropy => {
                 self.anti_entropy_round();
@@ -398,9 +418,11 @@ impl Engine {
         }
     }
 
-    /// Dials bootstrap peers when alone (backing off while it stays alone),
-    /// and members in service this node is not connected to, so that split
-    /// groups find each other again.
+    /// Dials bootstrap peers when alone (backing off while it stays
+    /// alone); tops up the connections to `max_peers` with members in
+    /// service chosen at random; and tries one member declared dead, so
+    /// that the sides of a healed partition find each other again (as
+    /// Serf's reconnect does).
     fn redial(&mut self) {
         if self.redial_skip > 0 {
             self.redial_skip -= 1;
@@ -410,17 +432,31 @@ impl Engine {
         if alone {
             self.out.push(Output::DialBootstrap);
         }
-        for id in self.replica.other_members_in_service() {
-            if self.peers.contains(&id) {
+        let me = self.replica.node().clone();
+        let (mut candidates, mut dead): (Vec<&NodeId>, Vec<&NodeId>) = (Vec::new(), Vec::new());
+        for (id, m) in &self.replica.state().members {
+            if *id == me || self.peers.contains(id) || m.record().addrs.is_empty() {
                 continue;
             }
-            let Some(member) = self.replica.state().members.get(&id) else {
-                continue;
-            };
-            let addrs = member.record().addrs.clone();
-            if !addrs.is_empty() {
-                self.out.push(Output::Dial { node: id, addrs });
+            match m.record().status {
+                MemberStatus::Alive | MemberStatus::Draining => candidates.push(id),
+                MemberStatus::Dead => dead.push(id),
+                MemberStatus::Left => {}
             }
+        }
+        let want = self.cfg.max_peers.saturating_sub(self.peers.len());
+        let mut chosen = Vec::new();
+        while chosen.len() < want && !candidates.is_empty() {
+            let i = self.rng.below(candidates.len());
+            chosen.push(candidates.swap_remove(i).clone());
+        }
+        if !dead.is_empty() {
+            let i = self.rng.below(dead.len());
+            chosen.push(dead[i].clone());
+        }
+        for id in chosen {
+            let addrs = self.replica.state().members[&id].record().addrs.clone();
+            self.out.push(Output::Dial { node: id, addrs });
         }
         self.redial_backoff = if alone {
             (self.redial_backoff * 2).min(self.cfg.redial_backoff_max.max(1))
@@ -430,10 +466,49 @@ impl Engine {
         self.redial_skip = self.redial_backoff - 1;
     }
 
+    /// Gossips this node's load figures when they moved by more than a
+    /// threshold since they were last gossiped (or its running count
+    /// changed): placement needs the trend, not every sample.
+    fn report_load(&mut self) {
+        let l = self.load;
+        let running = self.replica.active_on(self.replica.node());
+        let moved = match self.reported {
+            None => true,
+            Some((r, n)) => {
+                n != running
+                    || (l.cpu - r.cpu).abs() > LOAD_THRESHOLD
+                    || (l.memory - r.memory).abs() > LOAD_THRESHOLD
+                    || (l.disk - r.disk).abs() > LOAD_THRESHOLD
+            }
+        };
+        if moved {
+            self.reported = Some((l, running));
+            self.replica
+                .report_load(self.clock.wall, l.cpu, l.memory, l.disk);
+        }
+    }
+
+    /// A failure-detection packet: decoded and checked, then handed to the
+    /// detector.
+    fn on_probe(&mut self, from: &NodeId, bytes: &[u8]) {
+        let packet = match wire::decode::<Packet>(bytes, MAX_PACKET_BYTES) {
+            Ok(p) => p,
+            Err(_) => {
+                self.out.push(Output::Count(Counter::ProbeMalformed, 1));
+                return;
+            }
+        };
+        if validate::packet(&packet).is_err() {
+            self.out.push(Output::Count(Counter::ProbeMalformed, 1));
+            return;
+        }
+        self.replica.probe_received(self.clock.wall, from, packet);
+    }
+
     /// Moves what the replica produced into the open batch.
     fn collect(&mut self) {
         let open = &mut self.batches.open;
-        for effect in self.replica.drain_effects() {
+        for effect in self.replica.take_effects() {
             match effect {
                 Effect::Changed(d) => {
                     open.synced = true;
@@ -449,6 +524,22 @@ impl Engine {
                 Effect::Abort { task, fence } => open.effects.push(Output::Abort { task, fence }),
                 Effect::Event(e) => open.effects.push(Output::Event(e)),
                 Effect::WorkAvailable => open.effects.push(Output::WorkAvailable),
+                // Probes carry nothing durable: they go at once.
+                Effect::Probe { to, packet } => {
+                    let addrs = if self.peers.contains(&to) {
+                        Vec::new()
+                    } else {
+                        self.replica
+                            .state()
+                            .members
+                            .get(&to)
+                            .map(|m| m.record().addrs.clone())
+                            .unwrap_or_default()
+                    };
+                    let bytes = wire::encode(&packet);
+                    self.out.push(Output::Probe { to, addrs, bytes });
+                }
+                Effect::Count(c) => self.out.push(Output::Count(counter(c), 1)),
             }
         }
     }

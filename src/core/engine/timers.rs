@@ -26,6 +26,11 @@ impl Timers {
         }
     }
 
+    /// When `kind` is armed for, if it is.
+    pub(super) fn armed_at(&self, kind: TimerKind) -> Option<Mono> {
+        self.slots[kind.index()].map(|(at, _)| at)
+    }
+
     /// True when `kind` is armed.
     pub(super) fn is_armed(&self, kind: TimerKind) -> bool {
         self.slots[kind.index()].is_some()

@@ -19,6 +19,7 @@ use crate::core::member::{MemberEntry, MemberMarker, MemberRecord, MemberStatus}
 use crate::core::placement::Strategy;
 use crate::core::rng::Rng;
 use crate::core::state::{Delta, ReplicatedState};
+use crate::core::swim::{Packet, Swim, SwimCounter, SwimOut};
 use crate::core::sync::SyncIndex;
 use crate::core::task::{TaskEntry, TaskStatus};
 use std::cell::RefCell;
@@ -73,6 +74,16 @@ pub enum Effect {
     Audit(AuditRecord),
     /// Tasks are waiting for external workers: wake long-polling claims.
     WorkAvailable,
+    /// Send a failure-detection packet to a member now (it waits for no
+    /// batch: probes carry nothing durable).
+    Probe {
+        /// The member.
+        to: NodeId,
+        /// The packet.
+        packet: Packet,
+    },
+    /// Count a failure-detection event.
+    Count(SwimCounter),
 }
 
 /// A task the runtime should run with a handler.
@@ -121,9 +132,10 @@ pub struct Replica {
     local: BTreeMap<TaskId, LocalRun>,
     pending_dirty: bool,
     leaving: bool,
-    // Failure detection: local verdicts, never replicated.
-    detectors: HashMap<NodeId, crate::core::failure::Detector>,
-    suspects: BTreeSet<NodeId>,
+    // Failure detection (SWIM): probes, suspicions, local health. Its
+    // verdicts of death are written to the member records.
+    swim: Swim,
+    swim_rng: Rng,
     // Digests for anti-entropy, kept in step by `emit`. Refreshed lazily,
     // also from `&self` readers, hence the cell.
     sync: RefCell<SyncIndex>,
@@ -132,10 +144,13 @@ pub struct Replica {
 impl Replica {
     /// An engine over `state` (as loaded from disk), seeded with `seed`.
     pub fn new(cfg: ReplicaConfig, state: ReplicatedState, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let swim_rng = rng.fork();
+        let swim = Swim::new(cfg.failure.swim(), cfg.node.clone(), 0, Mono(0));
         let mut engine = Replica {
             cfg,
             state: ReplicatedState::default(),
-            rng: Rng::new(seed),
+            rng,
             mono: Mono(0),
             term: Term(0),
             cursor: 0,
@@ -148,8 +163,8 @@ impl Replica {
             local: BTreeMap::new(),
             pending_dirty: true,
             leaving: false,
-            detectors: HashMap::default(),
-            suspects: BTreeSet::new(),
+            swim,
+            swim_rng,
             sync: RefCell::new(SyncIndex::new(&state)),
         };
         engine.state.members = state.members;
@@ -242,9 +257,24 @@ impl Replica {
         record.incarnation = entry.marker().incarnation + 1;
         record.status = MemberStatus::Alive;
         record.updated_at = now;
+        let incarnation = record.incarnation;
         entry.write(record, &me);
         self.put_member(me.clone(), entry);
         self.emit(Effect::Event(Event::MemberJoined { node: me }));
+        // Watch every member the store knows in service: those that are
+        // gone are found out by probing them.
+        self.swim = Swim::new(self.cfg.failure.swim(), self.cfg.node.clone(), 0, self.mono);
+        self.swim.set_incarnation(incarnation);
+        for (id, m) in &self.state.members {
+            if matches!(
+                m.record().status,
+                MemberStatus::Alive | MemberStatus::Draining
+            ) {
+                self.swim
+                    .watch(id, m.marker().incarnation, self.mono, &mut self.swim_rng);
+            }
+        }
+        self.drain_swim(now);
         self.recover_interrupted(now);
         self.pending_dirty = true;
         self.tick(now);
@@ -457,14 +487,9 @@ impl Replica {
         }
         match status {
             MemberStatus::Alive | MemberStatus::Draining => {
-                if marker.writer == id {
-                    let mono = self.mono;
-                    let expected = self.cfg.failure.heartbeat_interval_ms;
-                    self.detectors
-                        .entry(id.clone())
-                        .and_modify(|d| d.heartbeat(mono))
-                        .or_insert_with(|| crate::core::failure::Detector::new(mono, expected));
-                }
+                self.swim
+                    .watch(&id, marker.incarnation, self.mono, &mut self.swim_rng);
+                self.drain_swim(now);
                 if !known {
                     self.emit(Effect::Event(Event::MemberJoined { node: id.clone() }));
                 } else if before
@@ -482,13 +507,11 @@ impl Replica {
                 }
             }
             MemberStatus::Left => {
-                self.detectors.remove(&id);
-                self.suspects.remove(&id);
+                self.swim.forget(&id);
                 self.emit(Effect::Event(Event::MemberLeft { node: id.clone() }));
             }
             MemberStatus::Dead => {
-                self.detectors.remove(&id);
-                self.suspects.remove(&id);
+                self.swim.forget(&id);
                 self.emit(Effect::Event(Event::MemberDead { node: id.clone() }));
             }
         }
@@ -511,8 +534,68 @@ impl Replica {
         record.incarnation = merged.marker().incarnation + 1;
         record.status = MemberStatus::Alive;
         record.updated_at = now;
+        let incarnation = record.incarnation;
         entry.write(record, &me);
         self.put_member(me, entry);
+        self.swim.set_incarnation(incarnation);
+    }
+
+    /// A member suspects this node at `incarnation`: announce a higher one,
+    /// keeping the declared status (a draining node stays draining).
+    fn refute_suspicion(&mut self, now: Millis, incarnation: u64) {
+        if self.leaving || incarnation < self.swim.incarnation() {
+            return;
+        }
+        let me = self.cfg.node.clone();
+        let Some(mut entry) = self.state.members.get(&me).cloned() else {
+            return;
+        };
+        let mut record = entry.record().clone();
+        record.incarnation = record.incarnation.max(incarnation) + 1;
+        record.updated_at = now;
+        let incarnation = record.incarnation;
+        entry.write(record, &me);
+        self.put_member(me, entry);
+        self.swim.set_incarnation(incarnation);
+    }
+
+    /// A failure-detection packet from `from`.
+    pub fn probe_received(&mut self, now: Millis, from: &NodeId, packet: Packet) {
+        self.swim.receive(from, packet, self.mono);
+        self.drain_swim(now);
+    }
+
+    /// When the failure detector wants [`Replica::detect`] called next.
+    pub fn detect_due(&self) -> Mono {
+        self.swim.next_wakeup()
+    }
+
+    /// Turns what the failure detector asked for into effects and verdicts.
+    fn drain_swim(&mut self, now: Millis) {
+        let outs: Vec<SwimOut> = self.swim.drain().collect();
+        for o in outs {
+            match o {
+                SwimOut::Send { to, packet } => self.emit(Effect::Probe { to, packet }),
+                SwimOut::Suspect(node) => self.emit(Effect::Event(Event::MemberSuspect { node })),
+                SwimOut::Recovered(node) => {
+                    self.pending_dirty = true;
+                    self.emit(Effect::Event(Event::MemberRecovered { node }));
+                }
+                SwimOut::Dead {
+                    node,
+                    suspected_ms,
+                    confirmations,
+                } => self.declare_dead(
+                    now,
+                    node,
+                    format!(
+                        "no answer to direct or indirect probes; suspected for {suspected_ms} ms, confirmed by {confirmations} other members"
+                    ),
+                ),
+                SwimOut::Refute(incarnation) => self.refute_suspicion(now, incarnation),
+                SwimOut::Count(c) => self.emit(Effect::Count(c)),
+            }
+        }
     }
 
     /// The other members that are alive or draining (the ones to watch and
@@ -543,72 +626,26 @@ impl Replica {
             })
     }
 
-    /// Runs the failure detector over the other members: suspects, recoveries
-    /// and death verdicts (a dead verdict is written to the replicated record,
-    /// so it spreads to every node).
+    /// Runs the failure detector: what is due of the probe in flight, the
+    /// next probe, suspicions that ran out (a dead verdict is written to the
+    /// replicated record, so it spreads to every node).
     pub fn detect(&mut self, now: Millis) {
-        use crate::core::failure::{Detector, Verdict};
-        let f = self.cfg.failure;
-        let mono = self.mono;
-        // Only what changes is collected: no copy of the member list.
-        let mut changed: Vec<(NodeId, Option<Verdict>)> = Vec::new();
-        for (id, m) in &self.state.members {
-            if *id == self.cfg.node
-                || !matches!(
-                    m.record().status,
-                    MemberStatus::Alive | MemberStatus::Draining
-                )
-            {
-                continue;
-            }
-            let Some(d) = self.detectors.get(id) else {
-                changed.push((id.clone(), None));
-                continue;
-            };
-            let verdict = d.verdict(mono, f.suspect_after_missed, f.removed_after_ms);
-            let suspected = self.suspects.contains(id);
-            match verdict {
-                Verdict::Alive if !suspected => {}
-                Verdict::Suspect if suspected => {}
-                v => changed.push((id.clone(), Some(v))),
-            }
-        }
-        for (id, verdict) in changed {
-            match verdict {
-                None => {
-                    self.detectors
-                        .insert(id, Detector::new(mono, f.heartbeat_interval_ms));
-                }
-                Some(Verdict::Alive) => {
-                    if self.suspects.remove(&id) {
-                        self.emit(Effect::Event(Event::MemberRecovered { node: id }));
-                    }
-                }
-                Some(Verdict::Suspect) => {
-                    if self.suspects.insert(id.clone()) {
-                        self.emit(Effect::Event(Event::MemberSuspect { node: id }));
-                    }
-                }
-                Some(Verdict::Dead) => self.declare_dead(now, id),
-            }
-        }
+        self.swim.tick(self.mono, &mut self.swim_rng);
+        self.drain_swim(now);
     }
 
-    fn declare_dead(&mut self, now: Millis, id: NodeId) {
+    fn declare_dead(&mut self, now: Millis, id: NodeId, detail: String) {
         let Some(mut entry) = self.state.members.get(&id).cloned() else {
             return;
         };
         let mut record = entry.record().clone();
-        let silent = self
-            .detectors
-            .get(&id)
-            .map(|d| self.mono.since(d.last_heard()))
-            .unwrap_or(0);
+        if !matches!(record.status, MemberStatus::Alive | MemberStatus::Draining) {
+            return;
+        }
         record.status = MemberStatus::Dead;
         record.updated_at = now;
         entry.write(record, &self.cfg.node);
-        self.detectors.remove(&id);
-        self.suspects.remove(&id);
+        self.swim.forget(&id);
         self.put_member(id.clone(), entry);
         self.emit(Effect::Event(Event::MemberDead { node: id.clone() }));
         self.emit(Effect::Audit(AuditRecord {
@@ -616,7 +653,7 @@ impl Replica {
             by: self.cfg.node.clone(),
             action: "node_declared_dead".into(),
             subject: id.to_string(),
-            detail: format!("no heartbeat for {silent} ms"),
+            detail,
         }));
         self.pending_dirty = true;
     }
@@ -624,7 +661,7 @@ impl Replica {
     /// The status of a member as this node sees it: its declared status, or
     /// `suspect` when the failure detector suspects it.
     pub fn member_status(&self, id: &NodeId) -> &'static str {
-        if self.suspects.contains(id) {
+        if self.swim.is_suspect(id) {
             return "suspect";
         }
         self.state
@@ -635,15 +672,15 @@ impl Replica {
     }
 
     /// Milliseconds since this node last heard from `id` (0 for itself):
-    /// by the monotonic clock when a detector watches it, else by the wall
-    /// time its record was written (`now` is wall time).
+    /// by the monotonic clock when the failure detector watches it, else by
+    /// the wall time its record was written (`now` is wall time).
     pub fn last_heard_ms(&self, now: Millis, id: &NodeId) -> u64 {
         if id == &self.cfg.node {
             return 0;
         }
-        self.detectors
-            .get(id)
-            .map(|d| self.mono.since(d.last_heard()))
+        self.swim
+            .last_heard(id)
+            .map(|t| self.mono.since(t))
             .unwrap_or_else(|| {
                 self.state
                     .members
@@ -655,7 +692,7 @@ impl Replica {
 
     /// True when `id` is alive, not draining and not suspected.
     pub(crate) fn can_take_work(&self, id: &NodeId) -> bool {
-        !self.suspects.contains(id)
+        !self.swim.is_suspect(id)
             && self
                 .state
                 .members

@@ -79,13 +79,41 @@ impl World {
         self.after(lat, SimEvent::Deliver { to, from, frame });
     }
 
+    /// Sends a failure-detection packet: it reaches a running node it is not
+    /// cut off from, after the latency of their connection (or a typical
+    /// one), unless lost by chance.
+    pub(super) fn datagram(&mut self, from: usize, to: usize, frame: Frame) {
+        let class = frame.class();
+        self.traffic.frames[class] += 1;
+        self.traffic.bytes[class] += frame.size();
+        if !self.nodes[to].running()
+            || !self.net.reachable(from, to)
+            || self.rng_net.chance(self.scenario.network.loss)
+        {
+            self.traffic.dropped += 1;
+            return;
+        }
+        let lat = self.latency(from, to);
+        self.after(lat, SimEvent::Deliver { to, from, frame });
+    }
+
     /// A frame arrives at a running, unpaused node.
     pub(super) fn deliver(&mut self, to: usize, from: usize, frame: Frame) {
+        let from_id = self.nodes[from].id.clone();
+        if let Frame::Probe(bytes) = frame {
+            self.input(
+                to,
+                Input::Probe {
+                    from: from_id,
+                    bytes,
+                },
+            );
+            return;
+        }
         if self.net.link(from, to).is_none() {
             self.traffic.dropped += 1;
             return;
         }
-        let from_id = self.nodes[from].id.clone();
         match frame {
             Frame::Gossip { id, bytes } => {
                 if !self.nodes[to].gossip.see(id) {
@@ -137,8 +165,14 @@ impl World {
                 let g = &mut self.nodes[to].gossip;
                 if g.mesh.len() < 2 * d {
                     g.mesh.insert(from);
+                } else if !g.mesh.contains(&from) {
+                    self.send(to, from, Frame::Prune);
                 }
             }
+            Frame::Prune => {
+                self.nodes[to].gossip.mesh.remove(&from);
+            }
+            Frame::Probe(_) => unreachable!("handled above"),
         }
     }
 
@@ -270,9 +304,10 @@ impl World {
         for (x, y) in [(a, b), (b, a)] {
             self.nodes[x].peers.insert(y);
             // A new peer of the topic joins the mesh at once while it is
-            // below D-1 (gossipsub grafts on subscription).
-            if self.nodes[x].gossip.mesh.len() + 1 < d {
-                self.nodes[x].gossip.mesh.insert(y);
+            // below D-1 (gossipsub grafts on subscription); the GRAFT makes
+            // the other side add it too, or prune it when its mesh is full.
+            if self.nodes[x].gossip.mesh.len() + 1 < d && self.nodes[x].gossip.mesh.insert(y) {
+                self.send(x, y, Frame::Graft);
             }
             let id = self.nodes[y].id.clone();
             self.input(x, Input::PeerUp(id));

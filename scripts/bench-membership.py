@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""Membership at scale with real processes: N `shoal start` release nodes on
+loopback (fast profile by default, node 0 as every node's bootstrap), watched
+through each node's /v1/events stream. Prints:
+
+  join       first joiner spawned until every node lists N alive
+  idle       CPU of all nodes over 10 s, RSS per node
+  false      suspect/dead events about live nodes (join and idle)
+  write      one knowledge write until every other node merged it (x20)
+  detection  kill -9 of one node until every survivor saw it suspect / dead
+
+Usage: scripts/bench-membership.py [N] [--profile fast|lan] [--hog]
+(--hog runs a CPU hog on both cores during the idle and detection phases).
+Bounded in time; every process it started is killed by its pid at the end.
+Results go to docs/benchmarks.md by hand.
+"""
+
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "shoal")
+DEADLINE = 600  # seconds, for the whole run
+
+
+def main():
+    args = sys.argv[1:]
+    n = int(args[0]) if args and args[0].isdigit() else 100
+    profile = args[args.index("--profile") + 1] if "--profile" in args else "fast"
+    hog = "--hog" in args
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "shoal"], cwd=ROOT, check=True)
+    tmp = tempfile.mkdtemp(prefix="shoal-bench-")
+    env = dict(os.environ, SHOAL_SECRET=os.urandom(32).hex(), RUST_LOG="warn")
+    procs, hogs = [], []
+    started = time.monotonic()
+
+    def spawn(i, bootstrap):
+        out = open(os.path.join(tmp, f"r{i}"), "w")
+        err = open(os.path.join(tmp, f"e{i}"), "w")
+        cmd = [BIN, "start", "--no-mdns", "--profile", profile, "--api", "127.0.0.1:0",
+               "--listen", "/ip4/127.0.0.1/tcp/0", "--data-dir", os.path.join(tmp, f"n{i}")]
+        if bootstrap:
+            cmd += ["--bootstrap", bootstrap]
+        procs.append(subprocess.Popen(cmd, stdout=out, stderr=err, env=env))
+
+    def ready(i, limit=30):
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            text = open(os.path.join(tmp, f"r{i}")).read()
+            if "api=" in text:
+                fields = dict(f.split("=", 1) for f in text.split() if "=" in f)
+                return fields["api"], fields.get("p2p", "").split(",")[0]
+            time.sleep(0.05)
+        raise SystemExit(f"node {i} did not start; see {tmp}/e{i}")
+
+    try:
+        spawn(0, None)
+        api0, p2p0 = ready(0)
+        apis = [api0]
+        watchers = [Watcher(api0)]
+        t_first = time.monotonic()
+        for i in range(1, n):
+            spawn(i, p2p0)
+        for i in range(1, n):
+            api, _ = ready(i)
+            apis.append(api)
+            watchers.append(Watcher(api))
+        ids = [w.me for w in watchers]
+        # Join: every node lists n alive.
+        end = time.monotonic() + 120
+        while time.monotonic() < end and not all(w.alive_count() >= n for w in watchers):
+            time.sleep(0.05)
+        joined = [w.all_alive_at(n) for w in watchers]
+        if None in joined:
+            print(f"join: NOT every node saw {n} alive within 120 s "
+                  f"(min {min(w.alive_count() for w in watchers)})")
+        else:
+            t = [j - t_first for j in joined]
+            print(f"join: {max(t):.2f} s until every node listed {n} alive "
+                  f"(per node p50 {statistics.median(t):.2f} s)")
+        time.sleep(5)
+        if hog:
+            hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2)]
+        # Idle cost.
+        before = sum(cpu(p.pid) for p in procs)
+        time.sleep(10)
+        after = sum(cpu(p.pid) for p in procs)
+        rss = [rss_mib(p.pid) for p in procs]
+        print(f"idle: {after - before:.2f} CPU-s per 10 s for {n} nodes; RSS per node "
+              f"mean {statistics.mean(rss):.1f} MiB, max {max(rss):.1f} MiB"
+              + (" (with a CPU hog on both cores)" if hog else ""))
+        false = sum(w.false_verdicts(set()) for w in watchers)
+        print(f"false suspicions so far (join and idle): {false}")
+        # Write propagation.
+        lat = []
+        for k in range(20):
+            src = random.randrange(n)
+            key = f"k{k}-{random.getrandbits(32)}"
+            t0 = time.monotonic()
+            put(apis[src], f"/v1/kv/bench/{key}", {"value": k})
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                seen = [w.merged.get(key) for j, w in enumerate(watchers) if j != src]
+                if all(seen):
+                    lat.append(max(seen) - t0)
+                    break
+                time.sleep(0.002)
+        lat.sort()
+        if lat:
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            print(f"write: to every node p50 {statistics.median(lat) * 1000:.1f} ms, "
+                  f"p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms ({len(lat)}/20 writes)")
+        # Detection.
+        victim = random.randrange(1, n)
+        vid = ids[victim]
+        t0 = time.monotonic()
+        procs[victim].send_signal(signal.SIGKILL)
+        procs[victim].wait()
+        survivors = [w for j, w in enumerate(watchers) if j != victim]
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not all(vid in w.dead for w in survivors):
+            time.sleep(0.02)
+        dead = [w.dead.get(vid) for w in survivors]
+        sus = [w.suspect.get(vid) or w.dead.get(vid) for w in survivors]
+        if None in dead:
+            print(f"detection: {sum(d is not None for d in dead)}/{len(survivors)} survivors saw dead within 60 s")
+        else:
+            print(f"detection: every survivor saw suspect by {max(sus) - t0:.2f} s, "
+                  f"dead by {max(dead) - t0:.2f} s (first dead {min(dead) - t0:.2f} s)")
+        false = sum(w.false_verdicts({vid}) for w in survivors)
+        print(f"false suspicions in the whole run: {false}")
+        print(f"(run took {time.monotonic() - started:.0f} s; logs in {tmp} until exit)")
+    finally:
+        for p in hogs + procs:
+            if p.poll() is None:
+                p.kill()
+        for p in hogs + procs:
+            p.wait()
+        subprocess.run(["rm", "-rf", tmp])
+
+
+def get(api, path):
+    with urllib.request.urlopen(f"{api}{path}", timeout=10) as r:
+        return json.load(r)
+
+
+def put(api, path, body):
+    req = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), method="PUT",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        r.read()
+
+
+def cpu(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Watcher:
+    """One node's event stream, read on a thread: member statuses as it sees
+    them, and when each knowledge key was merged."""
+
+    def __init__(self, api):
+        self.api = api
+        self.lock = threading.Lock()
+        self.status = {}
+        self.merged, self.dead, self.suspect = {}, {}, {}
+        self.verdicts = []  # (node, kind)
+        self.full_at = {}
+        self.resp = urllib.request.urlopen(f"{api}/v1/events", timeout=DEADLINE)
+        self.me = get(api, "/v1/status")["node"]["id"]
+        for m in get(api, "/v1/nodes")["nodes"]:
+            self.status[m["id"]] = m["status"]
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def read(self):
+        kind = None
+        try:
+            for raw in self.resp:
+                line = raw.decode().strip()
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:") and kind:
+                    self.on(kind, json.loads(line[5:]))
+        except Exception:
+            pass
+
+    def on(self, kind, e):
+        now = time.monotonic()
+        with self.lock:
+            node = e.get("node")
+            if kind in ("member_joined", "member_recovered"):
+                self.status[node] = "alive"
+            elif kind == "member_suspect":
+                self.status[node] = "suspect"
+                self.suspect.setdefault(node, now)
+                self.verdicts.append((node, kind))
+            elif kind == "member_dead":
+                self.status[node] = "dead"
+                self.dead.setdefault(node, now)
+                self.verdicts.append((node, kind))
+            elif kind in ("member_left", "member_removed"):
+                self.status[node] = kind[7:]
+            elif kind == "kv_merged":
+                self.merged.setdefault(e.get("key"), now)
+            alive = sum(1 for s in self.status.values() if s == "alive")
+            self.full_at.setdefault(alive, now)
+
+    def alive_count(self):
+        with self.lock:
+            return sum(1 for s in self.status.values() if s == "alive")
+
+    def all_alive_at(self, n):
+        with self.lock:
+            if sum(1 for s in self.status.values() if s == "alive") < n:
+                return None
+            return min((t for k, t in self.full_at.items() if k >= n), default=time.monotonic())
+
+    def false_verdicts(self, really_dead):
+        with self.lock:
+            return sum(1 for node, _ in self.verdicts if node not in really_dead)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit("over time")))
+    signal.alarm(DEADLINE)
+    main()
