@@ -5,7 +5,8 @@
 use shoal::sim::{self, Scenario};
 use std::path::Path;
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
+    "loss",
     "steady",
     "idle",
     "partition-heal",
@@ -61,6 +62,20 @@ fn a_seed_replays_to_the_same_report() {
         let (s, file) = scenario(name);
         let c = sim::run(s, 43, &file).without_wall_time();
         assert_ne!(a.events, c.events, "{name}: another seed, another run");
+    }
+}
+
+#[test]
+fn random_loss_of_five_percent_gives_no_false_death_verdict() {
+    // Probes are lost as often as gossip: the indirect probes and the
+    // suspicion with refutation must absorb it.
+    for seed in SEEDS {
+        let (mut s, file) = scenario("loss");
+        s.nodes = 40;
+        let r = sim::run(s, seed, &file);
+        assert!(r.violations.is_empty(), "{}", r.summary());
+        assert_eq!(r.false_deaths, 0, "seed {seed}: {}", r.summary());
+        assert!(r.messages_per_node_per_sec.probe > 0.0, "probes ran");
     }
 }
 
