@@ -253,6 +253,9 @@ pub struct Swim {
     seq: u64,
     health: u32,
     broadcasts: VecDeque<Broadcast>,
+    /// Every suspicion's deadline, so the next one is found without a walk
+    /// over the members (the engine asks after every input).
+    deadlines: BTreeSet<(Mono, NodeId)>,
     out: Vec<SwimOut>,
 }
 
@@ -272,6 +275,7 @@ impl Swim {
             seq: 0,
             health: 0,
             broadcasts: VecDeque::new(),
+            deadlines: BTreeSet::new(),
             out: Vec::new(),
         }
     }
@@ -337,7 +341,8 @@ impl Swim {
                 if incarnation > m.incarnation {
                     m.incarnation = incarnation;
                     m.last_heard = now;
-                    if m.suspicion.take().is_some() {
+                    if let Some(s) = m.suspicion.take() {
+                        self.deadlines.remove(&(s.deadline, node.clone()));
                         self.out.push(SwimOut::Recovered(node.clone()));
                     }
                 }
@@ -364,8 +369,11 @@ impl Swim {
 
     /// Stops watching a member (it left, was declared dead or removed).
     pub fn forget(&mut self, node: &NodeId) {
-        if self.members.remove(node).is_none() {
+        let Some(m) = self.members.remove(node) else {
             return;
+        };
+        if let Some(s) = m.suspicion {
+            self.deadlines.remove(&(s.deadline, node.clone()));
         }
         if let Some(pos) = self.order.iter().position(|n| n == node) {
             self.order.remove(pos);
@@ -389,10 +397,8 @@ impl Swim {
         for r in self.relays.values() {
             at = at.min(r.deadline);
         }
-        for m in self.members.values() {
-            if let Some(s) = &m.suspicion {
-                at = at.min(s.deadline);
-            }
+        if let Some((deadline, _)) = self.deadlines.first() {
+            at = at.min(*deadline);
         }
         at
     }
@@ -426,10 +432,10 @@ impl Swim {
             }
         }
         let dead: Vec<NodeId> = self
-            .members
+            .deadlines
             .iter()
-            .filter(|(_, m)| m.suspicion.as_ref().is_some_and(|s| s.deadline <= now))
-            .map(|(id, _)| id.clone())
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|(_, id)| id.clone())
             .collect();
         for node in dead {
             if let Some(m) = self.members.get(&node) {
@@ -573,7 +579,6 @@ impl Swim {
     }
 
     fn suspect(&mut self, node: &NodeId, incarnation: u64, by: &NodeId, now: Mono) {
-        let timeout_for = |s: &Swim, c: usize| s.suspicion_timeout(c);
         let Some(m) = self.members.get(node) else {
             return;
         };
@@ -582,20 +587,23 @@ impl Swim {
         }
         let fresh = !matches!(&m.suspicion, Some(s) if s.incarnation >= incarnation);
         if fresh {
-            let timeout = timeout_for(self, 0);
             let mut confirmers = BTreeSet::new();
             if by != &self.me {
                 confirmers.insert(by.clone());
             }
-            let deadline = now.plus(timeout_for(self, confirmers.len()).min(timeout));
+            let deadline = now.plus(self.suspicion_timeout(confirmers.len()));
             let m = self.members.get_mut(node).expect("looked up above");
             m.incarnation = incarnation;
-            m.suspicion = Some(Suspicion {
+            let old = m.suspicion.replace(Suspicion {
                 incarnation,
                 since: now,
                 confirmers,
                 deadline,
             });
+            if let Some(old) = old {
+                self.deadlines.remove(&(old.deadline, node.clone()));
+            }
+            self.deadlines.insert((deadline, node.clone()));
             self.out.push(SwimOut::Suspect(node.clone()));
             self.out.push(SwimOut::Count(SwimCounter::SuspicionRaised));
         } else {
@@ -606,14 +614,17 @@ impl Swim {
             }
             let c = s.confirmers.len() + 1;
             let since = s.since;
-            let timeout = timeout_for(self, c);
+            let timeout = self.suspicion_timeout(c);
             let s = self
                 .members
                 .get_mut(node)
                 .and_then(|m| m.suspicion.as_mut())
                 .expect("not fresh");
             s.confirmers.insert(by.clone());
-            s.deadline = since.plus(timeout);
+            let old = std::mem::replace(&mut s.deadline, since.plus(timeout));
+            let new = s.deadline;
+            self.deadlines.remove(&(old, node.clone()));
+            self.deadlines.insert((new, node.clone()));
         }
         self.queue(Update::Suspect {
             node: node.clone(),
@@ -742,7 +753,8 @@ impl Swim {
                 }
                 m.incarnation = incarnation;
                 m.last_heard = now;
-                if m.suspicion.take().is_some() {
+                if let Some(s) = m.suspicion.take() {
+                    self.deadlines.remove(&(s.deadline, node.clone()));
                     self.out.push(SwimOut::Recovered(node.clone()));
                     self.out.push(SwimOut::Count(SwimCounter::SuspicionRefuted));
                 }
