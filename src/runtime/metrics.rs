@@ -72,9 +72,6 @@ pub struct Metrics {
     /// Failure detection by kind: probes sent and failed, indirect probes,
     /// suspicions raised and refuted, members declared dead.
     pub detection: Family<Label, Counter>,
-    /// Milliseconds from suspicion to death verdict, of the verdicts this
-    /// node reached.
-    pub detection_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,7 +103,6 @@ impl Default for Metrics {
             sync_entries: Counter::default(),
             divergences: Counter::default(),
             detection: Family::default(),
-            detection_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 10)),
         };
         registry.register(
             "acknowledged_writes",
@@ -177,11 +173,6 @@ impl Default for Metrics {
             "failure_detection",
             "Failure detection by kind: probe_sent, probe_failed, indirect_probe, suspicion_raised, suspicion_refuted, probe_malformed",
             m.detection.clone(),
-        );
-        registry.register(
-            "suspicion_to_dead_seconds",
-            "How long the suspicions this node turned into death verdicts lasted",
-            m.detection_seconds.clone(),
         );
         Metrics {
             registry: std::sync::Mutex::new(registry),
