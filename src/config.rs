@@ -127,6 +127,8 @@ pub struct ConfigLayer {
     pub bootstrap: Option<Vec<String>>,
     /// mDNS discovery on or off.
     pub mdns: Option<bool>,
+    /// UDP address of the failure-detection socket (IP:PORT).
+    pub probe_listen: Option<String>,
     /// HTTP API address.
     pub api: Option<String>,
     /// File holding the API bearer token.
@@ -190,6 +192,7 @@ impl ConfigLayer {
             listen,
             bootstrap,
             mdns,
+            probe_listen,
             api,
             api_token_file,
             secret_file,
@@ -225,6 +228,15 @@ impl ConfigLayer {
         let api: SocketAddr = api_text
             .parse()
             .map_err(|_| invalid("api", format!("`{api_text}` is not an IP:PORT address")))?;
+        let probe_listen = match self.probe_listen {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "probe_listen",
+                    format!("`{text}` is not an IP:PORT address"),
+                )
+            })?),
+        };
         let cfg = NodeConfig {
             data_dir: self
                 .data_dir
@@ -235,6 +247,7 @@ impl ConfigLayer {
                 .unwrap_or_else(|| DEFAULT_LISTEN.iter().map(|a| (*a).to_owned()).collect()),
             bootstrap: self.bootstrap.unwrap_or_default(),
             mdns: self.mdns.unwrap_or(true),
+            probe_listen,
             api,
             api_token_file: self.api_token_file,
             secret_file: self.secret_file,
@@ -267,6 +280,9 @@ pub struct NodeConfig {
     pub bootstrap: Vec<String>,
     /// mDNS on the LAN.
     pub mdns: bool,
+    /// UDP address of the failure-detection socket; by default the IP of
+    /// the first listen address and a free port.
+    pub probe_listen: Option<SocketAddr>,
     /// HTTP API address.
     pub api: SocketAddr,
     /// File with the API bearer token (required when the API is not on loopback).
@@ -303,6 +319,23 @@ fn valid_name(s: &str) -> bool {
 }
 
 impl NodeConfig {
+    /// Where the failure-detection socket binds: `probe_listen`, or the IP
+    /// of the first listen address (`/ip4/A/...` or `/ip6/A/...`) and a
+    /// free port, or every IPv4 interface.
+    pub fn probe_listen_addr(&self) -> SocketAddr {
+        if let Some(addr) = self.probe_listen {
+            return addr;
+        }
+        let ip = self.listen.iter().find_map(|a| {
+            let mut parts = a.split('/').skip(1);
+            match (parts.next(), parts.next()) {
+                (Some("ip4" | "ip6"), Some(ip)) => ip.parse::<std::net::IpAddr>().ok(),
+                _ => None,
+            }
+        });
+        SocketAddr::new(ip.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()), 0)
+    }
+
     /// Checks every key's range and format.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=10_000).contains(&self.capacity) {

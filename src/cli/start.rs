@@ -34,6 +34,10 @@ pub struct StartArgs {
     /// Turn mDNS discovery off.
     #[arg(long, env = "SHOAL_NO_MDNS")]
     no_mdns: bool,
+    /// UDP IP:PORT of the failure-detection socket (default: the first
+    /// listen address's IP, a free port).
+    #[arg(long, env = "SHOAL_PROBE_LISTEN")]
+    probe_listen: Option<String>,
     /// HTTP API address, from the global `--api` (IP:PORT, or a URL whose
     /// host and port are used; port 0 picks a free one).
     #[arg(skip)]
@@ -110,6 +114,7 @@ impl StartArgs {
             listen: non_empty(self.listen),
             bootstrap: non_empty(self.bootstrap),
             mdns: self.no_mdns.then_some(false),
+            probe_listen: self.probe_listen,
             api: self.api_addr,
             api_token_file: self.api_token_file,
             secret_file: self.secret_file,

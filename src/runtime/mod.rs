@@ -14,6 +14,7 @@ pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod probe;
 pub mod store;
 pub mod sysload;
 

@@ -41,7 +41,6 @@ pub const STATE_TOPIC: &str = "shoal/state/1";
 const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/sync/1");
 /// Failure detection: one SWIM packet per request, answered with nothing
 /// (SWIM's own acks are packets too).
-const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/swim/1");
 const IDENTIFY_PROTOCOL: &str = "/shoal/id/1";
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1");
 
@@ -140,7 +139,6 @@ mod composed {
         pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
         pub(super) gossipsub: gossipsub::Behaviour,
         pub(super) sync: request_response::Behaviour<SyncCodec>,
-        pub(super) swim: request_response::Behaviour<SyncCodec>,
     }
 }
 pub use composed::{Behaviour, BehaviourEvent};
@@ -181,13 +179,6 @@ pub enum NetEvent {
     Disconnected(PeerId),
     /// A sync request of ours got no answer (timeout, connection closed).
     SyncFailed(PeerId),
-    /// A failure-detection packet from a peer.
-    Probe {
-        /// The peer.
-        peer: PeerId,
-        /// The encoded packet.
-        data: Vec<u8>,
-    },
 }
 
 /// A network setup failure.
@@ -386,21 +377,18 @@ impl Net {
     }
 
     /// Sends a sync request.
-    pub fn request(&mut self, peer: PeerId, data: Vec<u8>) {
+    ///
+    /// Only over a connection that is open: the engine chooses whom to be
+    /// connected to, and a request that dialed would reopen what it closed.
+    /// Returns false (nothing sent) when the peer is not connected.
+    pub fn request(&mut self, peer: PeerId, data: Vec<u8>) -> bool {
+        if !self.swarm.is_connected(&peer) {
+            self.metrics.drop_reason("sync_peer_gone");
+            return false;
+        }
         self.swarm.behaviour_mut().sync.send_request(&peer, data);
         self.metrics.net("sync_requests_sent");
-    }
-
-    /// Sends a failure-detection packet, dialing the peer at `addrs` first
-    /// when they are given (it is not connected). A packet that cannot be
-    /// delivered is counted; SWIM itself treats it as lost.
-    pub fn probe(&mut self, peer: PeerId, addrs: &[String], data: Vec<u8>) {
-        for a in addrs {
-            if let Ok(addr) = a.parse::<Multiaddr>() {
-                self.swarm.add_peer_address(peer, addr);
-            }
-        }
-        self.swarm.behaviour_mut().swim.send_request(&peer, data);
+        true
     }
 
     /// Answers a sync request.
@@ -429,7 +417,6 @@ impl Net {
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => self.on_gossip(e),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(e)) => self.on_sync(e),
-            SwarmEvent::Behaviour(BehaviourEvent::Swim(e)) => self.on_swim(e),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
                     self.swarm
@@ -443,16 +430,6 @@ impl Net {
                 }
                 None
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
-                peer_id,
-                info,
-                ..
-            })) => {
-                for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                }
-                None
-            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
@@ -462,6 +439,11 @@ impl Net {
                 self.metrics
                     .peers
                     .set(self.swarm.connected_peers().count() as i64);
+                self.metrics.net(if endpoint.is_dialer() {
+                    "connection_dialed"
+                } else {
+                    "connection_accepted"
+                });
                 if num_established.get() == 1 {
                     info!(peer = %peer_id, addr = %endpoint.get_remote_address(), "peer connected");
                     return Some(NetEvent::Connected(peer_id));
@@ -549,41 +531,6 @@ impl Net {
                 );
                 None
             }
-        }
-    }
-
-    fn on_swim(&mut self, e: request_response::Event<Vec<u8>, Vec<u8>>) -> Option<NetEvent> {
-        match e {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .swim
-                    .send_response(channel, Vec::new());
-                Some(NetEvent::Probe {
-                    peer,
-                    data: request,
-                })
-            }
-            request_response::Event::OutboundFailure { peer, error, .. } => {
-                // An unreachable member is what probes are for: counted, and
-                // logged at debug only.
-                self.metrics.drop_reason("probe_undeliverable");
-                debug!(%peer, %error, "probe not delivered");
-                None
-            }
-            request_response::Event::InboundFailure { .. } => {
-                self.metrics.drop_reason("probe_inbound_failed");
-                None
-            }
-            _ => None,
         }
     }
 
@@ -721,7 +668,17 @@ fn behaviour(
         None
     };
     let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
-    kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+    // Kademlia's routing table holds the bootstrap and mDNS peers only
+    // (manual inserts): the member records carry every member's addresses,
+    // and the engine keeps a bounded set of connections. Fed from every
+    // connection, Kademlia dialed far more than the engine: a bootstrap
+    // (every bucket refreshed, about a hundred dials at 100 members) each
+    // time its table was under 20 entries, and a liveness dial of a full
+    // bucket's oldest disconnected entry for each new peer, which reopened
+    // every connection the engine closed. 100 processes spent most of the
+    // join's CPU in noise handshakes (docs/benchmarks.md).
+    kad_cfg.set_kbucket_inserts(kad::BucketInserts::Manual);
+    kad_cfg.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -741,13 +698,6 @@ fn behaviour(
             SyncCodec::default(),
             [(SYNC_PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
-        ),
-        swim: request_response::Behaviour::with_codec(
-            SyncCodec {
-                limit: crate::core::swim::MAX_PACKET_BYTES,
-            },
-            [(SWIM_PROTOCOL, ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(5)),
         ),
     })
 }

@@ -26,6 +26,7 @@ use crate::runtime::handle::{Request, Waiter};
 use crate::runtime::identity::{self, ClusterSecret, IdentityError};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::net::{Net, NetEvent};
+use crate::runtime::probe::{ProbeSocket, Received, Sealer};
 use crate::runtime::store::{Store, StoreError};
 use crate::runtime::sysload;
 use futures::StreamExt;
@@ -130,6 +131,17 @@ impl Node {
             metrics.clone(),
         )?;
         let p2p_addrs = net.wait_listening(Duration::from_secs(10)).await;
+        let probe_at = cfg.probe_listen_addr();
+        let (probe, probe_rx) =
+            ProbeSocket::bind(probe_at, Sealer::new(&key, &secret), metrics.clone())
+                .await
+                .map_err(|e| {
+                    NodeError::Net(crate::runtime::net::NetError(format!(
+                        "probe socket {probe_at}: {e}"
+                    )))
+                })?;
+        let mut record_addrs = p2p_addrs.clone();
+        record_addrs.extend(probe.advertised(&p2p_addrs));
         let mut handlers: Handlers = cfg
             .handlers
             .iter()
@@ -144,7 +156,7 @@ impl Node {
             node: id.clone(),
             record: MemberRecord {
                 name: name.clone(),
-                addrs: p2p_addrs.clone(),
+                addrs: record_addrs,
                 api: Some(cfg.api.to_string()),
                 capabilities,
                 tags: cfg.tags.clone(),
@@ -202,6 +214,7 @@ impl Node {
             running: HashMap::new(),
             exec_tx,
             net,
+            probe,
             origin: tokio::time::Instant::now(),
             waiters: HashMap::new(),
             next_req: 0,
@@ -216,7 +229,7 @@ impl Node {
         owner.input(Input::Start);
         owner.settle().await?;
         handle.ready.store(true, Ordering::Relaxed);
-        let task = tokio::spawn(owner.run(rx, exec_rx).instrument(span));
+        let task = tokio::spawn(owner.run(rx, exec_rx, probe_rx).instrument(span));
         Ok(Node { handle, task })
     }
 
@@ -254,6 +267,8 @@ struct Owner {
     running: HashMap<TaskId, (Fence, oneshot::Sender<()>)>,
     exec_tx: mpsc::UnboundedSender<ExecDone>,
     net: Net,
+    /// Failure-detection datagrams.
+    probe: ProbeSocket,
     /// The origin of the engine's monotonic clock.
     origin: tokio::time::Instant,
     waiters: HashMap<ReqId, Waiter>,
@@ -304,6 +319,7 @@ impl Owner {
         mut self,
         mut rx: mpsc::Receiver<Request>,
         mut exec_rx: mpsc::UnboundedReceiver<ExecDone>,
+        mut probe_rx: mpsc::Receiver<Received>,
     ) {
         let mut stopping: Option<oneshot::Sender<()>> = None;
         info!("node started");
@@ -316,6 +332,7 @@ impl Owner {
                 req = rx.recv(), if stopping.is_none() => self.requests(req, &mut rx, &mut stopping),
                 Some((id, fence, outcome)) = exec_rx.recv() => self.exec_done(id, fence, outcome),
                 ev = self.net.swarm.select_next_some() => self.on_swarm(ev),
+                Some(packet) = probe_rx.recv() => self.on_probe(packet),
                 _ = tokio::time::sleep_until(wake), if timer.is_some() => self.input(Input::Timer(timer.expect("guarded").1)),
                 _ = tokio::time::sleep_until(linger), if self.leaving_until.is_some() => {
                     if let Some(done) = stopping.take() {
@@ -386,13 +403,16 @@ impl Owner {
             Output::Persist(batch) => self.persist(batch),
             Output::Publish(bytes) => self.net.publish(vec![bytes]),
             Output::Send { to, bytes } => {
-                if let Some(peer) = self.peer_id(&to) {
-                    self.net.request(peer, bytes);
+                let sent = self
+                    .peer_id(&to)
+                    .is_some_and(|peer| self.net.request(peer, bytes));
+                if !sent {
+                    self.input(Input::SyncFailed { from: to });
                 }
             }
             Output::Probe { to, addrs, bytes } => {
                 if let Some(peer) = self.peer_id(&to) {
-                    self.net.probe(peer, &addrs, bytes);
+                    self.probe.send(peer, &addrs, &bytes);
                 }
             }
             Output::Respond { id, bytes, .. } => {
@@ -408,8 +428,16 @@ impl Owner {
                     }
                 }
             }
-            Output::Dial { addrs, .. } => self.net.dial_known(&addrs),
+            Output::Dial { addrs, .. } => {
+                self.handle.metrics.net("member_dialed");
+                self.net.dial_known(&addrs)
+            }
             Output::DialBootstrap => self.net.dial_bootstrap(),
+            Output::Disconnect(node) => {
+                if let Some(peer) = self.peer_id(&node) {
+                    let _ = self.net.swarm.disconnect_peer_id(peer);
+                }
+            }
             Output::Start(task) => self.start_task(task),
             Output::Abort { task, fence } => {
                 if self.running.get(&task).is_some_and(|(f, _)| *f == fence) {
@@ -479,6 +507,17 @@ impl Owner {
         self.next_ref
     }
 
+    /// A failure-detection packet, opened and verified by the socket's
+    /// reader.
+    fn on_probe(&mut self, packet: Received) {
+        self.probe.seen(packet.from, packet.src);
+        let from = self.node_id(packet.from);
+        self.input(Input::Probe {
+            from,
+            bytes: packet.bytes,
+        });
+    }
+
     /// Translates what the swarm reported into an engine input.
     fn on_swarm(&mut self, ev: libp2p::swarm::SwarmEvent<crate::runtime::net::BehaviourEvent>) {
         let Some(event) = self.net.handle(ev) else {
@@ -513,10 +552,6 @@ impl Owner {
             },
             NetEvent::SyncFailed(peer) => Input::SyncFailed {
                 from: self.node_id(peer),
-            },
-            NetEvent::Probe { peer, data } => Input::Probe {
-                from: self.node_id(peer),
-                bytes: data,
             },
             NetEvent::Connected(peer) => Input::PeerUp(self.node_id(peer)),
             NetEvent::Disconnected(peer) => Input::PeerDown(self.node_id(peer)),

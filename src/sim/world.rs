@@ -647,6 +647,11 @@ impl World {
                     self.dial(i, j);
                 }
             }
+            Output::Disconnect(node) => {
+                if let Some(&j) = self.node_index.get(&node) {
+                    self.close(i, j);
+                }
+            }
             Output::DialBootstrap => {
                 for j in [0, 1] {
                     if j != i && j < self.nodes.len() {

@@ -35,10 +35,16 @@ pub struct ProtocolConfig {
     /// 100 to 60,000 ms; 2,000 in every profile.
     pub redial_ms: u64,
     /// Connections this node keeps on its own: it dials members until it
-    /// has this many (gossipsub's mesh is drawn from them). Probes reach
-    /// other members on short-lived connections. 1 to 1,000; 8 in every
-    /// profile.
+    /// has this many (gossipsub's mesh is drawn from them). Probes need
+    /// none (they are datagrams). 1 to 1,000; 8 in every profile.
     pub max_peers: usize,
+    /// Most connections a node keeps, its own and those others opened to
+    /// it (bootstrap joins, Kademlia queries, other nodes' `max_peers`);
+    /// each redial round closes the excess, sparing the ones it dialed
+    /// itself and those still catching up. `max_peers` to 10,000; three
+    /// times `max_peers` (24) in every profile, so that the inbound
+    /// connections of a random graph of degree 8 rarely reach it.
+    pub max_connections: usize,
     /// While a node has no peer at all, redials back off by doubling up to
     /// this many redial intervals. 1 to 64; 16 (32 s) in every profile.
     pub redial_backoff_max: u32,
@@ -58,6 +64,7 @@ impl ProtocolConfig {
             anti_entropy_ms: heartbeat_ms.saturating_mul(4).clamp(1_000, 30_000),
             redial_ms: 2_000,
             max_peers: 8,
+            max_connections: 24,
             redial_backoff_max: 16,
             gossip_window_ms: 5,
         }
@@ -75,6 +82,12 @@ impl ProtocolConfig {
         check("tick_ms", self.tick_ms, 10, 1_000)?;
         check("load_ms", self.load_ms, 50, 60_000)?;
         check("max_peers", self.max_peers as u64, 1, 1_000)?;
+        check(
+            "max_connections",
+            self.max_connections as u64,
+            self.max_peers as u64,
+            10_000,
+        )?;
         check("anti_entropy_ms", self.anti_entropy_ms, 100, 300_000)?;
         check("redial_ms", self.redial_ms, 100, 60_000)?;
         check(

@@ -313,12 +313,13 @@ pub enum Output {
         /// The bytes.
         bytes: Vec<u8>,
     },
-    /// Send an encoded failure-detection packet to a member, dialing it at
-    /// `addrs` when they are given (the engine is not connected to it).
+    /// Send an encoded failure-detection packet to a member: a datagram,
+    /// not a connection (the runtime picks the probe address among
+    /// `addrs`).
     Probe {
         /// The member.
         to: NodeId,
-        /// Where to reach it, when not connected.
+        /// The addresses of its member record (empty when unknown).
         addrs: Vec<String>,
         /// The bytes.
         bytes: Vec<u8>,
@@ -351,6 +352,8 @@ pub enum Output {
     },
     /// Dial the configured bootstrap peers (this node has no peer).
     DialBootstrap,
+    /// Close the connection to a peer (more than `max_connections`).
+    Disconnect(NodeId),
     /// Run a task with a handler.
     Start(StartTask),
     /// Stop a running handler.

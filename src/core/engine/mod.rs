@@ -94,6 +94,8 @@ pub struct Engine {
     /// Peers we are catching up with after connecting (what they send is
     /// not divergence).
     catching_up: BTreeSet<NodeId>,
+    /// Peers this node dialed itself (kept when connections are trimmed).
+    dialed: BTreeSet<NodeId>,
     /// Peers to ask for a summary again as soon as a diff is answered,
     /// because not every differing bucket fitted in it.
     resync: BTreeSet<NodeId>,
@@ -129,6 +131,7 @@ impl Engine {
             clock: Now::default(),
             peers: BTreeSet::new(),
             catching_up: BTreeSet::new(),
+            dialed: BTreeSet::new(),
             resync: BTreeSet::new(),
             stalled: Default::default(),
             batches: Batches::default(),
@@ -362,6 +365,7 @@ impl Engine {
 
     fn peer_down(&mut self, peer: &NodeId) {
         self.peers.remove(peer);
+        self.dialed.remove(peer);
         self.end_session(peer);
     }
 
@@ -432,6 +436,7 @@ impl Engine {
         if alone {
             self.out.push(Output::DialBootstrap);
         }
+        self.trim_connections();
         let me = self.replica.node().clone();
         let (mut candidates, mut dead): (Vec<&NodeId>, Vec<&NodeId>) = (Vec::new(), Vec::new());
         for (id, m) in &self.replica.state().members {
@@ -456,6 +461,7 @@ impl Engine {
         }
         for id in chosen {
             let addrs = self.replica.state().members[&id].record().addrs.clone();
+            self.dialed.insert(id.clone());
             self.out.push(Output::Dial { node: id, addrs });
         }
         self.redial_backoff = if alone {
@@ -464,6 +470,32 @@ impl Engine {
             1
         };
         self.redial_skip = self.redial_backoff - 1;
+    }
+
+    /// Closes connections beyond `max_connections`, drawn at random among
+    /// those this node did not dial and that are not catching up: what
+    /// others opened to it (a bootstrap node is dialed by every joiner,
+    /// Kademlia's queries connect to many) would otherwise stay open for
+    /// good, since gossipsub keeps every connection with a stream alive.
+    fn trim_connections(&mut self) {
+        self.dialed.retain(|p| self.peers.contains(p));
+        let excess = self.peers.len().saturating_sub(self.cfg.max_connections);
+        if excess == 0 {
+            return;
+        }
+        let mut candidates: Vec<&NodeId> = self
+            .peers
+            .iter()
+            .filter(|p| !self.dialed.contains(*p) && !self.catching_up.contains(*p))
+            .collect();
+        let mut closing = Vec::new();
+        while closing.len() < excess && !candidates.is_empty() {
+            let i = self.rng.below(candidates.len());
+            closing.push(candidates.swap_remove(i).clone());
+        }
+        for peer in closing {
+            self.out.push(Output::Disconnect(peer));
+        }
     }
 
     /// Gossips this node's load figures when they moved by more than a
@@ -526,16 +558,13 @@ impl Engine {
                 Effect::WorkAvailable => open.effects.push(Output::WorkAvailable),
                 // Probes carry nothing durable: they go at once.
                 Effect::Probe { to, packet } => {
-                    let addrs = if self.peers.contains(&to) {
-                        Vec::new()
-                    } else {
-                        self.replica
-                            .state()
-                            .members
-                            .get(&to)
-                            .map(|m| m.record().addrs.clone())
-                            .unwrap_or_default()
-                    };
+                    let addrs = self
+                        .replica
+                        .state()
+                        .members
+                        .get(&to)
+                        .map(|m| m.record().addrs.clone())
+                        .unwrap_or_default();
                     let bytes = wire::encode(&packet);
                     self.out.push(Output::Probe { to, addrs, bytes });
                 }
