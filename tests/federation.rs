@@ -315,3 +315,105 @@ fn ten_nodes_form_one_federation_and_converge() {
         assert_eq!(p.get("/v1/kv/big")["count"], 2);
     }
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a node's process.
+fn signal(p: &Proc, signal: &str) {
+    let pid = p.pid().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// Whether any node's audit log holds a death verdict about `id`.
+fn declared_dead_anywhere(nodes: &[&Proc], id: &str) -> bool {
+    nodes.iter().any(|p| {
+        p.get("/v1/audit")["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "node_declared_dead" && r["subject"] == id)
+    })
+}
+
+/// Waits until every node has sent `n` more probes than now: a wall of
+/// protocol progress to wait on instead of a sleep (in the fast profile,
+/// 12 probes are 6 s, twice the longest suspicion of a small federation).
+fn wait_probes(nodes: &[&Proc], n: f64) {
+    let key = "shoal_failure_detection_total{value=\"probe_sent\"}";
+    let start: Vec<f64> = nodes.iter().map(|p| p.metric(key)).collect();
+    poll_until(Duration::from_secs(60), "probes to go on", || {
+        nodes
+            .iter()
+            .zip(&start)
+            .all(|(p, s)| p.metric(key) >= s + n)
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_pause_shorter_than_the_suspicion_gives_no_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = federation(dir.path(), 4, &[]);
+    let paused = &nodes[3];
+    let id = paused.id.clone();
+    let before = nodes[0].get(&format!("/v1/nodes/{id}"))["incarnation"]
+        .as_u64()
+        .unwrap();
+    // A pause (a GC pause, a frozen VM) until some member suspects it,
+    // then it wakes: the shortest suspicion of 4 nodes in the fast profile
+    // lasts 1 s, and the node refutes as soon as it hears of it.
+    signal(paused, "STOP");
+    let others = &nodes[..3];
+    poll_until(
+        Duration::from_secs(20),
+        "a member to suspect the paused node",
+        || {
+            others
+                .iter()
+                .any(|p| p.get(&format!("/v1/nodes/{id}"))["status"] == "suspect")
+                .then_some(())
+        },
+    );
+    signal(paused, "CONT");
+    let all: Vec<&Proc> = nodes.iter().collect();
+    wait_probes(&all, 12.0);
+    assert!(
+        !declared_dead_anywhere(&all, &id),
+        "a paused node that came back in time was declared dead"
+    );
+    for p in &nodes {
+        let v = p.get(&format!("/v1/nodes/{id}"));
+        assert_eq!(v["status"], "alive", "{v}");
+        assert!(
+            v["incarnation"].as_u64().unwrap() > before,
+            "it refuted the suspicion with a higher incarnation: {v}"
+        );
+    }
+}
+
+#[test]
+fn a_graceful_stop_is_left_not_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = federation(dir.path(), 3, &[]);
+    let leaving = nodes.pop().unwrap();
+    let id = leaving.id.clone();
+    assert_eq!(leaving.terminate(), Some(0));
+    for p in &nodes {
+        poll_until(Duration::from_secs(30), "the node to be left", || {
+            (p.get(&format!("/v1/nodes/{id}"))["status"] == "left").then_some(())
+        });
+    }
+    let all: Vec<&Proc> = nodes.iter().collect();
+    wait_probes(&all, 12.0);
+    assert!(
+        !declared_dead_anywhere(&all, &id),
+        "a leaver was declared dead"
+    );
+    for p in &nodes {
+        assert_eq!(p.get(&format!("/v1/nodes/{id}"))["status"], "left");
+        assert_eq!(p.count_status("suspect"), 0);
+    }
+}

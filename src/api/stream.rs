@@ -20,11 +20,19 @@ pub(super) async fn events(
     let stream = BroadcastStream::new(s.node.subscribe()).map(move |item| {
         let event = match item {
             Ok(e) => {
-                let kind = serde_json::to_value(&e)
-                    .ok()
-                    .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+                // Each event carries `at`: the node's wall clock (ms since
+                // the epoch) when the stream took it, so that a watcher can
+                // time events without its own scheduling in the figure.
+                let mut value = serde_json::to_value(&e).unwrap_or_default();
+                let kind = value
+                    .get("type")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_owned)
                     .unwrap_or_else(|| "event".into());
-                SseEvent::default().event(kind).json_data(&e).unwrap_or_default()
+                if let Some(obj) = value.as_object_mut() {
+                    obj.insert("at".into(), json!(crate::runtime::node::now().0));
+                }
+                SseEvent::default().event(kind).data(value.to_string())
             }
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 node.metrics().events_lagged.inc_by(n);
@@ -55,6 +63,9 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiEr
         m.set_members(st, n);
     }
     m.kv_entries.set(sum.kv_entries as i64);
+    let suppressed = crate::runtime::lograte::SUPPRESSED.load(std::sync::atomic::Ordering::Relaxed);
+    m.log_suppressed
+        .inc_by(suppressed.saturating_sub(m.log_suppressed.get()));
     let body = s.node.metrics().encode();
     Ok((
         [(

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub attempts: Family<Label, Counter>,
     /// Events dropped because a subscriber was too slow.
     pub events_lagged: Counter,
+    /// Warnings held back as repeats (see `runtime::lograte`; set at scrape).
+    pub log_suppressed: Counter,
     /// Tasks by status (set at scrape).
     pub tasks: Family<Label, Gauge>,
     /// Members by status (set at scrape).
@@ -94,6 +96,7 @@ impl Default for Metrics {
             rejected: Family::default(),
             attempts: Family::default(),
             events_lagged: Counter::default(),
+            log_suppressed: Counter::default(),
             tasks: Family::default(),
             members: Family::default(),
             kv_entries: Gauge::default(),
@@ -144,6 +147,11 @@ impl Default for Metrics {
             "events_lagged",
             "Events a slow subscriber missed",
             m.events_lagged.clone(),
+        );
+        registry.register(
+            "log_warnings_suppressed",
+            "Warnings not logged: a repeat within a minute from the same source about the same peer",
+            m.log_suppressed.clone(),
         );
         registry.register("tasks", "Tasks by status", m.tasks.clone());
         registry.register("members", "Members by status", m.members.clone());

@@ -10,6 +10,7 @@ pub mod admit;
 pub mod executor;
 pub mod handle;
 pub mod identity;
+pub mod lograte;
 pub mod memory;
 pub mod metrics;
 pub mod net;

@@ -129,6 +129,11 @@ pub fn try_start_env(
 }
 
 impl Proc {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(mut self) {
         let _ = self.child.kill();
