@@ -114,7 +114,7 @@ def main():
             print(f"false suspicions in {quiet} s more of quiet: {false - before}"
                   + (" (with a CPU hog on both cores)" if hog else ""))
         # Write propagation.
-        lat = []
+        lat, spread = [], []
         for k in range(20):
             src = random.randrange(n)
             key = f"k{k}-{random.getrandbits(32)}"
@@ -125,6 +125,7 @@ def main():
                 seen = [w.merged.get(key) for j, w in enumerate(watchers) if j != src]
                 if all(seen):
                     lat.append(max(seen) - t0)
+                    spread.append(sorted(x - t0 for x in seen))
                     break
                 time.sleep(0.002)
         lat.sort()
@@ -132,6 +133,10 @@ def main():
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
             print(f"write: to every node p50 {statistics.median(lat) * 1000:.1f} ms, "
                   f"p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms ({len(lat)}/20 writes)")
+            worst = max(spread, key=lambda s: s[-1])
+            q = lambda f: worst[min(len(worst) - 1, int(len(worst) * f))] * 1000
+            print(f"  slowest write, by node: first {q(0):.1f} ms, p50 {q(0.5):.1f} ms, "
+                  f"p90 {q(0.9):.1f} ms, last {q(1):.1f} ms")
         # Detection.
         victim = random.randrange(1, n)
         vid = ids[victim]
