@@ -95,6 +95,7 @@ fn kill_9_loses_nothing_acknowledged() {
                 let url = format!("{api}/v1/kv/load/{key}");
                 match ureq::put(&url)
                     .timeout(Duration::from_secs(5))
+                    .set("Content-Type", "application/json")
                     .send_string(&i.to_string())
                 {
                     Ok(r) if r.status() == 200 => acked_kv.lock().unwrap().push((key, i)),
@@ -103,7 +104,10 @@ fn kill_9_loses_nothing_acknowledged() {
                 if i % 5 == 0 {
                     let body =
                         json!({"capability": "echo", "payload": i, "key": format!("t{w}-{i}")});
-                    match ureq::post(&format!("{api}/v1/tasks")).send_string(&body.to_string()) {
+                    match ureq::post(&format!("{api}/v1/tasks"))
+                        .set("Content-Type", "application/json")
+                        .send_string(&body.to_string())
+                    {
                         Ok(r) if r.status() == 201 => {
                             let v: Value = r.into_json().unwrap();
                             acked_tasks
@@ -565,4 +569,89 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A request with chosen headers; the status and the error code.
+fn raw(
+    node: &Proc,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut req = ureq::request(method, &node.url(path));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let resp = match req.send_string(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = resp.status();
+    let v: Value = resp.into_json().unwrap_or(Value::Null);
+    (status, v["error"]["code"].as_str().unwrap_or("").to_owned())
+}
+
+#[test]
+fn cross_site_requests_and_foreign_hosts_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("n1"), &["--handler", "echo=cat"]);
+    let before = digest(&node);
+    let task = r#"{"capability": "echo", "payload": 1}"#;
+    let json = ("Content-Type", "application/json");
+    // A page may POST text/plain anywhere without a preflight: not JSON here.
+    assert_eq!(
+        raw(
+            &node,
+            "POST",
+            "/v1/tasks",
+            &[("Content-Type", "text/plain")],
+            task
+        ),
+        (415, "unsupported_media_type".into())
+    );
+    assert_eq!(
+        raw(&node, "PUT", "/v1/kv/notes/a", &[], "1"),
+        (415, "unsupported_media_type".into())
+    );
+    // DNS rebinding: a name of the attacker's that resolves to 127.0.0.1.
+    for method in ["GET", "POST"] {
+        assert_eq!(
+            raw(
+                &node,
+                method,
+                "/v1/tasks",
+                &[json, ("Host", "evil.example:7070")],
+                task
+            ),
+            (403, "forbidden_host".into())
+        );
+    }
+    // A page elsewhere sending JSON to the loopback API.
+    assert_eq!(
+        raw(
+            &node,
+            "POST",
+            "/v1/tasks",
+            &[json, ("Origin", "https://evil.example")],
+            task
+        ),
+        (403, "cross_origin".into())
+    );
+    assert_eq!(digest(&node), before, "a refused request changed the state");
+    assert_eq!(node.get("/v1/tasks")["count"], 0);
+    // The node's own page (same host), loopback names and plain clients pass.
+    let port = node.api.rsplit(':').next().unwrap().to_owned();
+    let own = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        raw(&node, "POST", "/v1/tasks", &[json, ("Origin", &own)], task).0,
+        201
+    );
+    let local = format!("localhost:{port}");
+    assert_eq!(
+        raw(&node, "GET", "/v1/status", &[("Host", &local)], "").0,
+        200
+    );
+    assert_eq!(raw(&node, "PUT", "/v1/kv/notes/a", &[json], "1").0, 200);
 }

@@ -81,9 +81,10 @@ impl From<NodeError> for ApiError {
     }
 }
 
-/// A JSON request body. Unlike axum's `Json` it does not insist on a
-/// content type, and its rejections are [`ApiError`]s: 413 past the body
-/// limit, 400 for anything that is not the expected JSON.
+/// A JSON request body. Its rejections are [`ApiError`]s: 415 unless the
+/// content type is `application/json` (a web page can send `text/plain` to
+/// any address without asking, but not JSON), 413 past the body limit, 400
+/// for anything that is not the expected JSON.
 #[derive(Debug)]
 pub struct Body<T>(pub T);
 
@@ -91,6 +92,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(

@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), same_site))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -111,6 +112,69 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
                     .into_response();
             }
             Some(_) => {}
+        }
+    }
+    next.run(req).await
+}
+
+/// The host part of a `Host` header or an origin's authority
+/// (`name:port`, `[v6]:port`), lower-cased.
+fn host_of(authority: &str) -> String {
+    let a = authority.trim().to_ascii_lowercase();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_owned();
+    }
+    a.rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map_or(a.clone(), |(host, _)| host.to_owned())
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// No cross-site requests and no DNS rebinding. An API that listens on
+/// loopback answers only requests whose `Host` is a loopback name or
+/// address (a page that had a name of its own resolve to 127.0.0.1 still
+/// sends its own name); a mutating request that a browser marks with an
+/// `Origin` must come from the same host it is sent to.
+async fn same_site(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(host_of);
+    if state.node.info().config.api.ip().is_loopback() {
+        if let Some(h) = host.as_deref().filter(|h| !is_loopback_host(h)) {
+            state.node.metrics().reject("foreign_host");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                format!("this API listens on loopback and answers only loopback names, not `{h}`"),
+            )
+            .into_response();
+        }
+    }
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(|o| o.split_once("://").map_or(o, |(_, rest)| rest))
+        .map(host_of);
+    if let (true, Some(origin)) = (mutating, origin) {
+        if Some(&origin) != host.as_ref() {
+            state.node.metrics().reject("cross_origin");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                format!("a request from the page at `{origin}` may not change this node"),
+            )
+            .into_response();
         }
     }
     next.run(req).await

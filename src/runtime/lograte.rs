@@ -4,9 +4,10 @@
 //! gossipsub, for one, warns once per dropped message or unexpected
 //! delivery, and at 100 nodes that was 26 MB per node in 8 minutes. This
 //! layer lets a `warn` or `error` event through once per minute for each
-//! call site and peer (the value of a `peer`, `peer_id` or `%peer` field,
-//! when the event has one) and drops the repeats; the counts live in the
-//! metrics of whatever raised them. Events below `warn` are left alone
+//! call site and peer (the value of a `peer`, `peer_id` or
+//! `remote_peer_id` field, or else the message, which names the peer when
+//! there is one) and drops the repeats; the counts live in the metrics of
+//! whatever raised them. Events below `warn` are left alone
 //! (their level filter already bounds them).
 
 use std::collections::HashMap;
@@ -31,19 +32,34 @@ pub struct RateLimit {
     seen: Mutex<HashMap<(usize, String), Instant>>,
 }
 
+/// What tells one warning from another of the same call site: its peer
+/// field, or else its message (which often names the peer in its text).
 #[derive(Default)]
-struct PeerField(String);
+struct Key {
+    peer: Option<String>,
+    message: String,
+}
 
-impl Visit for PeerField {
+impl Key {
+    fn into_string(self) -> String {
+        self.peer.unwrap_or(self.message)
+    }
+}
+
+impl Visit for Key {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if matches!(field.name(), "peer" | "peer_id" | "remote_peer_id") {
-            self.0 = format!("{value:?}");
+        match field.name() {
+            "peer" | "peer_id" | "remote_peer_id" => self.peer = Some(format!("{value:?}")),
+            "message" => self.message = format!("{value:?}"),
+            _ => {}
         }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if matches!(field.name(), "peer" | "peer_id" | "remote_peer_id") {
-            self.0 = value.to_owned();
+        match field.name() {
+            "peer" | "peer_id" | "remote_peer_id" => self.peer = Some(value.to_owned()),
+            "message" => self.message = value.to_owned(),
+            _ => {}
         }
     }
 }
@@ -71,10 +87,10 @@ impl<S: Subscriber> Layer<S> for RateLimit {
         if *meta.level() > Level::WARN {
             return true;
         }
-        let mut peer = PeerField::default();
-        event.record(&mut peer);
+        let mut key = Key::default();
+        event.record(&mut key);
         let callsite = meta as *const _ as usize;
-        if self.admit(callsite, peer.0, Instant::now()) {
+        if self.admit(callsite, key.into_string(), Instant::now()) {
             true
         } else {
             SUPPRESSED.fetch_add(1, Ordering::Relaxed);
