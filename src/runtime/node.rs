@@ -743,10 +743,10 @@ impl Owner {
 }
 
 /// A deadline for a timer branch that is disabled.
-/// How long a connection nothing uses stays open: long enough for a probe
-/// and its indirect rounds, short enough that a node keeps only the
-/// connections its gossip mesh (gossipsub keeps those alive) and its recent
-/// probes need: four probe intervals, 2 to 60 s.
+/// How long a connection with no open stream stays open: four probe
+/// intervals, 2 to 60 s. Once gossipsub has opened its streams on a
+/// connection it never idles out (they stay open); the engine's
+/// `max_connections` is what bounds those.
 fn idle_timeout(probe_interval_ms: u64) -> Duration {
     Duration::from_millis(probe_interval_ms.saturating_mul(4).clamp(2_000, 60_000))
 }
