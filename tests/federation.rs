@@ -338,9 +338,24 @@ fn declared_dead_anywhere(nodes: &[&Proc], id: &str) -> bool {
     })
 }
 
-/// Waits until every node has sent `n` more probes than now: a wall of
-/// protocol progress to wait on instead of a sleep (in the fast profile,
-/// 12 probes are 6 s, twice the longest suspicion of a small federation).
+/// Waits until every node has sent 12 more probes (in the fast profile 6 s,
+/// twice the longest suspicion of a small federation: protocol progress to
+/// wait on instead of a sleep), then checks that no node declared `id`
+/// dead and that each holds it with `status`.
+fn no_verdict_after_probes(nodes: &[Proc], id: &str, status: &str, what: &str) {
+    let all: Vec<&Proc> = nodes.iter().collect();
+    wait_probes(&all, 12.0);
+    assert!(
+        !declared_dead_anywhere(&all, id),
+        "{what} was declared dead"
+    );
+    for p in nodes {
+        let v = p.get(&format!("/v1/nodes/{id}"));
+        assert_eq!(v["status"], status, "{v}");
+    }
+}
+
+/// Waits until every node has sent `n` more probes than now.
 fn wait_probes(nodes: &[&Proc], n: f64) {
     let key = "shoal_failure_detection_total{value=\"probe_sent\"}";
     let start: Vec<f64> = nodes.iter().map(|p| p.metric(key)).collect();
@@ -378,15 +393,9 @@ fn a_pause_shorter_than_the_suspicion_gives_no_verdict() {
         },
     );
     signal(paused, "CONT");
-    let all: Vec<&Proc> = nodes.iter().collect();
-    wait_probes(&all, 12.0);
-    assert!(
-        !declared_dead_anywhere(&all, &id),
-        "a paused node that came back in time was declared dead"
-    );
+    no_verdict_after_probes(&nodes, &id, "alive", "a paused node that came back in time");
     for p in &nodes {
         let v = p.get(&format!("/v1/nodes/{id}"));
-        assert_eq!(v["status"], "alive", "{v}");
         assert!(
             v["incarnation"].as_u64().unwrap() > before,
             "it refuted the suspicion with a higher incarnation: {v}"
@@ -406,14 +415,8 @@ fn a_graceful_stop_is_left_not_dead() {
             (p.get(&format!("/v1/nodes/{id}"))["status"] == "left").then_some(())
         });
     }
-    let all: Vec<&Proc> = nodes.iter().collect();
-    wait_probes(&all, 12.0);
-    assert!(
-        !declared_dead_anywhere(&all, &id),
-        "a leaver was declared dead"
-    );
+    no_verdict_after_probes(&nodes, &id, "left", "a leaver");
     for p in &nodes {
-        assert_eq!(p.get(&format!("/v1/nodes/{id}"))["status"], "left");
         assert_eq!(p.count_status("suspect"), 0);
     }
 }

@@ -86,11 +86,7 @@ async fn method_not_allowed() -> ApiError {
 
 /// Mutating requests need the bearer token when one is configured.
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let mutating = matches!(
-        *req.method(),
-        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
-    );
-    if let (true, Some(token)) = (mutating, &state.token) {
+    if let (true, Some(token)) = (mutating(req.method()), &state.token) {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -150,34 +146,43 @@ async fn same_site(State(state): State<AppState>, req: Request, next: Next) -> R
         .map(host_of);
     if state.node.info().config.api.ip().is_loopback() {
         if let Some(h) = host.as_deref().filter(|h| !is_loopback_host(h)) {
-            state.node.metrics().reject("foreign_host");
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
+            return refuse(
+                &state,
                 "forbidden_host",
                 format!("this API listens on loopback and answers only loopback names, not `{h}`"),
-            )
-            .into_response();
+            );
         }
     }
-    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let origin = req
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(|o| o.split_once("://").map_or(o, |(_, rest)| rest))
         .map(host_of);
-    if let (true, Some(origin)) = (mutating, origin) {
+    if let (true, Some(origin)) = (mutating(req.method()), origin) {
         if Some(&origin) != host.as_ref() {
-            state.node.metrics().reject("cross_origin");
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
+            return refuse(
+                &state,
                 "cross_origin",
                 format!("a request from the page at `{origin}` may not change this node"),
-            )
-            .into_response();
+            );
         }
     }
     next.run(req).await
+}
+
+/// Routes that change state: they need the token and a same-site origin.
+fn mutating(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+    )
+}
+
+/// A 403 for a request from the wrong place, counted under `code`.
+fn refuse(state: &AppState, code: &'static str, message: String) -> Response {
+    state.node.metrics().reject(code);
+    ApiError::new(StatusCode::FORBIDDEN, code, message).into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

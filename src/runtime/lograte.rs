@@ -10,6 +10,7 @@
 //! whatever raised them. Events below `warn` are left alone
 //! (their level filter already bounds them).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -71,10 +72,14 @@ impl RateLimit {
         if seen.len() >= MAX_KEYS {
             seen.clear();
         }
-        match seen.get(&(callsite, peer.clone())) {
-            Some(last) if now.duration_since(*last) < WINDOW => false,
-            _ => {
-                seen.insert((callsite, peer), now);
+        match seen.entry((callsite, peer)) {
+            Entry::Occupied(e) if now.duration_since(*e.get()) < WINDOW => false,
+            Entry::Occupied(mut e) => {
+                e.insert(now);
+                true
+            }
+            Entry::Vacant(e) => {
+                e.insert(now);
                 true
             }
         }

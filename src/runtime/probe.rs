@@ -104,7 +104,8 @@ struct Envelope {
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
     key: Keypair,
-    me: PeerId,
+    /// This node's peer id, as envelopes carry it.
+    me_bytes: Vec<u8>,
 }
 
 impl Sealer {
@@ -114,7 +115,7 @@ impl Sealer {
         Sealer {
             cipher: XChaCha20Poly1305::new(&derived.into()),
             key: key.clone(),
-            me: key.public().to_peer_id(),
+            me_bytes: key.public().to_peer_id().to_bytes(),
         }
     }
 
@@ -131,7 +132,7 @@ impl Sealer {
         let to = to.to_bytes();
         let sig = self.key.sign(&Self::signed(&to, body)).unwrap_or_default();
         let envelope = Envelope {
-            from: self.me.to_bytes(),
+            from: self.me_bytes.clone(),
             to,
             body: body.to_vec(),
             sig,
@@ -171,12 +172,11 @@ impl Sealer {
             )
             .map_err(|_| ProbeError::Seal)?;
         let envelope: Envelope = postcard::from_bytes(&plain).map_err(|_| ProbeError::Envelope)?;
-        if envelope.to != self.me.to_bytes() || envelope.body.len() > MAX_PACKET_BYTES {
-            return Err(if envelope.to != self.me.to_bytes() {
-                ProbeError::NotForMe
-            } else {
-                ProbeError::Size
-            });
+        if envelope.to != self.me_bytes {
+            return Err(ProbeError::NotForMe);
+        }
+        if envelope.body.len() > MAX_PACKET_BYTES {
+            return Err(ProbeError::Size);
         }
         let from = PeerId::from_bytes(&envelope.from).map_err(|_| ProbeError::Sender)?;
         let public = public_key(&from).ok_or(ProbeError::Sender)?;
@@ -373,6 +373,12 @@ pub fn probe_addr(addrs: &[String]) -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
+    impl Sealer {
+        fn me(&self) -> PeerId {
+            self.key.public().to_peer_id()
+        }
+    }
+
     fn pair() -> (Sealer, Sealer, ClusterSecret) {
         let secret = ClusterSecret([7; 32]);
         let a = Sealer::new(&Keypair::generate_ed25519(), &secret);
@@ -383,18 +389,21 @@ mod tests {
     #[test]
     fn a_sealed_packet_opens_at_its_receiver_only() {
         let (a, b, secret) = pair();
-        let d = a.seal(&b.me, b"ping");
-        assert_eq!(b.open(&d), Ok((a.me, b"ping".to_vec())));
+        let d = a.seal(&b.me(), b"ping");
+        assert_eq!(b.open(&d), Ok((a.me(), b"ping".to_vec())));
         let c = Sealer::new(&Keypair::generate_ed25519(), &secret);
         assert_eq!(c.open(&d), Err(ProbeError::NotForMe));
         let other = Sealer::new(&Keypair::generate_ed25519(), &ClusterSecret([8; 32]));
-        assert_eq!(other.open(&a.seal(&other.me, b"x")), Err(ProbeError::Seal));
+        assert_eq!(
+            other.open(&a.seal(&other.me(), b"x")),
+            Err(ProbeError::Seal)
+        );
     }
 
     #[test]
     fn tampered_truncated_or_impersonated_datagrams_are_refused() {
         let (a, b, secret) = pair();
-        let mut d = a.seal(&b.me, b"ping");
+        let mut d = a.seal(&b.me(), b"ping");
         let last = d.len() - 1;
         d[last] ^= 1;
         assert_eq!(b.open(&d), Err(ProbeError::Seal));
@@ -402,9 +411,9 @@ mod tests {
         // A member holding the secret seals a packet claiming to be `a`,
         // signed with its own key.
         let mallory = Keypair::generate_ed25519();
-        let to = b.me.to_bytes();
+        let to = b.me().to_bytes();
         let envelope = Envelope {
-            from: a.me.to_bytes(),
+            from: a.me().to_bytes(),
             to: to.clone(),
             body: b"suspect".to_vec(),
             sig: mallory.sign(&Sealer::signed(&to, b"suspect")).unwrap(),
