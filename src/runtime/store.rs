@@ -6,7 +6,11 @@
 //! is one atomic batch whose journal is fsynced before it returns, and the
 //! runtime acknowledges a write only after the commit that holds it. A
 //! damaged store or an entry that does not decode is reported with the path
-//! and never silently reset. (redb was measured first: its copy-on-write
+//! and never silently reset.
+//!
+//! A write that fails (a full disk) leaves fjall's database poisoned for
+//! good; [`Store::reopen`] drops it and opens the directory again, which is
+//! how a node recovers once space is freed, without a restart. (redb was measured first: its copy-on-write
 //! B-tree cost ~20 µs per entry per commit, too slow for the ingest target;
 //! see docs/benchmarks.md.)
 
@@ -15,6 +19,7 @@ use crate::core::ids::{NodeId, TaskId};
 use crate::core::state::{Delta, ReplicatedState};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use thiserror::Error;
 
 /// A stored key and value.
@@ -52,8 +57,15 @@ pub enum StoreError {
         /// The schema found.
         found: u64,
     },
-    /// Reading or writing failed (for example a full disk). The commit did
-    /// not happen.
+    /// The disk is full. The write did not happen; reads go on.
+    #[error("store {path}: the disk is full ({reason}); writes are refused until space is freed, reads go on")]
+    Full {
+        /// The store directory.
+        path: PathBuf,
+        /// The operating system's words.
+        reason: String,
+    },
+    /// Reading or writing failed. The commit did not happen.
     #[error("store {path}: {reason}")]
     Io {
         /// The store directory.
@@ -65,6 +77,13 @@ pub enum StoreError {
 
 /// The node's store: an LSM tree (fjall) with one keyspace per kind of entry.
 pub struct Store {
+    path: PathBuf,
+    /// The open database; `None` between a failed reopen and the next.
+    open: RwLock<Option<Open>>,
+}
+
+/// An open database and its keyspaces.
+struct Open {
     db: Database,
     members: Keyspace,
     tasks: Keyspace,
@@ -81,9 +100,10 @@ pub struct Store {
 /// damaged journal from the first bad batch on; comparing the store's own
 /// commit count with the watermark turns that into a reported error.
 ///
-/// The file is written (not fsynced) after every commit: it survives a
-/// process crash, and after a power loss it can only be behind the store,
-/// which is not an error.
+/// The file is written (not fsynced) after every synced commit, never after
+/// an unsynced one, which a power loss may take back: it survives a process
+/// crash, and after a power loss it can only be behind the store, which is
+/// not an error.
 #[derive(Debug)]
 struct Watermark {
     file: std::sync::Mutex<std::fs::File>,
@@ -119,6 +139,14 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Whether an I/O error means the disk (or the user's quota) is full.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![ENTRY_FORMAT];
     // Encoding an in-memory entry to a Vec cannot fail.
@@ -137,17 +165,17 @@ fn kv_key(ns: &str, key: &str) -> Vec<u8> {
 }
 
 /// Copies the journal files aside before fjall's recovery, which truncates a
-/// damaged journal; kept only when the open then fails.
-fn save_journals(store: &Path, backup: &Path) -> std::io::Result<()> {
+/// damaged journal; kept only when the open then finds damage.
+fn save_journals(store: &Path, copy: &Path) -> std::io::Result<()> {
     let Ok(entries) = std::fs::read_dir(store) else {
         return Ok(()); // a new store
     };
     for entry in entries {
         let p = entry?.path();
         if p.extension().is_some_and(|e| e == "jnl") {
-            std::fs::create_dir_all(backup)?;
+            std::fs::create_dir_all(copy)?;
             if let Some(name) = p.file_name() {
-                std::fs::copy(&p, backup.join(name))?;
+                std::fs::copy(&p, copy.join(name))?;
             }
         }
     }
@@ -156,10 +184,125 @@ fn save_journals(store: &Path, backup: &Path) -> std::io::Result<()> {
 
 impl Store {
     /// Opens (or creates) the store in directory `path`.
+    ///
+    /// The journal is copied aside first (`<store>.journal-copy`) and the
+    /// copy is kept, as `<store>.journal-before-recovery`, only when the
+    /// store turns out damaged; a start that finds that directory refuses
+    /// until an operator has looked. A copy that cannot be made (a full
+    /// disk) or is left over from an interrupted start never stops a
+    /// healthy store from opening.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store {
+            path: path.to_owned(),
+            open: RwLock::new(Some(Open::open(path)?)),
+        })
+    }
+
+    /// Closes the database and opens it again: after a failed write fjall
+    /// refuses every later one until then. Nothing committed is lost; on
+    /// failure the store stays closed (every call fails) until a later
+    /// reopen succeeds.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
+        // The old database holds the directory's lock: drop it first.
+        *open = None;
+        *open = Some(Open::open(&self.path)?);
+        Ok(())
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let open = self.open.read().unwrap_or_else(|p| p.into_inner());
+        match open.as_ref() {
+            Some(o) => f(o),
+            None => Err(StoreError::Io {
+                path: self.path.clone(),
+                reason: "closed after a failed write, and not yet reopened".into(),
+            }),
+        }
+    }
+
+    /// Loads the whole replicated state.
+    pub fn load(&self) -> Result<ReplicatedState, StoreError> {
+        self.with(Open::load)
+    }
+
+    /// Writes `deltas` and `audit` records in one atomic batch. With `sync`
+    /// the journal is fsynced before it returns (local changes about to be
+    /// acknowledged); without, it reaches the OS (it survives a process
+    /// crash) and the next synced commit makes it durable, since the journal
+    /// is sequential. Unsynced commits carry only changes merged from peers,
+    /// which those peers still hold. A full disk is [`StoreError::Full`].
+    pub fn commit<'a>(
+        &self,
+        deltas: impl IntoIterator<Item = &'a Delta>,
+        audit: &[AuditRecord],
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        self.with(|o| o.commit(deltas, audit, sync))
+    }
+
+    /// The newest `limit` audit records, newest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+        self.with(|o| o.audit(limit))
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Open {
+    fn open(path: &Path) -> Result<Open, StoreError> {
+        let backup = path.with_extension("journal-before-recovery");
+        if backup.exists() {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "an earlier start found it damaged; its journal as it was then is in {}",
+                    backup.display()
+                ),
+            });
+        }
+        let copy = path.with_extension("journal-copy");
+        let _ = std::fs::remove_dir_all(&copy);
+        let copied = match save_journals(path, &copy) {
+            Ok(()) => copy.exists(),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&copy);
+                tracing::warn!(error = %e, path = %copy.display(), "cannot copy the journal aside before recovery; opening without the copy");
+                false
+            }
+        };
+        let opened = Self::open_db(path);
+        match opened {
+            Err(StoreError::Corrupt { path, reason }) if copied => {
+                let kept = std::fs::rename(&copy, &backup).is_ok();
+                let reason = if kept {
+                    format!(
+                        "{reason} (the journal as it was before recovery is in {})",
+                        backup.display()
+                    )
+                } else {
+                    reason
+                };
+                Err(StoreError::Corrupt { path, reason })
+            }
+            other => {
+                let _ = std::fs::remove_dir_all(&copy);
+                other
+            }
+        }
+    }
+
+    fn open_db(path: &Path) -> Result<Open, StoreError> {
         let classify = |e: fjall::Error| match e {
             fjall::Error::Locked => StoreError::Locked {
                 path: path.to_owned(),
+            },
+            fjall::Error::Io(io) if is_full(&io) => StoreError::Full {
+                path: path.to_owned(),
+                reason: io.to_string(),
             },
             fjall::Error::Io(io)
                 if io.kind() != std::io::ErrorKind::InvalidData
@@ -175,20 +318,6 @@ impl Store {
                 reason: other.to_string(),
             },
         };
-        let backup = path.with_extension("journal-before-recovery");
-        if backup.exists() {
-            return Err(StoreError::Corrupt {
-                path: path.to_owned(),
-                reason: format!(
-                    "an earlier start found it damaged; its journal as it was then is in {}",
-                    backup.display()
-                ),
-            });
-        }
-        save_journals(path, &backup).map_err(|e| StoreError::Io {
-            path: backup.clone(),
-            reason: e.to_string(),
-        })?;
         let db = Database::builder(path).open().map_err(classify)?;
         let ks = |name: &str| {
             db.keyspace(name, KeyspaceCreateOptions::default)
@@ -205,7 +334,7 @@ impl Store {
                 path: wm_path.clone(),
                 reason: e.to_string(),
             })?;
-        let store = Store {
+        let store = Open {
             watermark: Watermark {
                 file: std::sync::Mutex::new(wm_file),
                 next: std::sync::atomic::AtomicU64::new(0),
@@ -226,13 +355,11 @@ impl Store {
                 return Err(StoreError::Corrupt {
                     path: path.to_owned(),
                     reason: format!(
-                        "it holds {committed} commits but {acked} were acknowledged: its journal lost acknowledged data (the journal as it was before recovery is in {})",
-                        backup.display()
+                        "it holds {committed} commits but {acked} were acknowledged: its journal lost acknowledged data"
                     ),
                 });
             }
         }
-        let _ = std::fs::remove_dir_all(&backup);
         store
             .watermark
             .next
@@ -251,6 +378,17 @@ impl Store {
                     path: self.path.clone(),
                     reason: format!("bad `{key}` record"),
                 }),
+        }
+    }
+
+    /// A failed write: [`StoreError::Full`] for a full disk.
+    fn write_error(&self, e: fjall::Error) -> StoreError {
+        match &e {
+            fjall::Error::Io(io) if is_full(io) => StoreError::Full {
+                path: self.path.clone(),
+                reason: io.to_string(),
+            },
+            _ => self.io(e),
         }
     }
 
@@ -287,7 +425,7 @@ impl Store {
             None => {
                 let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
                 batch.insert(&self.meta, "schema", SCHEMA.to_be_bytes().to_vec());
-                batch.commit().map_err(|e| self.io(e))
+                batch.commit().map_err(|e| self.write_error(e))
             }
         }
     }
@@ -327,8 +465,7 @@ impl Store {
         })
     }
 
-    /// Loads the whole replicated state.
-    pub fn load(&self) -> Result<ReplicatedState, StoreError> {
+    fn load(&self) -> Result<ReplicatedState, StoreError> {
         let mut state = ReplicatedState::default();
         for (k, v) in self.rows(&self.members)? {
             let id = self.text("members", &k)?;
@@ -361,13 +498,7 @@ impl Store {
         Ok(state)
     }
 
-    /// Writes `deltas` and `audit` records in one atomic batch. With `sync`
-    /// the journal is fsynced before it returns (local changes about to be
-    /// acknowledged); without, it reaches the OS (it survives a process
-    /// crash) and the next synced commit makes it durable, since the journal
-    /// is sequential. Unsynced commits carry only changes merged from peers,
-    /// which those peers still hold.
-    pub fn commit<'a>(
+    fn commit<'a>(
         &self,
         deltas: impl IntoIterator<Item = &'a Delta>,
         audit: &[AuditRecord],
@@ -413,18 +544,19 @@ impl Store {
                 batch.insert(&self.audit, seq.to_be_bytes().to_vec(), json);
             }
         }
-        batch.commit().map_err(|e| self.io(e))?;
+        batch.commit().map_err(|e| self.write_error(e))?;
         self.watermark
             .next
             .store(seq + 1, std::sync::atomic::Ordering::SeqCst);
-        if let Err(e) = self.watermark.write(seq) {
-            tracing::warn!(error = %e, "cannot update the commit watermark");
+        if sync {
+            if let Err(e) = self.watermark.write(seq) {
+                tracing::warn!(error = %e, "cannot update the commit watermark");
+            }
         }
         Ok(())
     }
 
-    /// The newest `limit` audit records, newest first.
-    pub fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
+    fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>, StoreError> {
         let mut out = Vec::new();
         for guard in self.audit.iter().rev().take(limit) {
             let (k, v) = guard.into_inner().map_err(|e| self.io(e))?;
@@ -435,11 +567,6 @@ impl Store {
             out.push(rec);
         }
         Ok(out)
-    }
-
-    /// The store directory.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -522,6 +649,11 @@ mod tests {
         std::fs::write(&journal, &bytes).unwrap();
         let err = Store::open(&path).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        let kept = path.with_extension("journal-before-recovery");
+        assert!(kept.join(journal.file_name().unwrap()).exists(), "{err}");
+        // Until an operator has looked, the next start refuses too.
+        let again = Store::open(&path).unwrap_err();
+        assert!(again.to_string().contains("earlier start"), "{again}");
     }
 
     #[test]
@@ -537,11 +669,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
         let store = Store::open(&path).unwrap();
-        store.tasks.insert("t1", vec![1u8, 0xff, 0xff]).unwrap();
+        store
+            .with(|o| {
+                o.tasks.insert("t1", vec![1u8, 0xff, 0xff]).unwrap();
+                Ok(())
+            })
+            .unwrap();
         let err = store.load().unwrap_err();
         assert!(
             err.to_string().contains("entry `t1` in table `tasks`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_leftover_journal_copy_never_stops_a_healthy_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        Store::open(&path).unwrap().commit(&[], &[rec()], true).unwrap();
+        // A start that stopped while copying the journal aside.
+        let copy = path.with_extension("journal-copy");
+        std::fs::create_dir_all(&copy).unwrap();
+        std::fs::write(copy.join("0.jnl"), b"half a copy").unwrap();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.audit(10).unwrap().len(), 1);
+        assert!(!copy.exists(), "the leftover copy is removed");
+        assert!(!path.with_extension("journal-before-recovery").exists());
+    }
+
+    #[test]
+    fn the_watermark_counts_only_synced_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let wm = path.with_extension("watermark");
+        let store = Store::open(&path).unwrap();
+        store.commit(&[], &[rec()], true).unwrap();
+        let synced = Watermark::read(&wm).unwrap();
+        // An unsynced commit may be taken back by a power loss: the
+        // watermark must not claim it.
+        store.commit(&[], &[rec()], false).unwrap();
+        assert_eq!(Watermark::read(&wm), Some(synced));
+        store.commit(&[], &[rec()], true).unwrap();
+        assert_eq!(Watermark::read(&wm), Some(synced + 2));
+    }
+
+    #[test]
+    fn a_reopen_keeps_everything_and_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let store = Store::open(&path).unwrap();
+        store.commit(&[], &[rec()], true).unwrap();
+        store.reopen().unwrap();
+        store.commit(&[], &[rec()], true).unwrap();
+        assert_eq!(store.audit(10).unwrap().len(), 2);
+        drop(store);
+        assert_eq!(Store::open(&path).unwrap().audit(10).unwrap().len(), 2);
     }
 }
