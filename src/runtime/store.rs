@@ -194,7 +194,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         Ok(Store {
             path: path.to_owned(),
-            open: RwLock::new(Some(Open::open(path)?)),
+            open: RwLock::new(Some(Open::at(path)?)),
         })
     }
 
@@ -206,7 +206,7 @@ impl Store {
         let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
         // The old database holds the directory's lock: drop it first.
         *open = None;
-        *open = Some(Open::open(&self.path)?);
+        *open = Some(Open::at(&self.path)?);
         Ok(())
     }
 
@@ -253,7 +253,7 @@ impl Store {
 }
 
 impl Open {
-    fn open(path: &Path) -> Result<Open, StoreError> {
+    fn at(path: &Path) -> Result<Open, StoreError> {
         let backup = path.with_extension("journal-before-recovery");
         if backup.exists() {
             return Err(StoreError::Corrupt {
