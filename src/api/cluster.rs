@@ -61,6 +61,10 @@ pub(super) async fn status(State(s): State<AppState>) -> Result<Json<Value>, Api
                     "tasks": sum.tasks_by_status,
                     "strategy": sum.strategy,
                 },
+                "store": {
+                    "writable": s.node.read_only().is_none(),
+                    "error": s.node.read_only(),
+                },
                 "leader": Value::Null,
                 "term": sum.term.0,
                 "peers": peers,

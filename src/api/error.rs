@@ -67,6 +67,11 @@ impl From<NodeError> for ApiError {
             NodeError::Engine(EngineError::StaleFence { .. }) => {
                 Self::new(StatusCode::CONFLICT, "stale_fence", message)
             }
+            NodeError::Store(StoreError::Full { .. }) => Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                message,
+            ),
             NodeError::Store(StoreError::Io { .. })
             | NodeError::Store(_)
             | NodeError::Engine(EngineError::NotDurable(_)) => Self::new(

@@ -83,6 +83,11 @@ pub(super) async fn healthz() -> impl IntoResponse {
 
 pub(super) async fn readyz(State(s): State<AppState>) -> Response {
     let engine_answers = s.node.summary().await.is_ok();
+    if let Some(why) = s.node.read_only() {
+        // Reads go on, but a balancer should send writes elsewhere.
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_read_only", why)
+            .into_response();
+    }
     if s.node.is_ready() && engine_answers {
         axum::Json(json!({"status": "ready", "store": "open"})).into_response()
     } else {

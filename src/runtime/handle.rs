@@ -48,6 +48,8 @@ pub struct NodeHandle {
     pub(super) info: Arc<NodeInfo>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) ready: Arc<AtomicBool>,
+    /// Why the node refuses writes, while its store does (a full disk).
+    pub(super) read_only: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -291,6 +293,15 @@ impl NodeHandle {
     /// The node's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Why the node refuses writes, while a failed write (a full disk)
+    /// keeps its store read-only; `None` while it takes writes.
+    pub fn read_only(&self) -> Option<String> {
+        self.read_only
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// True once the store is open and the node has announced itself.

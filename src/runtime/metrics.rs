@@ -41,6 +41,11 @@ pub struct Metrics {
     pub commits: Counter,
     /// Failed store commits.
     pub commit_failures: Counter,
+    /// 1 while the store takes writes, 0 while the node is read-only after
+    /// a failed write (a full disk).
+    pub store_writable: Gauge,
+    /// Attempts to reopen the store while read-only, by outcome.
+    pub store_reopens: Family<Label, Counter>,
     /// Commit latency in seconds.
     pub commit_seconds: Histogram,
     /// Commands per commit.
@@ -90,6 +95,8 @@ impl Default for Metrics {
             acknowledged: Counter::default(),
             commits: Counter::default(),
             commit_failures: Counter::default(),
+            store_writable: Gauge::default(),
+            store_reopens: Family::default(),
             commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             http: Family::default(),
@@ -117,6 +124,16 @@ impl Default for Metrics {
             "store_commit_failures",
             "Store commits that failed (nothing was acknowledged)",
             m.commit_failures.clone(),
+        );
+        registry.register(
+            "store_writable",
+            "1 while the store takes writes, 0 while the node is read-only after a failed write",
+            m.store_writable.clone(),
+        );
+        registry.register(
+            "store_reopens",
+            "Attempts to reopen the store while read-only, by outcome",
+            m.store_reopens.clone(),
         );
         registry.register(
             "store_commit_seconds",
@@ -198,6 +215,11 @@ impl Metrics {
     /// Counts a refused request.
     pub fn reject(&self, reason: &str) {
         self.rejected.get_or_create(&Label::of(reason)).inc();
+    }
+
+    /// Counts an attempt to reopen a read-only store (`succeeded`, `failed`).
+    pub fn reopened(&self, outcome: &str) {
+        self.store_reopens.get_or_create(&Label::of(outcome)).inc();
     }
 
     /// Counts an ended attempt.

@@ -357,6 +357,12 @@ impl Net {
         self.validated(id, via, MessageAcceptance::Accept);
     }
 
+    /// Lets a message go without judging it (the node could not take it):
+    /// not forwarded, and its sender is not penalised.
+    pub fn ignore(&mut self, id: &gossipsub::MessageId, via: &PeerId) {
+        self.validated(id, via, MessageAcceptance::Ignore);
+    }
+
     /// A gossip message that does not decode: it is not forwarded, it counts
     /// against the peer it came from (see [`invalid_messages_only`]), and it
     /// is counted and logged (once per peer).

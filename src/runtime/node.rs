@@ -193,7 +193,9 @@ impl Node {
             info: info.clone(),
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            read_only: Arc::new(std::sync::RwLock::new(None)),
         };
+        handle.metrics.store_writable.set(1);
         let state = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.load())
@@ -225,6 +227,7 @@ impl Node {
             inflight: None,
             persisting: None,
             leaving_until: None,
+            read_only: None,
         };
         owner.input(Input::Start);
         owner.settle().await?;
@@ -285,7 +288,30 @@ struct Owner {
     persisting: Option<BatchId>,
     /// Set once the graceful leave is durable: when to stop.
     leaving_until: Option<tokio::time::Instant>,
+    /// Set while the store refuses writes (a full disk).
+    read_only: Option<ReadOnly>,
 }
+
+/// A node whose store failed a write: it serves reads from what the store
+/// holds, refuses every change, takes nothing from its peers, and tries to
+/// reopen the store until a write succeeds again.
+struct ReadOnly {
+    /// The failed write's error.
+    error: StoreError,
+    since: tokio::time::Instant,
+    /// When to try reopening the store next.
+    retry_at: tokio::time::Instant,
+    /// The wait after the next failed try.
+    backoff: Duration,
+}
+
+/// The first wait before reopening a read-only store, doubled after each
+/// failed try up to [`REOPEN_BACKOFF_MAX`].
+const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// Free space a read-only store waits for before it takes writes again:
+/// room for a memtable flush, not just the next journal record.
+const REOPEN_MIN_FREE: u64 = 16 << 20;
 
 impl Owner {
     /// Both clocks, now.
@@ -302,6 +328,19 @@ impl Owner {
     }
 
     fn input(&mut self, input: Input) {
+        if self.read_only.is_some()
+            && !matches!(
+                input,
+                Input::Command(_, Command::Barrier)
+                    | Input::Persisted(_)
+                    | Input::PersistFailed { .. }
+            )
+        {
+            // Read-only: the engine holds what the store holds and takes
+            // nothing that would change it (peers still hold what they
+            // sent; it comes back by anti-entropy once writable).
+            return;
+        }
         let now = self.now();
         self.engine.handle(now, input);
     }
@@ -324,8 +363,16 @@ impl Owner {
         let mut stopping: Option<oneshot::Sender<()>> = None;
         info!("node started");
         loop {
-            let timer = self.engine.poll_timeout();
+            // A read-only engine takes no timers: it is rebuilt on reopen.
+            let timer = self
+                .engine
+                .poll_timeout()
+                .filter(|_| self.read_only.is_none());
             let wake = timer.map_or_else(far_future, |(at, _)| self.instant(at));
+            let reopen = self
+                .read_only
+                .as_ref()
+                .map_or_else(far_future, |r| r.retry_at);
             let linger = self.leaving_until.unwrap_or_else(far_future);
             tokio::select! {
                 done = async { self.inflight.as_mut().expect("guarded").await }, if self.inflight.is_some() => self.committed(done).await,
@@ -334,6 +381,7 @@ impl Owner {
                 ev = self.net.swarm.select_next_some() => self.on_swarm(ev),
                 Some(packet) = probe_rx.recv() => self.on_probe(packet),
                 _ = tokio::time::sleep_until(wake), if timer.is_some() => self.input(Input::Timer(timer.expect("guarded").1)),
+                _ = tokio::time::sleep_until(reopen), if self.read_only.is_some() && self.inflight.is_none() => self.try_reopen().await,
                 _ = tokio::time::sleep_until(linger), if self.leaving_until.is_some() => {
                     if let Some(done) = stopping.take() {
                         let _ = done.send(());
@@ -358,6 +406,16 @@ impl Owner {
         let mut next = first;
         while let Some(request) = next.take() {
             match request {
+                Request::Command(_, tx) if self.read_only.is_some() => {
+                    self.handle.metrics.reject("store_read_only");
+                    let _ = tx.send(Err(NodeError::Store(self.read_only_error())));
+                }
+                Request::Shutdown(done) if self.read_only.is_some() => {
+                    // Nothing can be committed: stop without the leave.
+                    *stopping = Some(done);
+                    self.leaving_until = Some(tokio::time::Instant::now());
+                    break;
+                }
                 Request::Command(cmd, tx) => {
                     let req = self.req(Waiter::Command(tx));
                     inputs.push(Input::Command(req, cmd));
@@ -379,7 +437,10 @@ impl Owner {
                 next = rx.try_recv().ok();
             }
         }
-        if closed {
+        if closed && self.read_only.is_some() {
+            *stopping = Some(oneshot::channel().0);
+            self.leaving_until = Some(tokio::time::Instant::now());
+        } else if closed {
             // Every handle is gone: leave as if asked to.
             *stopping = Some(oneshot::channel().0);
             let req = self.req(Waiter::Leave);
@@ -523,6 +584,20 @@ impl Owner {
         let Some(event) = self.net.handle(ev) else {
             return;
         };
+        if self.read_only.is_some() {
+            // Taken by nobody: the sender still holds it.
+            match event {
+                NetEvent::Gossip { via, id, .. } => {
+                    self.handle.metrics.drop_reason("store_read_only");
+                    self.net.ignore(&id, &via);
+                }
+                NetEvent::SyncRequest { .. } => {
+                    self.handle.metrics.drop_reason("store_read_only");
+                }
+                _ => {}
+            }
+            return;
+        }
         let input = match event {
             NetEvent::Gossip { via, id, data } => {
                 let msg = MsgRef(self.next_ref());
@@ -586,11 +661,108 @@ impl Owner {
     /// A store failure reaches callers as the store error it was.
     fn node_error(&self, e: EngineError) -> NodeError {
         match e {
+            EngineError::NotDurable(_) if self.read_only.is_some() => {
+                NodeError::Store(self.read_only_error())
+            }
             EngineError::NotDurable(msg) => NodeError::Store(StoreError::Io {
                 path: self.store.path().to_owned(),
                 reason: format!("commit failed, change not acknowledged: {msg}"),
             }),
             other => NodeError::Engine(other),
+        }
+    }
+
+    /// The error a read-only node answers a change with.
+    fn read_only_error(&self) -> StoreError {
+        let path = self.store.path().to_owned();
+        match self.read_only.as_ref().map(|r| &r.error) {
+            Some(StoreError::Full { reason, .. }) => StoreError::Full {
+                path,
+                reason: reason.clone(),
+            },
+            Some(e) => StoreError::Io {
+                path,
+                reason: format!("read-only after a failed write ({e}); writes resume once the store can be reopened"),
+            },
+            None => StoreError::Io {
+                path,
+                reason: "not read-only".into(),
+            },
+        }
+    }
+
+    /// A write failed: the node turns read-only (see [`ReadOnly`]).
+    fn enter_read_only(&mut self, error: StoreError) {
+        let now = tokio::time::Instant::now();
+        *self
+            .handle
+            .read_only
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+        self.handle.metrics.store_writable.set(0);
+        error!(error = %error, "the store refused a write: read-only until it can be reopened; reads go on");
+        self.read_only = Some(ReadOnly {
+            error,
+            since: now,
+            retry_at: now + REOPEN_BACKOFF,
+            backoff: REOPEN_BACKOFF,
+        });
+    }
+
+    /// Reopens a read-only store and proves it takes a synced write; on
+    /// success the engine is rebuilt from it and the node rejoins.
+    async fn try_reopen(&mut self) {
+        let store = self.store.clone();
+        let tried = tokio::task::spawn_blocking(move || {
+            // A tiny write can fit in the last page of a full disk: wait
+            // for room, so the node does not flap between the two modes.
+            let free = store.available_space().unwrap_or(0);
+            if free < REOPEN_MIN_FREE {
+                return Err(StoreError::Full {
+                    path: store.path().to_owned(),
+                    reason: format!(
+                        "{} KiB free, writes resume at {} MiB",
+                        free / 1024,
+                        REOPEN_MIN_FREE >> 20
+                    ),
+                });
+            }
+            store.reopen()?;
+            store.commit([], &[], true)
+        })
+        .await;
+        let m = &self.handle.metrics;
+        let Some(ro) = self.read_only.as_mut() else {
+            return;
+        };
+        match tried {
+            Ok(Ok(())) => {
+                m.reopened("succeeded");
+                m.store_writable.set(1);
+                info!(
+                    after_secs = ro.since.elapsed().as_secs(),
+                    "the store takes writes again: rejoining"
+                );
+                self.read_only = None;
+                *self
+                    .handle
+                    .read_only
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                self.rebuild().await;
+            }
+            Ok(Err(e)) => {
+                m.reopened("failed");
+                warn!(error = %e, retry_in_ms = ro.backoff.as_millis() as u64, "the store still refuses writes");
+                ro.retry_at = tokio::time::Instant::now() + ro.backoff;
+                ro.backoff = (ro.backoff * 2).min(REOPEN_BACKOFF_MAX);
+            }
+            Err(_) => {
+                m.reopened("failed");
+                error!("reopening the store panicked");
+                ro.retry_at = tokio::time::Instant::now() + ro.backoff;
+                ro.backoff = (ro.backoff * 2).min(REOPEN_BACKOFF_MAX);
+            }
         }
     }
 
@@ -628,18 +800,19 @@ impl Owner {
         match done {
             Ok((id, Ok(()))) => self.input(Input::Persisted(id)),
             Ok((id, Err(e))) => {
-                error!(error = %e, "store commit failed; nothing in it was acknowledged");
-                self.input(Input::PersistFailed {
-                    batch: id,
-                    reason: e.to_string(),
-                });
+                let reason = e.to_string();
+                self.enter_read_only(e);
+                self.input(Input::PersistFailed { batch: id, reason });
                 self.carry_out();
                 self.rebuild().await;
             }
             Err(_) => {
                 // The batch's fate is unknown: fail what waits on it and
                 // rebuild from what the store holds, as for a failed commit.
-                error!("store commit panicked; nothing in it was acknowledged");
+                self.enter_read_only(StoreError::Io {
+                    path: self.store.path().to_owned(),
+                    reason: "the commit panicked".into(),
+                });
                 if let Some(batch) = persisting {
                     self.input(Input::PersistFailed {
                         batch,
@@ -680,15 +853,26 @@ impl Owner {
         }
     }
 
-    /// After a failed commit: stop handlers and reload the engine from disk.
+    /// After a failed commit, or a reopen: stop handlers and reload the
+    /// engine from disk; a writable node starts it and rejoins its peers.
     async fn rebuild(&mut self) {
         for (_, (_, cancel)) in self.running.drain() {
             let _ = cancel.send(());
         }
+        let read_only = self.read_only.is_some().then(|| self.read_only_error());
         for (_, waiter) in self.waiters.drain() {
             match waiter {
                 Waiter::Command(tx) => {
-                    let _ = tx.send(Err(NodeError::Stopped));
+                    let e = match &read_only {
+                        Some(StoreError::Full { path, reason }) => {
+                            NodeError::Store(StoreError::Full {
+                                path: path.clone(),
+                                reason: reason.clone(),
+                            })
+                        }
+                        _ => NodeError::Stopped,
+                    };
+                    let _ = tx.send(Err(e));
                 }
                 Waiter::Query(_, tx) => {
                     let _ = tx.send(Err(NodeError::Stopped));
@@ -704,12 +888,14 @@ impl Owner {
             Ok(Ok(state)) => {
                 let seed: u64 = rand::random();
                 self.engine = Engine::new(self.engine_cfg.clone(), state, seed);
-                self.input(Input::Start);
-                for peer in self.net.peers() {
-                    let node = self.node_id(peer);
-                    self.input(Input::PeerUp(node));
+                if self.read_only.is_none() {
+                    self.input(Input::Start);
+                    for peer in self.net.peers() {
+                        let node = self.node_id(peer);
+                        self.input(Input::PeerUp(node));
+                    }
                 }
-                warn!(seed, "engine rebuilt from the store after a failed commit");
+                info!(seed, "engine rebuilt from the store");
             }
             Ok(Err(e)) => error!(error = %e, "cannot reload the store"),
             Err(_) => error!("store reload panicked"),

@@ -194,20 +194,27 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         Ok(Store {
             path: path.to_owned(),
-            open: RwLock::new(Some(Open::at(path)?)),
+            open: RwLock::new(Some(Open::at(path, true)?)),
         })
     }
 
     /// Closes the database and opens it again: after a failed write fjall
     /// refuses every later one until then. Nothing committed is lost; on
     /// failure the store stays closed (every call fails) until a later
-    /// reopen succeeds.
+    /// reopen succeeds. No journal copy is taken: the journal's tail holds
+    /// at most the failed write, which was never acknowledged, and the
+    /// watermark still guards what was.
     pub fn reopen(&self) -> Result<(), StoreError> {
         let mut open = self.open.write().unwrap_or_else(|p| p.into_inner());
         // The old database holds the directory's lock: drop it first.
         *open = None;
-        *open = Some(Open::at(&self.path)?);
+        *open = Some(Open::at(&self.path, false)?);
         Ok(())
+    }
+
+    /// Bytes free for the store on its file system.
+    pub fn available_space(&self) -> std::io::Result<u64> {
+        fs2::available_space(&self.path)
     }
 
     fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T, StoreError>) -> Result<T, StoreError> {
@@ -253,7 +260,7 @@ impl Store {
 }
 
 impl Open {
-    fn at(path: &Path) -> Result<Open, StoreError> {
+    fn at(path: &Path, copy_journal: bool) -> Result<Open, StoreError> {
         let backup = path.with_extension("journal-before-recovery");
         if backup.exists() {
             return Err(StoreError::Corrupt {
@@ -266,9 +273,10 @@ impl Open {
         }
         let copy = path.with_extension("journal-copy");
         let _ = std::fs::remove_dir_all(&copy);
-        let copied = match save_journals(path, &copy) {
-            Ok(()) => copy.exists(),
-            Err(e) => {
+        let copied = match copy_journal.then(|| save_journals(path, &copy)) {
+            None => false,
+            Some(Ok(())) => copy.exists(),
+            Some(Err(e)) => {
                 let _ = std::fs::remove_dir_all(&copy);
                 tracing::warn!(error = %e, path = %copy.display(), "cannot copy the journal aside before recovery; opening without the copy");
                 false
@@ -686,7 +694,10 @@ mod tests {
     fn a_leftover_journal_copy_never_stops_a_healthy_store() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
-        Store::open(&path).unwrap().commit(&[], &[rec()], true).unwrap();
+        Store::open(&path)
+            .unwrap()
+            .commit(&[], &[rec()], true)
+            .unwrap();
         // A start that stopped while copying the journal aside.
         let copy = path.with_extension("journal-copy");
         std::fs::create_dir_all(&copy).unwrap();
