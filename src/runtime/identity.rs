@@ -42,8 +42,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
     }
 }
 
-/// Writes `bytes` to a new file readable only by its owner, then syncs it.
+/// Writes `bytes` to a new file readable only by its owner, durably and
+/// whole: written and synced under a temporary name, linked to `path`
+/// (which must not exist yet), then the directory is synced. A crash at
+/// any point leaves either no file or the whole one, never a truncated key
+/// that would stop the next start.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    let tmp = path.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp); // left by a crash during an earlier start
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -51,9 +57,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    let linked = std::fs::hard_link(&tmp, path).map_err(io(path));
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
 }
 
 /// Loads `DATA_DIR/identity.key`, creating it on first use. Returns the key
@@ -172,5 +188,27 @@ mod tests {
         assert!(load_or_create_secret(Some("abc"), None, dir.path()).is_err());
         let missing = dir.path().join("nope");
         assert!(load_or_create_secret(None, Some(&missing), dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_crash_while_writing_the_key_never_stops_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a crash between create and write used to leave as the key
+        // itself, now only under the temporary name.
+        std::fs::write(dir.path().join("identity.partial"), b"").unwrap();
+        let (a, created) = load_or_create_identity(dir.path()).unwrap();
+        assert!(created);
+        assert!(!dir.path().join("identity.partial").exists());
+        let (b, _) = load_or_create_identity(dir.path()).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("identity.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 }
