@@ -655,3 +655,52 @@ fn cross_site_requests_and_foreign_hosts_are_refused_and_change_nothing() {
     );
     assert_eq!(raw(&node, "PUT", "/v1/kv/notes/a", &[json], "1").0, 200);
 }
+
+#[test]
+fn start_errors_say_what_and_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+    let err = try_start(&dir.path().join("p2p"), &["--listen", &listen])
+        .err()
+        .expect("a node on a p2p port in use did not start");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&listen) && last.contains("in use"),
+        "the error names the address and the cause: {last}"
+    );
+    let api = format!("127.0.0.1:{port}");
+    let out = std::process::Command::new(common::shoal_bin())
+        .args([
+            "start",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            &api,
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("api"))
+        .env_remove("SHOAL_API")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a node on an API port in use did not start"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&api) && last.contains("in use"),
+        "the error names the address and the cause: {last}"
+    );
+    // A store another node holds.
+    let first = start(&dir.path().join("shared"), &[]);
+    let err = try_start(&dir.path().join("shared"), &[])
+        .err()
+        .expect("a second node on a data dir in use did not start");
+    assert!(err.contains("in use by another process"), "{err}");
+    drop(first);
+}

@@ -197,6 +197,24 @@ pub struct Net {
     listen_count: usize,
 }
 
+/// An error and its sources, joined: libp2p's transport errors often say
+/// nothing themselves and keep the cause (`Address already in use`) below.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut next = e.source();
+    while let Some(cause) = next {
+        parts.push(cause.to_string());
+        next = cause.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.dedup();
+    if parts.is_empty() {
+        format!("{e:?}")
+    } else {
+        parts.join(": ")
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> NetError {
     NetError(e.to_string())
 }
@@ -235,7 +253,9 @@ impl Net {
             let addr: Multiaddr = addr
                 .parse()
                 .map_err(|e| NetError(format!("listen address `{addr}`: {e}")))?;
-            swarm.listen_on(addr).map_err(err)?;
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError(format!("cannot listen on `{addr}`: {}", chain(&e))))?;
         }
         let mut parsed = Vec::new();
         for addr in bootstrap {
