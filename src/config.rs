@@ -147,6 +147,8 @@ pub struct ConfigLayer {
     pub profile: Option<Profile>,
     /// Expected federation size before the lease election starts.
     pub bootstrap_expect: Option<u32>,
+    /// Voters of the control plane (1, 3 or 5).
+    pub voters: Option<u32>,
     /// Log format.
     pub log_format: Option<LogFormat>,
     /// Heartbeat interval, ms (overrides the profile).
@@ -202,6 +204,7 @@ impl ConfigLayer {
             capacity,
             profile,
             bootstrap_expect,
+            voters,
             log_format,
             heartbeat_interval_ms,
             suspect_after_missed,
@@ -257,6 +260,7 @@ impl ConfigLayer {
             capacity: self.capacity.unwrap_or(8),
             profile,
             bootstrap_expect: self.bootstrap_expect.unwrap_or(1),
+            voters: self.voters.unwrap_or(3),
             log_format: self.log_format.unwrap_or_default(),
             timing,
             claim_timeout_secs: self.claim_timeout_secs.unwrap_or(30),
@@ -299,8 +303,12 @@ pub struct NodeConfig {
     pub capacity: u32,
     /// Timing profile.
     pub profile: Profile,
-    /// Expected federation size (1 to 1000).
+    /// Expected federation size (1 to 1000): the members a node waits to
+    /// see before the control plane is founded, and the number of its
+    /// founding voters.
     pub bootstrap_expect: u32,
+    /// Voters the control plane aims for (1, 3 or 5; default 3).
+    pub voters: u32,
     /// Log format.
     pub log_format: LogFormat,
     /// Failure-detection timing.
@@ -346,6 +354,9 @@ impl NodeConfig {
         }
         if !(1..=1000).contains(&self.bootstrap_expect) {
             return Err(invalid("bootstrap_expect", "must be between 1 and 1000"));
+        }
+        if ![1, 3, 5].contains(&self.voters) {
+            return Err(invalid("voters", "must be 1, 3 or 5"));
         }
         let t = &self.timing;
         if !(50..=600_000).contains(&t.heartbeat_interval_ms) {

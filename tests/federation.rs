@@ -427,3 +427,63 @@ fn a_graceful_stop_is_left_not_dead() {
         assert_eq!(p.count_status("suspect"), 0);
     }
 }
+
+/// The lease holder every node names, once they all name the same one:
+/// `(id, term)`.
+fn agreed_lease(nodes: &[&Proc]) -> Option<(String, u64)> {
+    let seen: Vec<Option<(String, u64)>> = nodes
+        .iter()
+        .map(|p| {
+            let l = &p.get("/v1/leader")["leader"];
+            Some((l["id"].as_str()?.to_owned(), l["term"].as_u64()?))
+        })
+        .collect();
+    let first = seen.first()?.clone()?;
+    seen.iter().all(|s| s.as_ref() == Some(&first)).then_some(first)
+}
+
+#[test]
+fn one_lease_holder_is_elected_and_another_takes_over_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = federation(dir.path(), 4, &[]);
+    let (holder, term) = poll_until(
+        Duration::from_secs(60),
+        "every node to name one lease holder",
+        || agreed_lease(&nodes.iter().collect::<Vec<_>>()),
+    );
+    // The autopilot grows the plane to three voters.
+    let at = nodes.iter().position(|p| p.id == holder).unwrap();
+    poll_until(Duration::from_secs(60), "three voters", || {
+        let v = nodes[at].get("/v1/leader");
+        (v["voters"].as_array().map_or(0, |a| a.len()) == 3).then_some(())
+    });
+    let status = nodes[0].get("/v1/status");
+    assert_eq!(status["leader"]["id"], holder, "{status}");
+    assert_eq!(status["term"], term, "{status}");
+
+    nodes.remove(at).kill9();
+    let survivors: Vec<&Proc> = nodes.iter().collect();
+    let (next, next_term) = poll_until(
+        Duration::from_secs(30),
+        "the survivors to name a new lease holder",
+        || agreed_lease(&survivors).filter(|(_, t)| *t > term),
+    );
+    assert_ne!(next, holder);
+    let new_holder = nodes.iter().find(|p| p.id == next).unwrap();
+    let audit = new_holder.get("/v1/audit");
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "lease_acquired" && r["detail"] == format!("term {next_term}")),
+        "{audit}"
+    );
+    // The dead voter is replaced: three voters again, the old holder not
+    // among them.
+    poll_until(Duration::from_secs(60), "the dead voter replaced", || {
+        let v = new_holder.get("/v1/leader")["voters"].clone();
+        let voters: Vec<&str> = v.as_array()?.iter().filter_map(|x| x.as_str()).collect();
+        (voters.len() == 3 && !voters.contains(&holder.as_str())).then_some(())
+    });
+}

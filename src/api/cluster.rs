@@ -65,7 +65,7 @@ pub(super) async fn status(State(s): State<AppState>) -> Result<Json<Value>, Api
                     "writable": s.node.read_only().is_none(),
                     "error": s.node.read_only(),
                 },
-                "leader": Value::Null,
+                "leader": lease_json(&sum),
                 "term": sum.term.0,
                 "peers": peers,
                 "uptime_secs": uptime,
@@ -131,10 +131,21 @@ pub(super) async fn remove(
     ))
 }
 
+/// The lease holder as `{"id", "term"}`, or null.
+fn lease_json(sum: &crate::core::engine::Summary) -> Value {
+    match &sum.leader {
+        Some(id) => json!({"id": id, "term": sum.term.0}),
+        None => Value::Null,
+    }
+}
+
 pub(super) async fn leader(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    // No lease holder is elected until the federation's Raft group exists.
-    let term = s.node.summary().await?.term.0;
-    Ok(Json(json!({"leader": Value::Null, "term": term})))
+    let sum = s.node.summary().await?;
+    Ok(Json(json!({
+        "leader": lease_json(&sum),
+        "term": sum.term.0,
+        "voters": sum.voters,
+    })))
 }
 
 pub(super) async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -66,6 +66,9 @@ pub struct StartArgs {
     /// Expected federation size.
     #[arg(long, env = "SHOAL_BOOTSTRAP_EXPECT")]
     bootstrap_expect: Option<u32>,
+    /// Voters of the control plane (1, 3 or 5).
+    #[arg(long, env = "SHOAL_VOTERS")]
+    voters: Option<u32>,
     /// Log format.
     #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
@@ -124,6 +127,7 @@ impl StartArgs {
             capacity: self.capacity,
             profile: self.profile,
             bootstrap_expect: self.bootstrap_expect,
+            voters: self.voters,
             log_format: self.log_format,
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             suspect_after_missed: self.suspect_after_missed,

@@ -12,6 +12,7 @@ pub mod event;
 pub mod failure;
 pub mod ids;
 pub mod knowledge;
+pub mod lease;
 pub mod member;
 pub mod placement;
 pub mod replica;

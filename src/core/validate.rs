@@ -46,6 +46,25 @@ pub fn packet(p: &Packet) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Checks a lease announcement from a peer: ids well formed, a bounded
+/// voter list that holds the holder.
+pub fn claim(c: &crate::core::lease::LeaseClaim) -> Result<(), Refusal> {
+    if c.voters.is_empty()
+        || c.voters.len() > 9
+        || c.learners.len() > 9
+        || !c.voters.contains(&c.holder)
+    {
+        return Err("a lease announcement with an unsound voter list".into());
+    }
+    for v in c.voters.iter().chain(&c.learners) {
+        name("node id", v.as_str())?;
+    }
+    if c.plane == 0 || c.term == u64::MAX {
+        return Err("a lease announcement with an unsound plane or term".into());
+    }
+    Ok(())
+}
+
 /// Why a delta from a peer was refused.
 pub type Refusal = String;
 

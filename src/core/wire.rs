@@ -8,7 +8,10 @@
 //! before anything else; a message that fails is dropped and counted by the
 //! caller, never applied.
 
+use crate::core::lease::msg::RaftMsg;
+use crate::core::lease::LeaseClaim;
 use crate::core::state::Delta;
+use crate::core::swim::Packet;
 use serde::{Deserialize, Serialize};
 
 /// The wire format version.
@@ -23,6 +26,18 @@ pub const MAX_SYNC_BYTES: usize = 16 << 20;
 pub enum Gossip {
     /// New entry states.
     Deltas(Vec<Delta>),
+    /// The lease holder's announcement.
+    Lease(LeaseClaim),
+}
+
+/// What travels in a datagram (sealed and signed by the runtime): the
+/// failure detector's packets and the control plane's Raft messages.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Datagram {
+    /// A SWIM packet.
+    Swim(Packet),
+    /// A Raft message.
+    Raft(Box<RaftMsg>),
 }
 
 /// A state-sync request.
@@ -233,7 +248,9 @@ mod tests {
         assert!(chunks.len() > 3, "{} chunks", chunks.len());
         let mut back = Vec::new();
         for c in &chunks {
-            let Gossip::Deltas(part) = decode::<Gossip>(c, MAX_GOSSIP_BYTES).unwrap();
+            let Ok(Gossip::Deltas(part)) = decode::<Gossip>(c, MAX_GOSSIP_BYTES) else {
+                panic!("not deltas");
+            };
             let plain = postcard::to_stdvec(&Gossip::Deltas(part.clone())).unwrap();
             assert!(
                 plain.len() <= 4096 || part.len() == 1,

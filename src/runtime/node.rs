@@ -174,6 +174,11 @@ impl Node {
         let engine_cfg = EngineConfig {
             replica: replica_cfg,
             protocol: ProtocolConfig::for_heartbeat(cfg.timing.heartbeat_interval_ms),
+            control: crate::core::lease::ControlConfig::for_probe_interval(
+                cfg.timing.heartbeat_interval_ms,
+                cfg.voters as usize,
+                cfg.bootstrap_expect as usize,
+            ),
         };
         let info = Arc::new(NodeInfo {
             id: id.clone(),
@@ -196,14 +201,16 @@ impl Node {
             read_only: Arc::new(std::sync::RwLock::new(None)),
         };
         handle.metrics.store_writable.set(1);
-        let state = {
+        let (state, control) = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || store.load())
-                .await
-                .map_err(|_| NodeError::Stopped)??
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, StoreError>((store.load()?, store.load_control()?))
+            })
+            .await
+            .map_err(|_| NodeError::Stopped)??
         };
         let seed: u64 = rand::random();
-        let engine = Engine::new(engine_cfg.clone(), state, seed);
+        let engine = Engine::new(engine_cfg.clone(), state, seed).with_control(control);
         let span = info_span!("node", node = %id.short());
         span.in_scope(|| info!(seed, "engine seeded"));
         let (exec_tx, exec_rx) = mpsc::unbounded_channel();
@@ -776,7 +783,12 @@ impl Owner {
         self.inflight = Some(tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
             let deltas = batch.changed.iter().chain(&batch.merged);
-            let r = store.commit(deltas, &batch.audit, batch.synced);
+            let r = store.commit_with_control(
+                deltas,
+                &batch.audit,
+                batch.control.as_deref(),
+                batch.synced,
+            );
             metrics.commit_seconds.observe(t0.elapsed().as_secs_f64());
             metrics
                 .batch_size
@@ -884,10 +896,14 @@ impl Owner {
             }
         }
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.load()).await {
-            Ok(Ok(state)) => {
+        let loaded = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((store.load()?, store.load_control()?))
+        });
+        match loaded.await {
+            Ok(Ok((state, control))) => {
                 let seed: u64 = rand::random();
-                self.engine = Engine::new(self.engine_cfg.clone(), state, seed);
+                self.engine =
+                    Engine::new(self.engine_cfg.clone(), state, seed).with_control(control);
                 if self.read_only.is_none() {
                     self.input(Input::Start);
                     for peer in self.net.peers() {

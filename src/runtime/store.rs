@@ -16,6 +16,7 @@
 
 use crate::core::event::AuditRecord;
 use crate::core::ids::{NodeId, TaskId};
+use crate::core::lease::ControlDisk;
 use crate::core::state::{Delta, ReplicatedState};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::path::{Path, PathBuf};
@@ -245,7 +246,27 @@ impl Store {
         audit: &[AuditRecord],
         sync: bool,
     ) -> Result<(), StoreError> {
-        self.with(|o| o.commit(deltas, audit, sync))
+        self.with(|o| o.commit(deltas, audit, None, sync))
+    }
+
+    /// [`Store::commit`] with the control plane's state (written whole,
+    /// in the same atomic batch: Raft's hard state and log never part).
+    pub fn commit_with_control<'a>(
+        &self,
+        deltas: impl IntoIterator<Item = &'a Delta>,
+        audit: &[AuditRecord],
+        control: Option<&ControlDisk>,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        self.with(|o| o.commit(deltas, audit, control, sync))
+    }
+
+    /// The control plane's stored state, if any.
+    pub fn load_control(&self) -> Result<Option<ControlDisk>, StoreError> {
+        self.with(|o| match o.meta.get("control").map_err(|e| o.io(e))? {
+            None => Ok(None),
+            Some(v) => o.decode("meta", "control", &v).map(Some),
+        })
     }
 
     /// The newest `limit` audit records, newest first.
@@ -510,6 +531,7 @@ impl Open {
         &self,
         deltas: impl IntoIterator<Item = &'a Delta>,
         audit: &[AuditRecord],
+        control: Option<&ControlDisk>,
         sync: bool,
     ) -> Result<(), StoreError> {
         let mode = if sync {
@@ -523,6 +545,9 @@ impl Open {
             .next
             .load(std::sync::atomic::Ordering::SeqCst);
         batch.insert(&self.meta, "commits", seq.to_be_bytes().to_vec());
+        if let Some(c) = control {
+            batch.insert(&self.meta, "control", encode(c));
+        }
         for d in deltas {
             match d {
                 Delta::Member(id, e) => batch.insert(&self.members, id.as_str(), encode(e)),

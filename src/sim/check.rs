@@ -83,6 +83,11 @@ pub struct Checker {
     pub false_suspects: u64,
     /// Dead verdicts about nodes that were running.
     pub false_deads: u64,
+    /// Lease holders by term: who took office in it, and when.
+    pub holders: BTreeMap<u64, (usize, u64)>,
+    /// A lease holder's crash to every running node naming one new
+    /// holder, ms.
+    pub failover_ms: Vec<f64>,
 }
 
 #[derive(Debug)]
@@ -96,6 +101,22 @@ struct Crash {
 }
 
 impl Checker {
+    /// Node `node` took office as lease holder in `term`: a second holder
+    /// in one term violates Raft's election safety.
+    pub fn took_office(&mut self, node: usize, term: u64, at_us: u64) {
+        match self.holders.get(&term) {
+            Some((other, _)) if *other != node => self.violate(
+                "two_lease_holders",
+                at_us,
+                format!("nodes {other} and {node} both hold the lease in term {term}"),
+            ),
+            Some(_) => {}
+            None => {
+                self.holders.insert(term, (node, at_us));
+            }
+        }
+    }
+
     /// Records a violation.
     pub fn violate(&mut self, kind: &str, at_us: u64, detail: String) {
         self.violations.push(Violation {

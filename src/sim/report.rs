@@ -66,6 +66,16 @@ pub struct Report {
     pub connections: usize,
     /// Events the simulator processed.
     pub events: u64,
+    /// Terms in which a node took office as lease holder.
+    pub lease_terms: usize,
+    /// A lease holder's crash to every running node naming one new holder,
+    /// ms.
+    pub failover_ms: Spread,
+    /// Distinct lease holders the running nodes name at the end (1 when
+    /// they agree).
+    pub lease_holders_at_end: usize,
+    /// Running nodes that know no lease holder at the end.
+    pub lease_unknown_at_end: usize,
 }
 
 fn per_node(v: [u64; 4], nodes: usize, secs: f64) -> PerNode {
@@ -117,6 +127,24 @@ impl Report {
             dropped: t.dropped,
             connections: w.net.link_count(),
             events: w.events,
+            lease_terms: w.check.holders.len(),
+            failover_ms: Spread::of(&w.check.failover_ms),
+            lease_holders_at_end: {
+                let named: std::collections::BTreeSet<_> = w
+                    .nodes
+                    .iter()
+                    .filter(|n| n.running())
+                    .filter_map(|n| n.engine.as_ref()?.lease())
+                    .map(|l| l.holder)
+                    .collect();
+                named.len()
+            },
+            lease_unknown_at_end: w
+                .nodes
+                .iter()
+                .filter(|n| n.running())
+                .filter(|n| n.engine.as_ref().is_some_and(|e| e.lease().is_none()))
+                .count(),
         }
     }
 
@@ -149,6 +177,15 @@ impl Report {
         s += &format!(
             "detection: dead at every survivor p50 {} ms, max {} ms ({} crashes); false suspicions {}, false deaths {}\n",
             d.p50, d.max, d.count, self.false_suspicions, self.false_deaths
+        );
+        s += &format!(
+            "lease: {} terms with a holder; failover p50 {} ms, max {} ms ({}); at the end {} holder(s) named, {} node(s) knowing none\n",
+            self.lease_terms,
+            self.failover_ms.p50,
+            self.failover_ms.max,
+            self.failover_ms.count,
+            self.lease_holders_at_end,
+            self.lease_unknown_at_end
         );
         s += &match self.liveness_ms {
             Some(ms) => format!("agreement {ms} ms after the heal\n"),

@@ -170,6 +170,10 @@ pub struct FaultSpec {
     /// The wall-clock jump of `skew`, ms (negative goes back).
     #[serde(default)]
     pub skew_ms: i64,
+    /// Whom it hits: `holder` is the lease holder of the moment (`nodes`
+    /// is then ignored); omitted, nodes drawn at random.
+    #[serde(default)]
+    pub target: Option<String>,
 }
 
 fn one() -> f64 {

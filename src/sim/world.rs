@@ -151,6 +151,8 @@ pub(super) struct SimNode {
     pub(super) life: u32,
     /// What the store holds (durable).
     pub(super) stored: ReplicatedState,
+    /// The control plane's stored state.
+    pub(super) control: Option<crate::core::lease::ControlDisk>,
     inflight: Option<Persist>,
     pub(super) skew_ms: i64,
     pub(super) paused_until: u64,
@@ -174,6 +176,7 @@ impl SimNode {
             engine: None,
             life: 0,
             stored: ReplicatedState::default(),
+            control: None,
             inflight: None,
             skew_ms: 0,
             paused_until: 0,
@@ -233,6 +236,8 @@ pub(super) struct World {
     pub(super) done: bool,
     pub(super) events: u64,
     fault_nodes: Vec<Vec<usize>>,
+    /// A lease holder crashed: when, and the term it held.
+    pub(super) failover: Option<(u64, u64)>,
     node_index: FastMap<NodeId, usize>,
 }
 
@@ -262,6 +267,7 @@ impl World {
             done: false,
             events: 0,
             fault_nodes: vec![Vec::new(); scenario.faults.len()],
+            failover: None,
             node_index: FastMap::default(),
             scenario,
         };
@@ -457,6 +463,11 @@ impl World {
                 failure,
             },
             protocol: ProtocolConfig::for_heartbeat(failure.heartbeat_interval_ms),
+            control: crate::core::lease::ControlConfig::for_probe_interval(
+                failure.heartbeat_interval_ms,
+                3,
+                1,
+            ),
         }
     }
 
@@ -472,7 +483,7 @@ impl World {
         n.inflight = None;
         n.gossip.reset();
         n.peers.clear();
-        n.engine = Some(Engine::new(cfg, n.stored.clone(), seed));
+        n.engine = Some(Engine::new(cfg, n.stored.clone(), seed).with_control(n.control.clone()));
         let life = n.life;
         self.input(i, Input::Start);
         if first {

@@ -11,6 +11,7 @@
 use super::io::{Answer, BatchId, Output, Persist, ReqId};
 use crate::core::error::EngineError;
 use crate::core::event::AuditRecord;
+use crate::core::lease::ControlDisk;
 use crate::core::state::Delta;
 use std::sync::Arc;
 
@@ -27,6 +28,8 @@ pub(super) struct Batch {
     /// Published only, never stored (heartbeats).
     pub(super) gossip: Vec<Delta>,
     pub(super) audit: Vec<AuditRecord>,
+    /// The control plane's state, when it changed (the latest wins).
+    pub(super) control: Option<Box<ControlDisk>>,
     pub(super) replies: Vec<(ReqId, Result<Answer, EngineError>)>,
     /// Outputs released with the batch (handler starts, events).
     pub(super) effects: Vec<Output>,
@@ -38,12 +41,16 @@ impl Batch {
             && self.merged.is_empty()
             && self.gossip.is_empty()
             && self.audit.is_empty()
+            && self.control.is_none()
             && self.replies.is_empty()
             && self.effects.is_empty()
     }
 
     fn stores_nothing(&self) -> bool {
-        self.changed.is_empty() && self.merged.is_empty() && self.audit.is_empty()
+        self.changed.is_empty()
+            && self.merged.is_empty()
+            && self.audit.is_empty()
+            && self.control.is_none()
     }
 }
 
@@ -101,6 +108,7 @@ impl Batches {
             merged: batch.merged,
             audit: batch.audit,
             synced: batch.synced,
+            control: batch.control,
         }));
         self.inflight = Some(Inflight {
             id,

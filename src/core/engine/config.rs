@@ -1,5 +1,6 @@
 //! The protocol's cadences and limits, with the unit and range of each.
 
+use crate::core::lease::ControlConfig;
 use crate::core::replica::ReplicaConfig;
 
 /// Everything the engine needs to know: the replica's configuration (who
@@ -11,6 +12,8 @@ pub struct EngineConfig {
     pub replica: ReplicaConfig,
     /// Cadences and limits.
     pub protocol: ProtocolConfig,
+    /// The control plane's timing and size.
+    pub control: ControlConfig,
 }
 
 /// Cadences and limits of the protocol. Every duration is in milliseconds.

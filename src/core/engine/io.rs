@@ -7,6 +7,7 @@ use crate::core::error::EngineError;
 use crate::core::event::{AuditRecord, Event};
 use crate::core::ids::{Fence, NodeId, TaskId};
 use crate::core::knowledge::Policy;
+use crate::core::lease::ControlDisk;
 use crate::core::placement::Strategy;
 use crate::core::replica::{Claimed, KvWrite, Outcome, StartTask, SubmitRequest};
 use crate::core::state::Delta;
@@ -47,17 +48,20 @@ pub enum TimerKind {
     Redial,
     /// Publishing changes that waited for the gossip window.
     GossipFlush,
+    /// The control plane's Raft tick.
+    Control,
 }
 
 impl TimerKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [TimerKind; 6] = [
+    pub const ALL: [TimerKind; 7] = [
         TimerKind::Tick,
         TimerKind::Detect,
         TimerKind::Load,
         TimerKind::AntiEntropy,
         TimerKind::Redial,
         TimerKind::GossipFlush,
+        TimerKind::Control,
     ];
 
     pub(crate) fn index(self) -> usize {
@@ -261,9 +265,11 @@ pub struct Persist {
     /// Audit records.
     pub audit: Vec<AuditRecord>,
     /// True when the batch must be synced to disk before it is confirmed
-    /// (it holds local changes or audit records); merged entries alone may
-    /// be buffered.
+    /// (it holds local changes, audit records or control state); merged
+    /// entries alone may be buffered.
     pub synced: bool,
+    /// The control plane's state, to store whole (replacing the last).
+    pub control: Option<Box<ControlDisk>>,
 }
 
 /// A counter the caller keeps (metrics).

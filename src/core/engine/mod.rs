@@ -28,6 +28,7 @@
 
 mod batch;
 mod config;
+mod control;
 mod entropy;
 mod io;
 mod query;
@@ -42,13 +43,14 @@ pub use query::{Assignment, Found, MemberView, Query, Summary};
 
 use crate::core::error::EngineError;
 use crate::core::ids::{Mono, NodeId, Now};
+use crate::core::lease::{Control, ControlConfig, ControlDisk, Lease};
 use crate::core::member::MemberStatus;
 use crate::core::replica::{Effect, Outcome, Replica};
 use crate::core::rng::Rng;
 use crate::core::state::{Delta, ReplicatedState};
-use crate::core::swim::{Packet, SwimCounter, MAX_PACKET_BYTES};
+use crate::core::swim::{SwimCounter, MAX_PACKET_BYTES};
 use crate::core::validate;
-use crate::core::wire::{self, Gossip};
+use crate::core::wire::{self, Datagram, Gossip};
 use batch::{Batches, Released};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -110,6 +112,10 @@ pub struct Engine {
     /// The load figures last gossiped, and the running count with them.
     reported: Option<(LoadSample, u32)>,
     started: bool,
+    /// The control plane (the lease holder's Raft group).
+    control: Control,
+    control_cfg: ControlConfig,
+    control_seed: u64,
     out: Vec<Output>,
     ready: VecDeque<Output>,
 }
@@ -123,11 +129,22 @@ impl Engine {
         // the protocol's (peer choice).
         let mut root = Rng::new(seed);
         let replica = Replica::new(cfg.replica, state, root.next_u64());
+        let rng = Rng::new(root.next_u64());
+        let control_seed = root.next_u64();
+        let control = Control::new(
+            replica.node().clone(),
+            cfg.control,
+            None,
+            Rng::new(control_seed),
+        );
         Engine {
+            control,
+            control_seed,
+            control_cfg: cfg.control,
             replica,
             cfg: cfg.protocol,
             seed,
-            rng: Rng::new(root.next_u64()),
+            rng,
             clock: Now::default(),
             peers: BTreeSet::new(),
             catching_up: BTreeSet::new(),
@@ -145,6 +162,33 @@ impl Engine {
             out: Vec::new(),
             ready: VecDeque::new(),
         }
+    }
+
+    /// The engine with its control plane's stored state (call before
+    /// [`Input::Start`]).
+    pub fn with_control(mut self, disk: Option<ControlDisk>) -> Self {
+        self.control = Control::new(
+            self.replica.node().clone(),
+            self.control_cfg,
+            disk,
+            Rng::new(self.control_seed),
+        );
+        self
+    }
+
+    /// The lease as this node knows it.
+    pub fn lease(&self) -> Option<Lease> {
+        self.control.lease()
+    }
+
+    /// Whether this node holds the lease (it is its plane's Raft leader).
+    pub fn holds_lease(&self) -> bool {
+        self.control.holds_lease()
+    }
+
+    /// The voters of this node's control plane, as far as it knows them.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.control.voters()
     }
 
     /// The seed this engine was built with (log it: it replays the run).
@@ -259,6 +303,8 @@ impl Engine {
             .arm(TimerKind::AntiEntropy, now.mono.plus(p.anti_entropy_ms));
         self.timers
             .arm(TimerKind::Redial, now.mono.plus(p.redial_ms));
+        self.timers
+            .arm(TimerKind::Control, now.mono.plus(self.control_cfg.tick_ms));
         self.out.push(Output::SampleLoad);
         if self.peers.is_empty() {
             self.out.push(Output::DialBootstrap);
@@ -347,6 +393,18 @@ impl Engine {
                     self.replica.apply_remote(wall, d);
                 }
             }
+            Ok(Gossip::Lease(claim)) => {
+                let rejected = validate::claim(&claim).err();
+                let ok = rejected.is_none();
+                self.out.push(Output::Verdict {
+                    msg,
+                    from,
+                    rejected,
+                });
+                if ok {
+                    self.control_observe(claim);
+                }
+            }
             Err(e) => self.out.push(Output::Verdict {
                 msg,
                 from,
@@ -419,6 +477,7 @@ impl Engine {
                 self.timers.arm(TimerKind::Redial, now.plus(p.redial_ms));
             }
             TimerKind::GossipFlush => self.flush_gossip(),
+            TimerKind::Control => self.control_tick(),
         }
     }
 
@@ -523,8 +582,9 @@ impl Engine {
     /// A failure-detection packet: decoded and checked, then handed to the
     /// detector.
     fn on_probe(&mut self, from: &NodeId, bytes: &[u8]) {
-        let packet = match wire::decode::<Packet>(bytes, MAX_PACKET_BYTES) {
-            Ok(p) => p,
+        let packet = match wire::decode::<Datagram>(bytes, MAX_PACKET_BYTES) {
+            Ok(Datagram::Swim(p)) => p,
+            Ok(Datagram::Raft(m)) => return self.control_receive(from, *m),
             Err(_) => {
                 self.out.push(Output::Count(Counter::ProbeMalformed, 1));
                 return;
@@ -565,7 +625,7 @@ impl Engine {
                         .get(&to)
                         .map(|m| m.record().addrs.clone())
                         .unwrap_or_default();
-                    let bytes = wire::encode(&packet);
+                    let bytes = wire::encode(&Datagram::Swim(packet));
                     self.out.push(Output::Probe { to, addrs, bytes });
                 }
                 Effect::Count(c) => self.out.push(Output::Count(counter(c), 1)),

@@ -98,8 +98,12 @@ pub struct Summary {
     pub kv_entries: usize,
     /// The default placement strategy.
     pub strategy: Strategy,
-    /// The lease term (0 while there is no lease holder).
+    /// The lease term (0 while no lease holder is known).
     pub term: Term,
+    /// The lease holder, as this node knows it.
+    pub leader: Option<NodeId>,
+    /// The voters of this node's control plane, as far as it knows them.
+    pub voters: Vec<NodeId>,
     /// The convergence digest (hex).
     pub digest: String,
 }
@@ -250,7 +254,9 @@ impl Engine {
             namespaces: state.namespaces.len(),
             kv_entries: state.namespaces.values().map(|n| n.entries.len()).sum(),
             strategy: r.default_strategy(),
-            term: r.term(),
+            term: self.lease().map_or(r.term(), |l| Term(l.term)),
+            leader: self.lease().map(|l| l.holder),
+            voters: self.voters(),
             digest: r.digest().to_hex().to_string(),
         }
     }

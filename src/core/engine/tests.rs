@@ -21,6 +21,7 @@ fn engine(node: &str) -> Engine {
             failure: Default::default(),
         },
         protocol: ProtocolConfig::default(),
+        control: crate::core::lease::ControlConfig::for_probe_interval(500, 3, 1),
     };
     let mut e = Engine::new(cfg, ReplicatedState::default(), 7);
     e.handle(Now::at(1), Input::Start);

@@ -94,7 +94,27 @@ impl World {
             }
             return;
         }
-        let hit = self.victims(k);
+        let hit = if spec.target.as_deref() == Some("holder") {
+            let holders: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].running())
+                .filter(|&i| {
+                    self.nodes[i]
+                        .engine
+                        .as_ref()
+                        .is_some_and(|e| e.holds_lease())
+                })
+                .collect();
+            if spec.kind == "crash" {
+                let term = holders
+                    .first()
+                    .and_then(|&i| self.nodes[i].engine.as_ref()?.lease())
+                    .map_or(0, |l| l.term);
+                self.failover = Some((self.now, term));
+            }
+            holders
+        } else {
+            self.victims(k)
+        };
         self.fault_nodes[f] = hit.clone();
         match spec.kind.as_str() {
             "partition" | "one_way" => {

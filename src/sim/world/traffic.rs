@@ -17,6 +17,9 @@ impl World {
         for d in p.changed.iter().chain(&p.merged) {
             n.stored.apply(d.clone());
         }
+        if let Some(c) = p.control {
+            n.control = Some(*c);
+        }
         self.input(i, Input::Persisted(batch));
     }
 
@@ -382,6 +385,25 @@ impl World {
                     && self.net.both_ways(i, j);
                 let at = self.now;
                 self.check.verdict(i, j, dead, at, healthy);
+            }
+            Event::LeaseChanged { holder, term } => {
+                let at = self.now;
+                if holder.as_ref() == Some(&self.nodes[i].id) {
+                    self.check.took_office(i, term.0, at);
+                }
+                if let Some((since, old)) = self.failover {
+                    let named: std::collections::BTreeSet<_> = self
+                        .nodes
+                        .iter()
+                        .filter(|n| n.running())
+                        .map(|n| n.engine.as_ref().and_then(|e| e.lease()))
+                        .map(|l| l.filter(|l| l.term > old).map(|l| l.holder))
+                        .collect();
+                    if named.len() == 1 && named.iter().all(|h| h.is_some()) {
+                        self.check.failover_ms.push((at - since) as f64 / 1_000.0);
+                        self.failover = None;
+                    }
+                }
             }
             _ => {}
         }

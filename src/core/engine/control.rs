@@ -1,0 +1,150 @@
+//! The engine's side of the control plane (`core::lease`): its timer, its
+//! datagrams and announcements, and its durable state in the open batch.
+
+use super::{Engine, Output, TimerKind};
+use crate::core::event::{AuditRecord, Event};
+use crate::core::ids::{NodeId, Term};
+use crate::core::lease::msg::RaftMsg;
+use crate::core::lease::{ControlOut, LeaseClaim, Roster};
+use crate::core::member::MemberStatus;
+use crate::core::replica::Replica;
+use crate::core::wire::{self, Datagram, Gossip};
+
+/// Membership as the control plane needs it.
+struct Members<'a>(&'a Replica);
+
+impl Roster for Members<'_> {
+    fn healthy(&self, id: &NodeId) -> bool {
+        self.0.can_take_work(id)
+    }
+
+    fn gone(&self, id: &NodeId) -> bool {
+        self.0
+            .state()
+            .members
+            .get(id)
+            .is_none_or(|m| matches!(m.record().status, MemberStatus::Dead | MemberStatus::Left))
+    }
+
+    fn lowest_healthy(&self, n: usize) -> Vec<NodeId> {
+        self.0
+            .state()
+            .members
+            .keys()
+            .filter(|id| self.0.can_take_work(id))
+            .take(n)
+            .cloned()
+            .collect()
+    }
+
+    fn healthy_count(&self) -> usize {
+        self.0
+            .state()
+            .members
+            .keys()
+            .filter(|id| self.0.can_take_work(id))
+            .count()
+    }
+}
+
+impl Engine {
+    /// The control plane's timer: a Raft tick for a member of a plane, a
+    /// slower look (founding, joining) for the others.
+    pub(super) fn control_tick(&mut self) {
+        let now = self.clock.mono;
+        self.control.tick(now, &Members(&self.replica));
+        self.control_outputs();
+        let every = if self.control.is_member() {
+            self.control_cfg.tick_ms
+        } else {
+            self.control_cfg.tick_ms * 5
+        };
+        self.timers.arm(TimerKind::Control, now.plus(every));
+    }
+
+    /// A Raft message arrived in a datagram from `from` (verified by the
+    /// runtime's seal and signature).
+    pub(super) fn control_receive(&mut self, from: &NodeId, msg: RaftMsg) {
+        let now = self.clock.mono;
+        if let Err(e) = self.control.receive(now, from, msg) {
+            tracing::debug!(peer = %from, error = %e, "refused a raft message");
+            self.out
+                .push(Output::Count(super::Counter::ProbeMalformed, 1));
+        }
+        self.control_outputs();
+    }
+
+    /// A lease announcement arrived by gossip (checked by the caller).
+    pub(super) fn control_observe(&mut self, claim: LeaseClaim) {
+        let now = self.clock.mono;
+        self.control.observe(now, claim);
+        self.control_outputs();
+    }
+
+    /// Moves what the control plane asked for into the open batch: its
+    /// state to store, and what must wait for it (messages, announcements,
+    /// events, audit records).
+    pub(super) fn control_outputs(&mut self) {
+        for o in self.control.take_outputs() {
+            match o {
+                ControlOut::Persist(disk) => {
+                    let open = &mut self.batches.open;
+                    open.synced = true;
+                    open.control = Some(Box::new(disk));
+                }
+                ControlOut::Send { to, msg } => {
+                    let addrs = self
+                        .replica
+                        .state()
+                        .members
+                        .get(&to)
+                        .map(|m| m.record().addrs.clone())
+                        .unwrap_or_default();
+                    let bytes = wire::encode(&Datagram::Raft(Box::new(msg)));
+                    self.batches
+                        .open
+                        .effects
+                        .push(Output::Probe { to, addrs, bytes });
+                }
+                ControlOut::Announce(claim) => {
+                    let bytes = wire::encode(&Gossip::Lease(claim));
+                    self.batches.open.effects.push(Output::Publish(bytes));
+                }
+                ControlOut::Changed { holder, term } => {
+                    if holder.as_ref() == Some(self.replica.node()) {
+                        tracing::info!(term, "this node holds the lease");
+                        self.control_audit(
+                            "lease_acquired",
+                            self.replica.node().to_string(),
+                            format!("term {term}"),
+                        );
+                    }
+                    self.batches
+                        .open
+                        .effects
+                        .push(Output::Event(Event::LeaseChanged {
+                            holder,
+                            term: Term(term),
+                        }));
+                }
+                ControlOut::Audit {
+                    action,
+                    subject,
+                    detail,
+                } => self.control_audit(action, subject, detail),
+            }
+        }
+    }
+
+    fn control_audit(&mut self, action: &str, subject: String, detail: String) {
+        let open = &mut self.batches.open;
+        open.synced = true;
+        open.audit.push(AuditRecord {
+            at: self.clock.wall,
+            by: self.replica.node().clone(),
+            action: action.into(),
+            subject,
+            detail,
+        });
+    }
+}
