@@ -439,7 +439,9 @@ fn agreed_lease(nodes: &[&Proc]) -> Option<(String, u64)> {
         })
         .collect();
     let first = seen.first()?.clone()?;
-    seen.iter().all(|s| s.as_ref() == Some(&first)).then_some(first)
+    seen.iter()
+        .all(|s| s.as_ref() == Some(&first))
+        .then_some(first)
 }
 
 #[test]
@@ -486,4 +488,118 @@ fn one_lease_holder_is_elected_and_another_takes_over_after_kill_9() {
         let voters: Vec<&str> = v.as_array()?.iter().filter_map(|x| x.as_str()).collect();
         (voters.len() == 3 && !voters.contains(&holder.as_str())).then_some(())
     });
+}
+
+/// Handler process groups a test saw start (from their log lines); killed
+/// on drop, since a node killed with -9 leaves its handlers running.
+struct Handlers(std::path::PathBuf);
+
+impl Drop for Handlers {
+    fn drop(&mut self) {
+        let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+        for line in text.lines().filter(|l| l.starts_with("start ")) {
+            // Only a handler's own process group (its shell is the leader):
+            // never 0, 1 or this test's own.
+            let pgid = line
+                .split_whitespace()
+                .nth(4)
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pgid) = pgid.filter(|p| *p > 1 && *p != std::process::id()) {
+                // `--`: without it, procps' kill reads `-PGID` as an
+                // option and signals every process (kill(-1)).
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pgid}")])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+#[test]
+fn tasks_of_a_node_killed_with_9_finish_elsewhere_under_a_new_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    let hold = dir.path().join("hold");
+    std::fs::create_dir_all(&hold).unwrap();
+    // Each run logs its start (with its process group) and its end; on a
+    // node with a hold file it hangs, as a long task would.
+    let handler = format!(
+        "work=echo \"start $SHOAL_TASK_ID $SHOAL_TASK_FENCE $SHOAL_NODE_ID $$\" >> {log}; \
+         if [ -e {hold}/$SHOAL_NODE_ID ]; then sleep 300; fi; \
+         echo \"done $SHOAL_TASK_ID $SHOAL_TASK_FENCE $SHOAL_NODE_ID\" >> {log}; cat",
+        log = log.display(),
+        hold = hold.display()
+    );
+    let _handlers = Handlers(log.clone());
+    let mut nodes = federation(dir.path(), 4, &["--handler", &handler]);
+    let all: Vec<&Proc> = nodes.iter().collect();
+    let (holder, _) = poll_until(
+        Duration::from_secs(60),
+        "every node to name one lease holder",
+        || agreed_lease(&all),
+    );
+    let at = (nodes.iter().position(|p| p.id != holder)).unwrap();
+    let victim_id = nodes[at].id.clone();
+    std::fs::write(hold.join(&victim_id), b"").unwrap();
+    let ids: Vec<String> = (0..8)
+        .map(|i| {
+            let t = nodes[0].post(
+                "/v1/tasks",
+                &json!({"capability": "work", "payload": i, "strategy": "round_robin"}),
+            );
+            t["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let on_victim: Vec<String> = poll_until(
+        Duration::from_secs(30),
+        "the victim to run its tasks, and the others to finish theirs",
+        || {
+            let mut mine = Vec::new();
+            for id in &ids {
+                let t = nodes[0].get(&format!("/v1/tasks/{id}"));
+                match (t["status"].as_str()?, t["node"].as_str()?) {
+                    ("running", n) if n == victim_id => mine.push(id.clone()),
+                    ("succeeded", n) if n != victim_id => {}
+                    _ => return None,
+                }
+            }
+            (!mine.is_empty()).then_some(mine)
+        },
+    );
+    nodes.remove(at).kill9();
+    let holder_proc = nodes.iter().find(|p| p.id == holder).unwrap();
+    for id in &on_victim {
+        let t = poll_until(
+            Duration::from_secs(30),
+            "the killed node's task to finish elsewhere",
+            || {
+                let t = holder_proc.get(&format!("/v1/tasks/{id}"));
+                (t["status"] == "succeeded").then_some(t)
+            },
+        );
+        assert_ne!(t["node"], victim_id.as_str(), "{t}");
+        let term: u64 = t["fence"]
+            .as_str()
+            .and_then(|f| f.split('.').next()?.parse().ok())
+            .unwrap_or(0);
+        assert!(term > 0, "moved under the holder's term: {t}");
+    }
+    let audit = holder_proc.get("/v1/audit");
+    let migrations = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "task_migrated")
+        .count();
+    assert!(migrations >= on_victim.len(), "{audit}");
+    // Each task finished exactly once.
+    let text = std::fs::read_to_string(&log).unwrap();
+    for id in &ids {
+        let done = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("done {id} ")))
+            .count();
+        assert_eq!(done, 1, "task {id} finished {done} times:\n{text}");
+    }
 }

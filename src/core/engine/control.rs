@@ -54,6 +54,10 @@ impl Engine {
         let now = self.clock.mono;
         self.control.tick(now, &Members(&self.replica));
         self.control_outputs();
+        if self.control.holds_lease() {
+            let term = Term(self.control.term());
+            self.replica.migrate_orphans(self.clock.wall, term);
+        }
         let every = if self.control.is_member() {
             self.control_cfg.tick_ms
         } else {

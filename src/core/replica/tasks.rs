@@ -429,10 +429,7 @@ impl Replica {
                 "succeeded".to_owned(),
             ),
             Outcome::Failure(error) if prev.attempt < entry.spec().max_attempts => {
-                let fence = Fence {
-                    term: self.term,
-                    seq: prev.fence.seq + 1,
-                };
+                let fence = self.next_fence(prev.fence);
                 let placed = self.placement(id, &entry, None);
                 let mut st = match placed {
                     Ok(node) => assigned_state(now, node, prev.attempt + 1, fence),
@@ -544,10 +541,7 @@ impl Replica {
             let prev = entry.state().clone();
             match self.placement(&id, &entry, None) {
                 Ok(node) => {
-                    let fence = Fence {
-                        term: self.term,
-                        seq: prev.fence.seq + 1,
-                    };
+                    let fence = self.next_fence(prev.fence);
                     let mut st = assigned_state(now, node, prev.attempt + 1, fence);
                     st.error = prev.error.clone();
                     let mut entry = entry;
@@ -581,10 +575,7 @@ impl Replica {
                 continue;
             };
             let prev = entry.state().clone();
-            let fence = Fence {
-                term: self.term,
-                seq: prev.fence.seq + 1,
-            };
+            let fence = self.next_fence(prev.fence);
             let st = match self.placement(&id, &entry, Some(&me)) {
                 Ok(node) => assigned_state(now, node, prev.attempt, fence),
                 Err(reason) => TaskState {
@@ -600,6 +591,148 @@ impl Replica {
             self.announce_placement(&id, &st);
             self.put_task(now, id, entry, true);
         }
+    }
+
+    /// The fence of a task's next assignment: a higher sequence, under the
+    /// newer of this node's term and the task's (a fence never goes back,
+    /// so a task a lease holder moved is never pulled back by an older one).
+    fn next_fence(&self, prev: Fence) -> Fence {
+        Fence {
+            term: self.term.max(prev.term),
+            seq: prev.seq + 1,
+        }
+    }
+
+    /// Why a node cannot keep its tasks: `dead`, `left` or `removed` (its
+    /// record gone) for every task on it, `draining` for tasks not started.
+    fn unfit(&self, node: &NodeId) -> Option<&'static str> {
+        match self.state.members.get(node).map(|m| m.record().status) {
+            None => Some("removed"),
+            Some(MemberStatus::Dead) => Some("dead"),
+            Some(MemberStatus::Left) => Some("left"),
+            Some(MemberStatus::Draining) => Some("draining"),
+            Some(MemberStatus::Alive) => None,
+        }
+    }
+
+    /// As lease holder in `term`: moves every task assigned to or running
+    /// on a node that cannot run it (dead, left or removed; not yet started
+    /// on a draining node) to a healthy capable node, under a new fence
+    /// `(term, seq + 1)`, keeping payload, attempts and history, with an
+    /// audit record each. An interrupted run counts as an attempt; one past
+    /// `max_attempts` fails the task. Idempotent: a task already moved is
+    /// on a fit node. A task fenced by a newer term than `term` (this node
+    /// is a stale holder) is left alone. Returns how many moved.
+    pub fn migrate_orphans(&mut self, now: Millis, term: crate::core::ids::Term) -> usize {
+        let holders: Vec<NodeId> = self
+            .active
+            .iter()
+            .filter(|(n, c)| **c > 0 && self.unfit(n).is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if holders.is_empty() {
+            return 0;
+        }
+        let orphans: Vec<TaskId> = self
+            .state
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                let st = t.state();
+                let Some(node) = st.node.as_ref().filter(|n| holders.contains(n)) else {
+                    return false;
+                };
+                match st.status {
+                    TaskStatus::Assigned => true,
+                    TaskStatus::Running => self.unfit(node) != Some("draining"),
+                    _ => false,
+                }
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let me = self.cfg.node.clone();
+        let mut moved = 0;
+        for id in orphans {
+            let Some(mut entry) = self.state.tasks.get(&id).cloned() else {
+                continue;
+            };
+            let prev = entry.state().clone();
+            if prev.fence.term > term {
+                continue;
+            }
+            let Some(from) = prev.node.clone() else {
+                continue;
+            };
+            let why = self.unfit(&from).unwrap_or("unfit");
+            let fence = Fence {
+                term,
+                seq: prev.fence.seq + 1,
+            };
+            let interrupted = prev.status == TaskStatus::Running;
+            let attempt = prev.attempt + u32::from(interrupted);
+            let (st, note) = if attempt > entry.spec().max_attempts {
+                let error = format!("node {from} is {why}; it ran the last attempt");
+                let st = TaskState {
+                    status: TaskStatus::Failed,
+                    error: Some(error.clone()),
+                    fence,
+                    updated_at: now,
+                    ..prev.clone()
+                };
+                (st, format!("failed: {error}"))
+            } else {
+                match self.placement(&id, &entry, Some(&from)) {
+                    Ok(node) => {
+                        let mut st = assigned_state(now, node, attempt, fence);
+                        st.error = prev.error.clone();
+                        (st, format!("migrated: node {from} is {why}"))
+                    }
+                    Err(reason) => (
+                        TaskState {
+                            status: TaskStatus::Pending,
+                            attempt: attempt.saturating_sub(1),
+                            fence,
+                            reason: Some(reason),
+                            error: prev.error.clone(),
+                            updated_at: now,
+                            ..TaskState::default()
+                        },
+                        format!("migrated: node {from} is {why}; waiting for a node"),
+                    ),
+                }
+            };
+            let (status, to) = (st.status, st.node.clone());
+            entry.transition(st.clone(), &note, &me);
+            match (&to, status) {
+                (Some(to), TaskStatus::Assigned) => {
+                    self.emit(Effect::Event(Event::TaskMigrated {
+                        task: id.clone(),
+                        from: from.clone(),
+                        to: to.clone(),
+                        fence,
+                    }));
+                }
+                (_, TaskStatus::Failed) => self.emit(Effect::Event(Event::TaskFinished {
+                    task: id.clone(),
+                    status,
+                })),
+                _ => self.announce_placement(&id, &st),
+            }
+            self.emit(Effect::Audit(crate::core::event::AuditRecord {
+                at: now,
+                by: me.clone(),
+                action: "task_migrated".into(),
+                subject: id.to_string(),
+                detail: format!(
+                    "from {from} ({why}) to {} under fence {fence}",
+                    to.as_ref()
+                        .map_or("none (pending)".to_owned(), |n| n.to_string())
+                ),
+            }));
+            self.put_task(now, id, entry, true);
+            moved += 1;
+        }
+        moved
     }
 
     /// After a restart, tasks this node was running have lost their handler

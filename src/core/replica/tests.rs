@@ -348,3 +348,78 @@ fn leave_hands_tasks_back_and_a_restart_takes_them_up() {
         "a graceful leave does not use up an attempt"
     );
 }
+
+/// A member record for `id` as another node would gossip it.
+fn member(id: &str, caps: &[&str], status: MemberStatus) -> Delta {
+    let mut entry = crate::core::member::MemberEntry::default();
+    entry.write(
+        MemberRecord {
+            name: id.into(),
+            capabilities: caps.iter().map(|s| s.to_string()).collect(),
+            capacity: 4,
+            status,
+            incarnation: 1,
+            ..MemberRecord::default()
+        },
+        &NodeId::from(id),
+    );
+    Delta::Member(NodeId::from(id), Box::new(entry))
+}
+
+#[test]
+fn the_holder_moves_a_dead_nodes_tasks_once_under_its_term() {
+    // The holder runs nothing itself; w takes the task, then dies.
+    let mut h = engine("h", &[], &[], 4);
+    h.apply_remote(Millis(2), member("w", &["echo"], MemberStatus::Alive));
+    let id = submit(&mut h, "echo", None);
+    assert_eq!(h.task(&id).unwrap().state().node, Some(NodeId::from("w")));
+    assert_eq!(h.migrate_orphans(Millis(20), Term(3)), 0, "w is alive");
+    h.apply_remote(Millis(21), member("v", &["echo"], MemberStatus::Alive));
+    let mut dead = member("w", &["echo"], MemberStatus::Alive);
+    if let Delta::Member(_, e) = &mut dead {
+        let mut r = e.record().clone();
+        r.status = MemberStatus::Dead;
+        e.write(r, &NodeId::from("h"));
+    }
+    h.apply_remote(Millis(22), dead);
+    h.take_effects();
+
+    assert_eq!(h.migrate_orphans(Millis(30), Term(3)), 1);
+    let st = h.task(&id).unwrap().state().clone();
+    assert_eq!(st.node, Some(NodeId::from("v")));
+    assert_eq!(st.status, TaskStatus::Assigned);
+    assert_eq!(
+        st.fence,
+        Fence {
+            term: Term(3),
+            seq: 2
+        }
+    );
+    assert_eq!(st.attempt, 1, "a task that never started keeps its attempt");
+    let out = h.take_effects();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Effect::Audit(a) if a.action == "task_migrated")));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Effect::Event(Event::TaskMigrated { .. }))));
+    assert!(h
+        .task(&id)
+        .unwrap()
+        .history()
+        .iter()
+        .any(|e| e.note.contains("migrated")));
+
+    // Idempotent: nothing more to move.
+    assert_eq!(h.migrate_orphans(Millis(31), Term(3)), 0);
+    // A stale holder (an older term) never moves what a newer one fenced.
+    let mut v_dead = member("v", &["echo"], MemberStatus::Alive);
+    if let Delta::Member(_, e) = &mut v_dead {
+        let mut r = e.record().clone();
+        r.status = MemberStatus::Dead;
+        e.write(r, &NodeId::from("h"));
+    }
+    h.apply_remote(Millis(32), v_dead);
+    assert_eq!(h.migrate_orphans(Millis(33), Term(2)), 0);
+    assert_eq!(h.task(&id).unwrap().state().fence.term, Term(3));
+}
