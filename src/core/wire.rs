@@ -34,8 +34,15 @@ pub enum Gossip {
 /// failure detector's packets and the control plane's Raft messages.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Datagram {
-    /// A SWIM packet.
-    Swim(Packet),
+    /// A SWIM packet; an ack carries the lease as its sender knows it, so
+    /// every node learns it within a few probe rounds even when gossip
+    /// misses it (a node whose gossipsub mesh is still forming).
+    Swim {
+        /// The packet.
+        packet: Packet,
+        /// The sender's view of the lease.
+        lease: Option<LeaseClaim>,
+    },
     /// A Raft message.
     Raft(Box<RaftMsg>),
 }

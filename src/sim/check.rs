@@ -13,7 +13,9 @@
 //! - `ack_lost`: after convergence, a live node lacks an acknowledged
 //!   write, or an acknowledged submission.
 //! - `succeeded_twice`: after convergence, a task's history records two
-//!   successes.
+//!   successes under one fence, or under two when the older one's node was
+//!   never cut off or paused (a cut-off node may keep running a task that
+//!   was moved meanwhile: counted in `reruns_after_cut`, not a violation).
 //! - `live_member_not_alive`: after convergence, a live node is not
 //!   `alive` (or `draining`) in the others' view.
 
@@ -88,6 +90,9 @@ pub struct Checker {
     /// A lease holder's crash to every running node naming one new
     /// holder, ms.
     pub failover_ms: Vec<f64>,
+    /// Tasks that ran twice because a node cut off kept running a task
+    /// moved meanwhile (their result is the newer fence's).
+    pub reruns: std::collections::BTreeSet<TaskId>,
 }
 
 #[derive(Debug)]

@@ -76,6 +76,9 @@ pub struct Report {
     pub lease_holders_at_end: usize,
     /// Running nodes that know no lease holder at the end.
     pub lease_unknown_at_end: usize,
+    /// Tasks run twice because a node cut off kept running a task that was
+    /// moved meanwhile (the result recorded is the newer fence's).
+    pub reruns_after_cut: usize,
 }
 
 fn per_node(v: [u64; 4], nodes: usize, secs: f64) -> PerNode {
@@ -128,6 +131,7 @@ impl Report {
             connections: w.net.link_count(),
             events: w.events,
             lease_terms: w.check.holders.len(),
+            reruns_after_cut: w.check.reruns.len(),
             failover_ms: Spread::of(&w.check.failover_ms),
             lease_holders_at_end: {
                 let named: std::collections::BTreeSet<_> = w
@@ -187,6 +191,12 @@ impl Report {
             self.lease_holders_at_end,
             self.lease_unknown_at_end
         );
+        if self.reruns_after_cut > 0 {
+            s += &format!(
+                "tasks run twice by a node cut off while they were moved: {}\n",
+                self.reruns_after_cut
+            );
+        }
         s += &match self.liveness_ms {
             Some(ms) => format!("agreement {ms} ms after the heal\n"),
             None => "no agreement after the heal\n".into(),

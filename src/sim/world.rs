@@ -236,6 +236,9 @@ pub(super) struct World {
     pub(super) done: bool,
     pub(super) events: u64,
     fault_nodes: Vec<Vec<usize>>,
+    /// Nodes ever cut off or paused (a partition, one-way cut or pause hit
+    /// them): they may keep running a task that was moved meanwhile.
+    pub(super) cut_off: std::collections::BTreeSet<usize>,
     /// A lease holder crashed: when, and the term it held.
     pub(super) failover: Option<(u64, u64)>,
     node_index: FastMap<NodeId, usize>,
@@ -267,6 +270,7 @@ impl World {
             done: false,
             events: 0,
             fault_nodes: vec![Vec::new(); scenario.faults.len()],
+            cut_off: Default::default(),
             failover: None,
             node_index: FastMap::default(),
             scenario,

@@ -78,10 +78,11 @@ impl Engine {
         self.control_outputs();
     }
 
-    /// A lease announcement arrived by gossip (checked by the caller).
-    pub(super) fn control_observe(&mut self, claim: LeaseClaim) {
+    /// A lease announcement arrived by gossip, or relayed in a probe's ack
+    /// (checked by the caller).
+    pub(super) fn control_observe(&mut self, claim: LeaseClaim, relayed: bool) {
         let now = self.clock.mono;
-        self.control.observe(now, claim);
+        self.control.observe(now, claim, relayed);
         self.control_outputs();
     }
 

@@ -176,9 +176,21 @@ impl Engine {
         self
     }
 
-    /// The lease as this node knows it.
+    /// The lease as this node knows it (never a holder it holds dead or
+    /// departed).
     pub fn lease(&self) -> Option<Lease> {
-        self.control.lease()
+        self.control.lease().filter(|l| {
+            self.replica
+                .state()
+                .members
+                .get(&l.holder)
+                .is_some_and(|m| {
+                    matches!(
+                        m.record().status,
+                        MemberStatus::Alive | MemberStatus::Draining
+                    )
+                })
+        })
     }
 
     /// Whether this node holds the lease (it is its plane's Raft leader).
@@ -402,7 +414,7 @@ impl Engine {
                     rejected,
                 });
                 if ok {
-                    self.control_observe(claim);
+                    self.control_observe(claim, false);
                 }
             }
             Err(e) => self.out.push(Output::Verdict {
@@ -583,7 +595,12 @@ impl Engine {
     /// detector.
     fn on_probe(&mut self, from: &NodeId, bytes: &[u8]) {
         let packet = match wire::decode::<Datagram>(bytes, MAX_PACKET_BYTES) {
-            Ok(Datagram::Swim(p)) => p,
+            Ok(Datagram::Swim { packet, lease }) => {
+                if let Some(claim) = lease.filter(|c| validate::claim(c).is_ok()) {
+                    self.control_observe(claim, true);
+                }
+                packet
+            }
             Ok(Datagram::Raft(m)) => return self.control_receive(from, *m),
             Err(_) => {
                 self.out.push(Output::Count(Counter::ProbeMalformed, 1));
@@ -625,7 +642,11 @@ impl Engine {
                         .get(&to)
                         .map(|m| m.record().addrs.clone())
                         .unwrap_or_default();
-                    let bytes = wire::encode(&Datagram::Swim(packet));
+                    let lease = match packet.probe {
+                        crate::core::swim::Probe::Ack { .. } => self.control.claim(),
+                        _ => None,
+                    };
+                    let bytes = wire::encode(&Datagram::Swim { packet, lease });
                     self.out.push(Output::Probe { to, addrs, bytes });
                 }
                 Effect::Count(c) => self.out.push(Output::Count(counter(c), 1)),

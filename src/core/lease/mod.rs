@@ -397,6 +397,12 @@ impl Control {
         })
     }
 
+    /// The latest announcement while it is fresh, to pass on.
+    pub fn claim(&self) -> Option<LeaseClaim> {
+        let (claim, at) = self.claim.as_ref()?;
+        (self.now.since(*at) <= self.cfg.claim_ttl_ms()).then(|| claim.clone())
+    }
+
     /// The voters of this node's plane, as far as it knows them.
     pub fn voters(&self) -> Vec<NodeId> {
         if let Some(raw) = &self.raw {
@@ -493,8 +499,11 @@ impl Control {
         Ok(())
     }
 
-    /// A lease announcement heard by gossip.
-    pub fn observe(&mut self, now: Mono, claim: LeaseClaim) {
+    /// A lease announcement: from its holder by gossip, or `relayed` by
+    /// another member in a probe's ack. A relayed claim never makes the
+    /// one held look fresher (else a dead holder's claim would live on,
+    /// passed around); it is taken only when it is news.
+    pub fn observe(&mut self, now: Mono, claim: LeaseClaim, relayed: bool) {
         self.now = now;
         if claim.plane == 0 || claim.voters.is_empty() {
             return;
@@ -529,10 +538,9 @@ impl Control {
             self.catching_up = None;
             self.persist();
         }
-        let newer = self
-            .claim
-            .as_ref()
-            .is_none_or(|(c, _)| c.plane != claim.plane || c.term <= claim.term);
+        let newer = self.claim.as_ref().is_none_or(|(c, _)| {
+            c.plane != claim.plane || c.term < claim.term || (c.term == claim.term && !relayed)
+        });
         if newer {
             self.claim = Some((claim, now));
         }

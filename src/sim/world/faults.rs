@@ -116,6 +116,9 @@ impl World {
             self.victims(k)
         };
         self.fault_nodes[f] = hit.clone();
+        if matches!(spec.kind.as_str(), "partition" | "one_way" | "pause") {
+            self.cut_off.extend(hit.iter().copied());
+        }
         match spec.kind.as_str() {
             "partition" | "one_way" => {
                 for &i in &hit {
@@ -310,16 +313,36 @@ impl World {
                 }
             }
             for (id, t) in &state.tasks {
-                let wins = t
-                    .history()
+                let history = t.history();
+                let wins: Vec<_> = history
                     .iter()
                     .filter(|h| h.status == TaskStatus::Succeeded)
-                    .count();
-                if wins > 1 {
+                    .collect();
+                if wins.len() < 2 {
+                    continue;
+                }
+                // A second success is allowed only from a node that was cut
+                // off (or paused) and kept running a task moved meanwhile,
+                // under an older fence; the task's result is the newest
+                // fence's. Anything else ran a task twice.
+                let newest = wins.iter().map(|h| h.fence).max().unwrap_or_default();
+                let excused = wins.iter().filter(|h| h.fence != newest).all(|h| {
+                    h.node
+                        .as_ref()
+                        .and_then(|n| self.node_index.get(n))
+                        .is_some_and(|j| self.cut_off.contains(j))
+                });
+                let same_fence = wins.iter().filter(|h| h.fence == newest).count() > 1;
+                if same_fence || !excused {
                     found.push((
                         "succeeded_twice",
-                        format!("task {id} has {wins} successes in its history (seen by node {o})"),
+                        format!(
+                            "task {id} has {} successes in its history (seen by node {o})",
+                            wins.len()
+                        ),
                     ));
+                } else {
+                    self.check.reruns.insert(id.clone());
                 }
             }
             for &j in &running {
