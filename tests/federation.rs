@@ -603,3 +603,47 @@ fn tasks_of_a_node_killed_with_9_finish_elsewhere_under_a_new_fence() {
         assert_eq!(done, 1, "task {id} finished {done} times:\n{text}");
     }
 }
+
+#[test]
+fn saturated_nodes_run_each_pending_task_once() {
+    // Issue 11's report: nodes of one slot each, tasks submitted round-robin
+    // on all of them; most wait pending, and before one authority per
+    // placement two nodes could place one pending task at once and both
+    // targets ran it.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    let handler = format!(
+        "work=echo \"start $SHOAL_TASK_ID $SHOAL_TASK_FENCE $SHOAL_NODE_ID\" >> {}; sleep 0.05; cat",
+        log.display()
+    );
+    let nodes = federation(dir.path(), 6, &["--handler", &handler, "--capacity", "1"]);
+    let mut ids = Vec::new();
+    for round in 0..10 {
+        for p in &nodes {
+            let t = p.post(
+                "/v1/tasks",
+                &json!({"capability": "work", "payload": round, "strategy": "round_robin"}),
+            );
+            ids.push(t["id"].as_str().unwrap().to_owned());
+        }
+    }
+    for id in &ids {
+        poll_until(Duration::from_secs(60), "every task to succeed", || {
+            (nodes[0].get(&format!("/v1/tasks/{id}"))["status"] == "succeeded").then_some(())
+        });
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for line in text.lines() {
+        let id = line.split_whitespace().nth(1).unwrap_or_default();
+        *runs.entry(id).or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(
+            runs.get(id.as_str()),
+            Some(&1),
+            "task {id} ran {:?} times:\n{text}",
+            runs.get(id.as_str())
+        );
+    }
+}

@@ -5,8 +5,9 @@
 use shoal::sim::{self, Scenario};
 use std::path::Path;
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "failover",
+    "saturated",
     "holder-partition",
     "loss",
     "steady",

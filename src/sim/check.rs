@@ -7,6 +7,8 @@
 //!   acknowledged (checked at every restart).
 //! - `fence_went_back`: a node started a task under a fence not newer than
 //!   one it started it under before (checked at every start).
+//! - `started_twice`: two nodes started one task under one fence (two
+//!   placements at once; checked at every start).
 //! - `no_convergence`: the live nodes' digests differ, or their views of
 //!   who is alive do, when the liveness phase ends (checked every 100 ms of
 //!   the liveness phase).
@@ -73,6 +75,8 @@ pub struct Checker {
     /// Writes that never reached every node.
     pub unconverged: usize,
     starts: HashMap<(usize, TaskId), Fence, foldhash::fast::FixedState>,
+    /// Where each (task, fence) started: one node only.
+    runs: HashMap<(TaskId, Fence), usize, foldhash::fast::FixedState>,
     /// Crashed nodes: when, and who has seen them suspect / dead.
     crashes: BTreeMap<usize, Crash>,
     /// Nodes that crashed and came back.
@@ -188,6 +192,17 @@ impl Checker {
 
     /// A node starts a task under `fence`.
     pub fn started(&mut self, node: usize, task: &TaskId, fence: Fence, at_us: u64) {
+        match self.runs.get(&(task.clone(), fence)) {
+            Some(&other) if other != node => self.violate(
+                "started_twice",
+                at_us,
+                format!("task {task} started under {fence} on nodes {other} and {node}"),
+            ),
+            Some(_) => {}
+            None => {
+                self.runs.insert((task.clone(), fence), node);
+            }
+        }
         let k = (node, task.clone());
         if let Some(prev) = self.starts.get(&k) {
             if fence <= *prev {

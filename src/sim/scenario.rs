@@ -114,6 +114,9 @@ pub struct WorkloadSpec {
     pub task_ms: [u64; 2],
     /// Handler slots per node.
     pub capacity: u32,
+    /// The placement strategy tasks ask for (the cluster default when
+    /// omitted).
+    pub strategy: Option<String>,
 }
 
 impl Default for WorkloadSpec {
@@ -125,6 +128,7 @@ impl Default for WorkloadSpec {
             tasks_per_sec: 2.0,
             task_ms: [50, 500],
             capacity: 8,
+            strategy: None,
         }
     }
 }

@@ -54,8 +54,10 @@ impl Engine {
         let now = self.clock.mono;
         self.control.tick(now, &Members(&self.replica));
         self.control_outputs();
-        if self.control.holds_lease() {
-            let term = Term(self.control.term());
+        let holds = self.control.holds_lease();
+        let term = Term(self.control.term());
+        self.replica.set_lease(holds, term);
+        if holds {
             self.replica.migrate_orphans(self.clock.wall, term);
         }
         let every = if self.control.is_member() {

@@ -132,6 +132,9 @@ pub struct Replica {
     local: BTreeMap<TaskId, LocalRun>,
     pending_dirty: bool,
     leaving: bool,
+    /// This node holds the lease: it places the pending tasks of
+    /// submitters that are gone, and moves tasks off nodes that are.
+    holds_lease: bool,
     // Failure detection (SWIM): probes, suspicions, local health. Its
     // verdicts of death are written to the member records.
     swim: Swim,
@@ -163,6 +166,7 @@ impl Replica {
             local: BTreeMap::new(),
             pending_dirty: true,
             leaving: false,
+            holds_lease: false,
             swim,
             swim_rng,
             sync: RefCell::new(SyncIndex::new(&state)),
@@ -717,6 +721,18 @@ impl Replica {
     /// The current lease term (0 while no lease holder exists).
     pub fn term(&self) -> Term {
         self.term
+    }
+
+    /// Whether this node holds the lease, and in which term: the holder's
+    /// fences carry its term, and it places what no submitter can.
+    pub fn set_lease(&mut self, holds: bool, term: Term) {
+        if holds != self.holds_lease {
+            self.pending_dirty = true;
+        }
+        self.holds_lease = holds;
+        if holds {
+            self.term = self.term.max(term);
+        }
     }
 
     /// Periodic work: expire claims and timeouts, start queued tasks, place

@@ -527,7 +527,21 @@ impl Replica {
         }
     }
 
-    /// Places pending tasks, oldest first, while nodes can take them.
+    /// Whether this node may place a pending task: one authority per task,
+    /// so that two nodes never place it at once (each would start it under
+    /// the same fence). Its submitter while it is a member in service (not
+    /// leaving); once the submitter is dead, left or removed, the lease
+    /// holder.
+    fn may_place(&self, entry: &TaskEntry) -> bool {
+        let submitter = &entry.spec().submitted_by;
+        if *submitter == self.cfg.node {
+            return !self.leaving;
+        }
+        self.holds_lease && self.unfit(submitter).is_some_and(|why| why != "draining")
+    }
+
+    /// Places the pending tasks this node is the authority for (see
+    /// [`Replica::may_place`]), oldest first, while nodes can take them.
     pub(super) fn place_pending(&mut self, now: Millis) {
         let pending: Vec<(Millis, TaskId)> = self.pending.iter().cloned().collect();
         let mut blocked: Vec<String> = Vec::new();
@@ -535,7 +549,7 @@ impl Replica {
             let Some(entry) = self.state.tasks.get(&id).cloned() else {
                 continue;
             };
-            if blocked.contains(&entry.spec().capability) {
+            if blocked.contains(&entry.spec().capability) || !self.may_place(&entry) {
                 continue;
             }
             let prev = entry.state().clone();

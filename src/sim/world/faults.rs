@@ -53,6 +53,12 @@ impl World {
                 payload: serde_json::json!({ "n": n }),
                 max_attempts: Some(3),
                 timeout_secs: Some(60),
+                strategy: self
+                    .scenario
+                    .workload
+                    .strategy
+                    .as_deref()
+                    .and_then(|s| s.parse().ok()),
                 ..SubmitRequest::default()
             };
             self.command(i, n, Command::Submit(req), Asked::Submit);
