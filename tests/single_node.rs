@@ -704,3 +704,60 @@ fn start_errors_say_what_and_where() {
     assert!(err.contains("in use by another process"), "{err}");
     drop(first);
 }
+
+/// The process group of process `pid` (field 5 of /proc/PID/stat).
+#[cfg(target_os = "linux")]
+fn pgrp_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Processes in group `pgrp`.
+#[cfg(target_os = "linux")]
+fn group_members(pgrp: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| pgrp_of(*pid) == Some(pgrp))
+        .collect()
+}
+
+/// Kills a process group on drop (a test that fails leaves nothing behind).
+struct KillGroup(u32);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        // `--`: procps' kill reads a bare `-PGID` as an option.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_handler_dies_with_its_node_killed_by_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("handler.pid");
+    let handler = format!("work=echo $$ > {}; sleep 300; cat", pidfile.display());
+    let node = start(&dir.path().join("n"), &["--handler", &handler]);
+    node.post("/v1/tasks", &json!({"capability": "work", "payload": 1}));
+    let sh: u32 = poll_until(Duration::from_secs(30), "the handler to start", || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    let pgrp = pgrp_of(sh).expect("the handler runs");
+    let _cleanup = KillGroup(pgrp);
+    assert!(
+        group_members(pgrp).len() >= 2,
+        "the guard, the shell and its sleep share a group"
+    );
+    node.kill9();
+    poll_until(
+        Duration::from_secs(10),
+        "the handler's process group to be gone",
+        || group_members(pgrp).is_empty().then_some(()),
+    );
+}

@@ -108,7 +108,10 @@ pub fn run_client(cli: Cli) -> Result<(), CliError> {
             },
         ),
         Command::Events => events(&c)?,
-        Command::Init { .. } | Command::Start(_) | Command::Demo(_) => unreachable_command()?,
+        Command::Init { .. }
+        | Command::Start(_)
+        | Command::Demo(_)
+        | Command::HandlerGuard { .. } => unreachable_command()?,
     }
     Ok(())
 }

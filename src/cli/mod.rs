@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod demo;
+mod guard;
 mod start;
 mod table;
 
@@ -111,6 +112,15 @@ pub enum Command {
     },
     /// Start a local cluster on loopback and take a scripted tour.
     Demo(demo::DemoArgs),
+    /// Runs a handler command for a node (internal: the node starts it).
+    #[command(name = "handler-guard", hide = true)]
+    HandlerGuard {
+        /// The node's pid.
+        #[arg(long)]
+        parent: u32,
+        /// The command, for `sh -c`.
+        cmd: String,
+    },
 }
 
 /// `shoal node ...`
@@ -248,6 +258,7 @@ pub fn run(cli: Cli) -> i32 {
             start::start(*args)
         }
         Command::Demo(ref args) => demo::demo(args),
+        Command::HandlerGuard { parent, ref cmd } => return guard::run(parent, cmd),
         _ => commands::run_client(cli),
     };
     match result {

@@ -226,6 +226,11 @@ impl Ready {
 pub fn start(args: StartArgs) -> Result<(), CliError> {
     let cfg = resolve(args)?;
     init_tracing(cfg.log_format);
+    // Handler commands run under `shoal handler-guard`, which dies with
+    // this process (see `cli/guard.rs`).
+    if let Ok(exe) = std::env::current_exe() {
+        crate::runtime::executor::set_guard(exe);
+    }
     let token = cfg.api_token_file.as_deref().map(read_token).transpose()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -97,6 +97,27 @@ pub async fn run(
     }
 }
 
+/// The binary that runs handler commands under its `handler-guard`
+/// subcommand (the `shoal` binary sets itself); without one, commands run
+/// directly under `sh -c` (the library used in-process, as the benchmarks
+/// do), and a handler can outlive a node killed with -9.
+static GUARD: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Runs handler commands under `exe handler-guard` from now on.
+pub fn set_guard(exe: std::path::PathBuf) {
+    let _ = GUARD.set(exe);
+}
+
+/// Kills a handler's process group when the run ends in any way (a
+/// dropped future included): nothing it started is left behind.
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        kill_group(self.0.take());
+    }
+}
+
 async fn run_command(
     cmd: &str,
     payload: &str,
@@ -104,10 +125,23 @@ async fn run_command(
     limit: Duration,
     cancel: oneshot::Receiver<()>,
 ) -> Option<Outcome> {
-    let mut command = tokio::process::Command::new("sh");
+    let mut command = match GUARD.get() {
+        Some(exe) => {
+            let mut c = tokio::process::Command::new(exe);
+            c.arg("handler-guard")
+                .arg("--parent")
+                .arg(std::process::id().to_string())
+                .arg("--")
+                .arg(cmd);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new("sh");
+            c.arg("-c").arg(cmd);
+            c
+        }
+    };
     command
-        .arg("-c")
-        .arg(cmd)
         .env("SHOAL_TASK_ID", ctx.id.as_str())
         .env("SHOAL_TASK_FENCE", ctx.fence.to_string())
         .env("SHOAL_TASK_ATTEMPT", ctx.attempt.to_string())
@@ -127,6 +161,7 @@ async fn run_command(
         }
     };
     let pid = child.id();
+    let mut group = GroupKill(pid);
     if let Some(mut stdin) = child.stdin.take() {
         let bytes = payload.as_bytes().to_vec();
         tokio::spawn(async move {
@@ -136,7 +171,12 @@ async fn run_command(
     }
     let outcome = tokio::select! {
         out = tokio::time::timeout(limit, child.wait_with_output()) => match out {
-            Ok(Ok(output)) => Some(outcome_of(output)),
+            Ok(Ok(output)) => {
+                // It ended by itself; what it left running in its group
+                // (background jobs) is its own business.
+                group.0 = None;
+                Some(outcome_of(output))
+            }
             Ok(Err(e)) => Some(Outcome::Failure(format!("handler failed: {e}"))),
             Err(_) => {
                 kill_group(pid);
