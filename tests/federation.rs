@@ -647,3 +647,25 @@ fn saturated_nodes_run_each_pending_task_once() {
         );
     }
 }
+
+#[test]
+fn a_handler_never_sees_the_cluster_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = federation(
+        dir.path(),
+        1,
+        &[
+            "--handler",
+            "env=printenv | grep '^SHOAL_' | cut -d= -f1 | sort | tr '\\n' ' '",
+        ],
+    );
+    let t = nodes[0].post("/v1/tasks", &json!({"capability": "env", "payload": 0}));
+    let done = nodes[0].wait_task(t["id"].as_str().unwrap());
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let seen = done["result"].as_str().unwrap_or_default().to_owned();
+    assert!(!seen.contains("SHOAL_SECRET"), "the handler saw: {seen}");
+    assert!(
+        seen.contains("SHOAL_TASK_ID") && seen.contains("SHOAL_NODE_ID"),
+        "the handler saw: {seen}"
+    );
+}

@@ -1,7 +1,8 @@
 //! Runs tasks with handlers: functions registered by a program that embeds
 //! the node, or shell commands from `--handler NAME=COMMAND`.
 //!
-//! A command gets the payload JSON on stdin and `SHOAL_TASK_ID`,
+//! A command gets the payload JSON on stdin, none of the node's own
+//! `SHOAL_*` variables (the cluster secret among them), and `SHOAL_TASK_ID`,
 //! `SHOAL_TASK_FENCE`, `SHOAL_TASK_ATTEMPT` and `SHOAL_NODE_ID` in its
 //! environment; its stdout (JSON if it parses, else a string) is the result;
 //! a non-zero exit or the timeout is a failure. Commands run in their own
@@ -141,6 +142,13 @@ async fn run_command(
             c
         }
     };
+    // A handler sees none of the node's own settings: SHOAL_SECRET above
+    // all (the cluster secret), nor SHOAL_API_TOKEN and the rest.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SHOAL_") {
+            command.env_remove(&key);
+        }
+    }
     command
         .env("SHOAL_TASK_ID", ctx.id.as_str())
         .env("SHOAL_TASK_FENCE", ctx.fence.to_string())
