@@ -6,21 +6,12 @@
 
 mod common;
 
-use common::{poll_until, start, Proc};
+use common::{poll_until, sh, start, Proc};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-fn sh(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// A tmpfs mounted on a directory of the test's own; unmounted on drop,
 /// also when the test fails.

@@ -6,19 +6,10 @@
 
 mod common;
 
-use common::{first_line, poll_until, shoal_bin};
+use common::{first_line, poll_until, sh, shoal_bin};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn sh(args: &[&str]) -> bool {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn must(args: &[&str]) {
     assert!(sh(args), "command failed: {}", args.join(" "));

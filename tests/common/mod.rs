@@ -45,6 +45,16 @@ impl Drop for Proc {
     }
 }
 
+/// Runs a command quietly; true when it succeeded.
+pub fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Starts `shoal start` on loopback with `extra` flags; waits for the ready line.
 pub fn start(data_dir: &Path, extra: &[&str]) -> Proc {
     try_start(data_dir, extra).unwrap_or_else(|e| panic!("node did not start: {e}"))

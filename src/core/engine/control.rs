@@ -100,13 +100,7 @@ impl Engine {
                     open.control = Some(Box::new(disk));
                 }
                 ControlOut::Send { to, msg } => {
-                    let addrs = self
-                        .replica
-                        .state()
-                        .members
-                        .get(&to)
-                        .map(|m| m.record().addrs.clone())
-                        .unwrap_or_default();
+                    let addrs = super::addrs_of(&self.replica, &to);
                     let bytes = wire::encode(&Datagram::Raft(Box::new(msg)));
                     self.batches
                         .open

@@ -73,6 +73,16 @@ impl Outbox {
 /// How far a load figure (a fraction) must move before it is gossiped again.
 const LOAD_THRESHOLD: f32 = 0.1;
 
+/// The addresses a member's record gives (for a datagram to it).
+fn addrs_of(replica: &Replica, node: &NodeId) -> Vec<String> {
+    replica
+        .state()
+        .members
+        .get(node)
+        .map(|m| m.record().addrs.clone())
+        .unwrap_or_default()
+}
+
 fn counter(c: SwimCounter) -> Counter {
     match c {
         SwimCounter::ProbeSent => Counter::ProbeSent,
@@ -635,13 +645,7 @@ impl Engine {
                 Effect::WorkAvailable => open.effects.push(Output::WorkAvailable),
                 // Probes carry nothing durable: they go at once.
                 Effect::Probe { to, packet } => {
-                    let addrs = self
-                        .replica
-                        .state()
-                        .members
-                        .get(&to)
-                        .map(|m| m.record().addrs.clone())
-                        .unwrap_or_default();
+                    let addrs = addrs_of(&self.replica, &to);
                     let lease = match packet.probe {
                         crate::core::swim::Probe::Ack { .. } => self.control.claim(),
                         _ => None,

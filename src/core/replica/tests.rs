@@ -366,6 +366,17 @@ fn member(id: &str, caps: &[&str], status: MemberStatus) -> Delta {
     Delta::Member(NodeId::from(id), Box::new(entry))
 }
 
+/// `id`'s record (alive, with capability `echo`) as `by` declared it dead.
+fn declared_dead(id: &str, by: &str) -> Delta {
+    let mut d = member(id, &["echo"], MemberStatus::Alive);
+    if let Delta::Member(_, e) = &mut d {
+        let mut r = e.record().clone();
+        r.status = MemberStatus::Dead;
+        e.write(r, &NodeId::from(by));
+    }
+    d
+}
+
 #[test]
 fn the_holder_moves_a_dead_nodes_tasks_once_under_its_term() {
     // The holder runs nothing itself; w takes the task, then dies.
@@ -375,13 +386,7 @@ fn the_holder_moves_a_dead_nodes_tasks_once_under_its_term() {
     assert_eq!(h.task(&id).unwrap().state().node, Some(NodeId::from("w")));
     assert_eq!(h.migrate_orphans(Millis(20), Term(3)), 0, "w is alive");
     h.apply_remote(Millis(21), member("v", &["echo"], MemberStatus::Alive));
-    let mut dead = member("w", &["echo"], MemberStatus::Alive);
-    if let Delta::Member(_, e) = &mut dead {
-        let mut r = e.record().clone();
-        r.status = MemberStatus::Dead;
-        e.write(r, &NodeId::from("h"));
-    }
-    h.apply_remote(Millis(22), dead);
+    h.apply_remote(Millis(22), declared_dead("w", "h"));
     h.take_effects();
 
     assert_eq!(h.migrate_orphans(Millis(30), Term(3)), 1);
@@ -413,13 +418,7 @@ fn the_holder_moves_a_dead_nodes_tasks_once_under_its_term() {
     // Idempotent: nothing more to move.
     assert_eq!(h.migrate_orphans(Millis(31), Term(3)), 0);
     // A stale holder (an older term) never moves what a newer one fenced.
-    let mut v_dead = member("v", &["echo"], MemberStatus::Alive);
-    if let Delta::Member(_, e) = &mut v_dead {
-        let mut r = e.record().clone();
-        r.status = MemberStatus::Dead;
-        e.write(r, &NodeId::from("h"));
-    }
-    h.apply_remote(Millis(32), v_dead);
+    h.apply_remote(Millis(32), declared_dead("v", "h"));
     assert_eq!(h.migrate_orphans(Millis(33), Term(2)), 0);
     assert_eq!(h.task(&id).unwrap().state().fence.term, Term(3));
 }
