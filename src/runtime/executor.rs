@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 /// What a handler gets.
@@ -177,8 +177,21 @@ async fn run_command(
             let _ = stdin.write_all(&bytes).await;
         });
     }
+    // Both pipes are read while the command runs, each kept up to
+    // MAX_OUTPUT and the rest read and dropped: a handler that writes
+    // without end costs the node a bounded buffer, not its memory.
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (stdout, stderr, status) =
+            tokio::join!(read_bounded(stdout), read_bounded(stderr), child.wait());
+        Ok::<_, std::io::Error>(std::process::Output {
+            status: status?,
+            stdout,
+            stderr,
+        })
+    };
     let outcome = tokio::select! {
-        out = tokio::time::timeout(limit, child.wait_with_output()) => match out {
+        out = tokio::time::timeout(limit, run) => match out {
             Ok(Ok(output)) => {
                 // It ended by itself; what it left running in its group
                 // (background jobs) is its own business.
@@ -197,6 +210,24 @@ async fn run_command(
         }
     };
     outcome
+}
+
+/// Reads a pipe to its end, keeping the first [`MAX_OUTPUT`] bytes.
+async fn read_bounded<R: AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
 }
 
 fn outcome_of(output: std::process::Output) -> Outcome {
@@ -283,5 +314,21 @@ mod tests {
         assert_eq!(out, Outcome::Failure("exit code 3: oops".into()));
         let out = go("sleep 30", task("{}", 1)).await.unwrap();
         assert!(matches!(out, Outcome::Failure(m) if m.contains("timed out")));
+    }
+
+    #[tokio::test]
+    async fn endless_output_is_read_and_bounded_while_it_runs() {
+        // 64 MiB on stdout and stderr: the run ends (the pipes are drained,
+        // so the writer never blocks) with at most MAX_OUTPUT kept of each.
+        let out = go(
+            "head -c 67108864 /dev/zero | tr '\\0' a; head -c 67108864 /dev/zero >&2",
+            task("{}", 30),
+        )
+        .await
+        .unwrap();
+        match out {
+            Outcome::Success(text) => assert!(text.len() <= MAX_OUTPUT + 2, "{}", text.len()),
+            other => panic!("{other:?}"),
+        }
     }
 }

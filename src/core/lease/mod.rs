@@ -391,6 +391,11 @@ impl Control {
         if self.now.since(*at) > self.cfg.claim_ttl_ms() {
             return None;
         }
+        if claim.holder == self.me {
+            // Its own last announcement, from before it stepped down (it
+            // lost its quorum): it holds nothing now.
+            return None;
+        }
         Some(Lease {
             holder: claim.holder.clone(),
             term: claim.term,
