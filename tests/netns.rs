@@ -360,3 +360,73 @@ fn two_lans_joined_by_one_bootstrap_address_form_one_federation() {
         || (lab.cli(0, &["kv", "get", "lans", "from"])["value"] == "the second LAN").then_some(()),
     );
 }
+
+/// The lease holder every host names, once they all name the same one.
+fn agreed_lease(lab: &Lab, hosts: &[usize]) -> Option<(String, u64)> {
+    let seen: Vec<Option<(String, u64)>> = hosts
+        .iter()
+        .map(|&i| {
+            let l = &lab.cli(i, &["leader"])["leader"];
+            Some((l["id"].as_str()?.to_owned(), l["term"].as_u64()?))
+        })
+        .collect();
+    let first = seen.first()?.clone()?;
+    seen.iter()
+        .all(|s| s.as_ref() == Some(&first))
+        .then_some(first)
+}
+
+#[test]
+fn a_holder_cut_off_alone_steps_down_and_the_majority_elects_another() {
+    if !can_run("holder partition") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut lab = Lab::new(3, 4);
+    for i in 0..3 {
+        lab.start(
+            i,
+            dir.path(),
+            &["--no-mdns", "--bootstrap", "/ip4/10.231.4.1/tcp/7000"],
+        );
+    }
+    let all = [0, 1, 2];
+    let (holder, term) = poll_until(Duration::from_secs(60), "one lease holder", || {
+        agreed_lease(&lab, &all)
+    });
+    poll_until(Duration::from_secs(60), "three voters", || {
+        let v = lab.cli(0, &["leader"]);
+        (v["voters"].as_array().map_or(0, |a| a.len()) == 3).then_some(())
+    });
+    let h = (0..3)
+        .find(|&i| lab.cli(i, &["status"])["node"]["id"] == holder.as_str())
+        .unwrap();
+    let rest: Vec<usize> = all.into_iter().filter(|&i| i != h).collect();
+
+    // Cut the holder off alone: the two others are a majority of voters.
+    lab.attach(h, "br1");
+    let (next, next_term) = poll_until(
+        Duration::from_secs(30),
+        "the majority to elect a new holder",
+        || agreed_lease(&lab, &rest).filter(|(_, t)| *t > term),
+    );
+    assert_ne!(next, holder);
+    // The old holder loses its quorum and steps down (check_quorum): it
+    // names no holder, and it cannot be elected alone (pre-vote).
+    poll_until(
+        Duration::from_secs(30),
+        "the cut-off holder to step down",
+        || lab.cli(h, &["leader"])["leader"].is_null().then_some(()),
+    );
+
+    // Heal: the old holder rejoins under the new term and cannot disrupt
+    // it (pre-vote): every host names the majority's holder.
+    lab.attach(h, "br0");
+    let (after, after_term) = poll_until(
+        Duration::from_secs(60),
+        "every host to name one holder after the heal",
+        || agreed_lease(&lab, &all),
+    );
+    assert!(after_term >= next_term, "{after_term} < {next_term}");
+    assert_eq!(after, next, "the majority's holder kept the lease");
+}

@@ -76,6 +76,9 @@ pub struct Report {
     pub lease_holders_at_end: usize,
     /// Running nodes that know no lease holder at the end.
     pub lease_unknown_at_end: usize,
+    /// Voters of the plane as its holder knows them at the end (the
+    /// autopilot restores them after crashes; 0 with no holder).
+    pub lease_voters_at_end: usize,
     /// Tasks run twice because a node cut off kept running a task that was
     /// moved meanwhile (the result recorded is the newer fence's).
     pub reruns_after_cut: usize,
@@ -143,6 +146,13 @@ impl Report {
                     .collect();
                 named.len()
             },
+            lease_voters_at_end: w
+                .nodes
+                .iter()
+                .filter(|n| n.running())
+                .filter_map(|n| n.engine.as_ref())
+                .find(|e| e.lease().is_some_and(|l| l.holder == *e.node()))
+                .map_or(0, |e| e.voters().len()),
             lease_unknown_at_end: w
                 .nodes
                 .iter()
@@ -183,13 +193,14 @@ impl Report {
             d.p50, d.max, d.count, self.false_suspicions, self.false_deaths
         );
         s += &format!(
-            "lease: {} terms with a holder; failover p50 {} ms, max {} ms ({}); at the end {} holder(s) named, {} node(s) knowing none\n",
+            "lease: {} terms with a holder; failover p50 {} ms, max {} ms ({}); at the end {} holder(s) named, {} node(s) knowing none, {} voters\n",
             self.lease_terms,
             self.failover_ms.p50,
             self.failover_ms.max,
             self.failover_ms.count,
             self.lease_holders_at_end,
-            self.lease_unknown_at_end
+            self.lease_unknown_at_end,
+            self.lease_voters_at_end
         );
         if self.reruns_after_cut > 0 {
             s += &format!(

@@ -615,11 +615,27 @@ impl Control {
         for v in &voters {
             self.names.insert(raft_id(v), v.clone());
         }
-        let storage = MemStorage::new_with_conf_state((ids, Vec::<u64>::new()));
-        storage.wl().set_hardstate(eraftpb::HardState {
-            term: self.kept_term,
-            ..Default::default()
-        });
+        // The founding configuration is a snapshot at index 1, not the
+        // initial state of an empty log: a node added later starts with an
+        // empty log and must be sent that snapshot to learn who the voters
+        // are (a log from index 1 would hand it configuration changes on
+        // top of an empty configuration).
+        let term = self.kept_term.max(1);
+        let storage = MemStorage::new();
+        {
+            let mut w = storage.wl();
+            let mut snap = eraftpb::Snapshot::default();
+            let meta = snap.mut_metadata();
+            meta.index = 1;
+            meta.term = term;
+            *meta.mut_conf_state() = eraftpb::ConfState::from((ids, Vec::<u64>::new()));
+            let _ = w.apply_snapshot(snap);
+            w.set_hardstate(eraftpb::HardState {
+                term,
+                commit: 1,
+                ..Default::default()
+            });
+        }
         tracing::info!(
             plane = format!("{:016x}", self.plane),
             voters = voters.len(),
@@ -889,6 +905,24 @@ impl Control {
                 }
             }
         }
+        // Voters beyond the plane's size leave again: an unhealthy one
+        // first, else the highest id (never this node).
+        let size = target_voters(self.cfg.voters, usize::MAX);
+        if cs.voters.len() > size {
+            let surplus = cs
+                .voters
+                .iter()
+                .filter(|v| **v != self.id)
+                .filter_map(|v| name(*v))
+                .max_by_key(|n| (!roster.healthy(n), n.clone()));
+            if let Some(n) = surplus {
+                let cc = ConfChange {
+                    changes: vec![Change::Remove(n)],
+                };
+                let _ = raw.propose_conf_change(Vec::new(), cc.to_pb());
+                return self.after_propose();
+            }
+        }
         // A learner that caught up becomes a voter.
         let last = r.raft_log.last_index();
         for id in &cs.learners {
@@ -923,13 +957,15 @@ impl Control {
             }
             self.catching_up = None;
         }
-        // Voters short: add the lowest healthy bystander as a learner.
+        // Voters short: add the lowest healthy bystander as a learner. A
+        // voter only suspected still counts: it is replaced once it is
+        // declared dead (and removed above), not while it may come back.
         let healthy = roster.healthy_count();
         let want = target_voters(self.cfg.voters, healthy);
         let voting = cs
             .voters
             .iter()
-            .filter(|v| name(**v).is_some_and(|n| roster.healthy(&n)))
+            .filter(|v| name(**v).is_some_and(|n| !roster.gone(&n)))
             .count();
         if voting >= want || !cs.learners.is_empty() {
             return;
