@@ -78,6 +78,7 @@ fn replica(i: usize) -> Engine {
         handlers: ["work".to_string()].into(),
         claim_ttl_ms: 1000,
         failure: Default::default(),
+        keys: shoal::core::sign::Keys::sim(&node),
     };
     let mut e = Engine::new(cfg, ReplicatedState::default(), i as u64);
     e.start(Millis(0));

@@ -490,6 +490,42 @@ fn one_lease_holder_is_elected_and_another_takes_over_after_kill_9() {
     });
 }
 
+#[test]
+fn a_holder_that_stops_hands_the_lease_to_a_voter_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = federation(dir.path(), 4, &[]);
+    let (holder, term) = poll_until(
+        Duration::from_secs(60),
+        "every node to name one lease holder",
+        || agreed_lease(&nodes.iter().collect::<Vec<_>>()),
+    );
+    let at = nodes.iter().position(|p| p.id == holder).unwrap();
+    poll_until(Duration::from_secs(60), "three voters", || {
+        let v = nodes[at].get("/v1/leader");
+        (v["voters"].as_array().map_or(0, |a| a.len()) == 3).then_some(())
+    });
+    let leaving = nodes.remove(at);
+    let log = leaving.stderr_path.clone();
+    assert_eq!(leaving.terminate(), Some(0));
+    let survivors: Vec<&Proc> = nodes.iter().collect();
+    let (next, _) = poll_until(
+        Duration::from_secs(30),
+        "the others to name a new lease holder",
+        || agreed_lease(&survivors).filter(|(_, t)| *t > term),
+    );
+    // Raft's leadership transfer, not an election after a timeout: the new
+    // holder is the voter the old one handed the lease to.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("handing the lease over"))
+        .unwrap_or_else(|| panic!("no hand-over in the leaving holder's log:\n{text}"));
+    assert!(
+        line.contains(&next),
+        "handed to another than {next}: {line}"
+    );
+}
+
 /// Handler process groups a test saw start (from their log lines); killed
 /// on drop, since a node killed with -9 leaves its handlers running.
 struct Handlers(std::path::PathBuf);

@@ -141,6 +141,8 @@ async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothin
         (p, q)
     });
     let digest = tokio::task::block_in_place(|| wait_equal_digests(&p, &q));
+    let q_before = tokio::task::block_in_place(|| p.get(&format!("/v1/nodes/{}", q.id)));
+    assert_eq!(q_before["status"], "alive");
     let messages: Vec<Vec<u8>> = vec![
         b"not a shoal message".to_vec(),
         vec![1, 0, 0, 0],                // an old wire version
@@ -170,6 +172,19 @@ async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothin
             key: String::new(),
             entry: Default::default(),
         }),
+        // Member records in another node's name (writer binding): q's own
+        // record declaring it dead at the highest incarnation, signed by
+        // the sender; and a "verdict" on q that rewrites its addresses and
+        // capabilities, signed by the sender as itself.
+        forged_member(&q.id, false, |r| {
+            r.status = shoal::core::member::MemberStatus::Dead;
+            r.incarnation = u64::MAX - 1;
+        }),
+        forged_member(&q.id, true, |r| {
+            r.status = shoal::core::member::MemberStatus::Dead;
+            r.addrs = vec!["/ip4/127.0.0.1/tcp/1".into()];
+            r.capabilities = vec!["shell".into()];
+        }),
     ];
     let sent = messages.len() as f64;
     // One hostile identity per message: the first rejected message graylists
@@ -191,6 +206,10 @@ async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothin
             "each was reported to gossipsub as rejected (which scores its sender)"
         );
         assert_eq!(p.digest(), digest, "a malformed message changed the state");
+        let q_after = p.get(&format!("/v1/nodes/{}", q.id));
+        assert_eq!(q_after["status"], "alive", "a forged verdict was applied");
+        assert_eq!(q_after["capabilities"], q_before["capabilities"]);
+        assert_eq!(q_after["addrs"], q_before["addrs"]);
         assert_eq!(p.get("/v1/kv/facts/a")["value"], "before");
         let log = std::fs::read_to_string(&p.stderr_path).unwrap();
         assert_eq!(
@@ -211,6 +230,31 @@ async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothin
             "p forwarded malformed messages to q"
         );
     });
+}
+
+/// A gossip message carrying node `victim`'s member record, changed by
+/// `edit` and signed by a hostile identity: written in the victim's name,
+/// or (`as_itself`) as the hostile node's verdict.
+fn forged_member(
+    victim: &str,
+    as_itself: bool,
+    edit: impl FnOnce(&mut shoal::core::member::MemberRecord),
+) -> Vec<u8> {
+    use shoal::core::ids::NodeId;
+    let hostile = Keypair::ed25519_from_bytes([9; 32]).unwrap();
+    let hostile = NodeId::from(hostile.public().to_peer_id().to_string());
+    let victim = NodeId::from(victim);
+    let writer = if as_itself { hostile } else { victim.clone() };
+    let mut record = shoal::core::member::MemberRecord {
+        name: "honest".into(),
+        incarnation: 1,
+        ..Default::default()
+    };
+    edit(&mut record);
+    let mut entry = shoal::core::member::MemberEntry::default();
+    let keys = shoal::core::sign::Keys::ed25519([9; 32]);
+    entry.write(&victim, record, &writer, &keys);
+    unsound(shoal::core::state::Delta::Member(victim, Box::new(entry)))
 }
 
 /// A well-formed gossip message carrying one delta.

@@ -41,6 +41,8 @@ struct Lab {
     nodes: Vec<Child>,
     /// A router host between the two bridges, if the lab has one.
     router: Option<String>,
+    /// Each node's log, shown when a test fails.
+    logs: Vec<std::path::PathBuf>,
 }
 
 impl Lab {
@@ -51,6 +53,7 @@ impl Lab {
             hosts: Vec::new(),
             nodes: Vec::new(),
             router: None,
+            logs: Vec::new(),
         };
         let br = lab.ns_bridge();
         must(&["ip", "netns", "add", &br]);
@@ -178,6 +181,7 @@ impl Lab {
             .unwrap();
         let line = first_line(&mut child, Duration::from_secs(60));
         self.nodes.push(child);
+        self.logs.push(dir.join(format!("h{i}.log")));
         let line = line.expect("node ready");
         assert!(line.contains("ready"), "{line}");
         "http://127.0.0.1:7070".to_owned()
@@ -211,6 +215,16 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in &self.logs {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("---- {} (last 60 lines)", log.display());
+                for l in &lines[lines.len().saturating_sub(60)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
         for c in &mut self.nodes {
             let _ = c.kill();
             let _ = c.wait();

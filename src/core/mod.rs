@@ -17,6 +17,7 @@ pub mod member;
 pub mod placement;
 pub mod replica;
 pub mod rng;
+pub mod sign;
 pub mod state;
 pub mod swim;
 pub mod sync;

@@ -4,10 +4,12 @@
 //! whole; the engine counts it, and a gossip message holding one is
 //! rejected (gossipsub then does not forward it and scores its sender).
 //!
-//! This is the shape check (issue 12, point 2). Who may write what (writer
-//! binding, signatures) is not checked yet.
+//! [`delta`] is the shape check (issue 12, point 2); [`writer`] checks who
+//! wrote it, for member records (signatures, core/sign.rs). Who may write
+//! tasks and knowledge is not checked yet.
 
 use crate::core::replica::{check_name, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS, RESERVED_NS};
+use crate::core::sign::{Keys, MAX_SIG_BYTES};
 use crate::core::state::Delta;
 use crate::core::swim::{Packet, Probe, Update};
 
@@ -47,8 +49,8 @@ pub fn packet(p: &Packet) -> Result<(), Refusal> {
 }
 
 /// Checks a lease announcement from a peer: ids well formed, a bounded
-/// voter list that holds the holder.
-pub fn claim(c: &crate::core::lease::LeaseClaim) -> Result<(), Refusal> {
+/// voter list that holds the holder, signed by the holder.
+pub fn claim(c: &crate::core::lease::LeaseClaim, keys: &Keys) -> Result<(), Refusal> {
     if c.voters.is_empty()
         || c.voters.len() > 9
         || c.learners.len() > 9
@@ -62,7 +64,10 @@ pub fn claim(c: &crate::core::lease::LeaseClaim) -> Result<(), Refusal> {
     if c.plane == 0 || c.term == u64::MAX {
         return Err("a lease announcement with an unsound plane or term".into());
     }
-    Ok(())
+    if c.sig.0.len() > MAX_SIG_BYTES {
+        return Err(format!("a lease signature over {MAX_SIG_BYTES} bytes"));
+    }
+    c.check(keys)
 }
 
 /// Why a delta from a peer was refused.
@@ -77,8 +82,14 @@ pub fn delta(d: &Delta) -> Result<(), Refusal> {
     match d {
         Delta::Member(id, entry) => {
             name("node id", id.as_str())?;
-            if entry.marker().incarnation == u64::MAX || entry.record().incarnation == u64::MAX {
+            let m = entry.marker();
+            name("writer", m.writer.as_str())?;
+            if m.incarnation == u64::MAX || entry.record().incarnation == u64::MAX {
                 return Err(format!("member {id}: incarnation at its limit"));
+            }
+            let basis = m.basis.as_ref().map_or(0, |b| b.sig.0.len());
+            if m.sig.0.len() > MAX_SIG_BYTES || basis > MAX_SIG_BYTES {
+                return Err(format!("member {id}: signature over {MAX_SIG_BYTES} bytes"));
             }
             Ok(())
         }
@@ -111,6 +122,22 @@ pub fn delta(d: &Delta) -> Result<(), Refusal> {
         }
         Delta::Policy { ns, .. } => name("namespace", ns),
     }
+}
+
+/// Checks who wrote a delta (after [`delta`]): a member record must be
+/// signed by who may write it ([`crate::core::member::MemberEntry::check`]).
+/// Tasks and knowledge are not bound to their writers yet.
+pub fn writer(d: &Delta, keys: &Keys) -> Result<(), Refusal> {
+    match d {
+        Delta::Member(id, entry) => entry.check(id, keys),
+        _ => Ok(()),
+    }
+}
+
+/// [`delta`], then [`writer`].
+pub fn remote(d: &Delta, keys: &Keys) -> Result<(), Refusal> {
+    delta(d)?;
+    writer(d, keys)
 }
 
 #[cfg(test)]

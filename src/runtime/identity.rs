@@ -1,6 +1,7 @@
 //! The node identity (an ed25519 key, as libp2p uses) and the cluster secret,
 //! both kept in the data dir.
 
+use crate::core::sign::Keys;
 use libp2p::identity::Keypair;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -101,6 +102,21 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<(Keypair, bool), Ident
     }
 }
 
+/// The node's keys for signing its records (core/sign.rs): the identity's
+/// ed25519 secret. An identity of another key type is refused.
+pub fn signing_keys(key: &Keypair, data_dir: &Path) -> Result<Keys, IdentityError> {
+    let ed = key
+        .clone()
+        .try_into_ed25519()
+        .map_err(|_| IdentityError::BadKey {
+            path: data_dir.join("identity.key"),
+            reason: "not an ed25519 key".into(),
+        })?;
+    let mut secret = [0u8; 32];
+    secret.copy_from_slice(ed.secret().as_ref());
+    Ok(Keys::ed25519(secret))
+}
+
 /// A 32-byte cluster pre-shared key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClusterSecret(pub [u8; 32]);
@@ -161,6 +177,24 @@ pub fn load_or_create_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_signed_with_the_identity_verify_against_its_peer_id_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = load_or_create_identity(dir.path()).unwrap();
+        let keys = signing_keys(&key, dir.path()).unwrap();
+        let id = crate::core::ids::NodeId::from(key.public().to_peer_id().to_string());
+        let sig = keys.sign(b"a record");
+        assert!(keys.verify(&id, b"a record", &sig));
+        assert!(!keys.verify(&id, b"another record", &sig));
+        let (other, _) = load_or_create_identity(tempfile::tempdir().unwrap().path()).unwrap();
+        let other = crate::core::ids::NodeId::from(other.public().to_peer_id().to_string());
+        assert!(!keys.verify(&other, b"a record", &sig), "another node's id");
+        // What a libp2p peer id holds is the key that signed.
+        let inner = crate::core::sign::public_key(&id).expect("an ed25519 peer id");
+        let libp2p_key = key.public().try_into_ed25519().unwrap().to_bytes();
+        assert_eq!(inner.to_bytes(), libp2p_key);
+    }
 
     #[test]
     fn identity_is_stable_across_loads() {

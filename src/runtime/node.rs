@@ -111,6 +111,7 @@ impl Node {
             &cfg.data_dir,
         )?;
         let id = NodeId::from(key.public().to_peer_id().to_string());
+        let keys = identity::signing_keys(&key, &cfg.data_dir)?;
         let name = cfg
             .name
             .clone()
@@ -170,6 +171,7 @@ impl Node {
                 suspect_after_missed: cfg.timing.suspect_after_missed,
                 removed_after_ms: cfg.timing.removed_after_ms,
             },
+            keys,
         };
         let engine_cfg = EngineConfig {
             replica: replica_cfg,

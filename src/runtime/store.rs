@@ -28,8 +28,10 @@ type Row = (Vec<u8>, Vec<u8>);
 
 /// Version byte in front of every stored entry.
 const ENTRY_FORMAT: u8 = 1;
-/// The store's schema version.
-const SCHEMA: u64 = 1;
+/// The store's schema version. 2: member records carry their writer's
+/// signature (a store of schema 1 drops its member records on open: peers
+/// and the node itself write them again).
+const SCHEMA: u64 = 2;
 
 /// A store operation failed.
 #[derive(Debug, Error)]
@@ -449,6 +451,16 @@ impl Open {
                         found,
                     });
                 }
+                if found < SCHEMA {
+                    // Schema 1 member records are unsigned.
+                    let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+                    for (k, _) in self.rows(&self.members)? {
+                        batch.remove(&self.members, k);
+                    }
+                    batch.insert(&self.meta, "schema", SCHEMA.to_be_bytes().to_vec());
+                    batch.commit().map_err(|e| self.write_error(e))?;
+                    tracing::info!(from = found, to = SCHEMA, "store schema upgraded");
+                }
                 Ok(())
             }
             None => {
@@ -640,6 +652,42 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.load().unwrap().digest(), expected.digest());
         assert_eq!(store.audit(10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_schema_1_store_drops_its_unsigned_member_records_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let n = NodeId::from("n");
+        let mut member = crate::core::member::MemberEntry::default();
+        let keys = crate::core::sign::Keys::sim(&n);
+        member.write(&n, Default::default(), &n, &keys);
+        let mut entry = KvEntry::default();
+        entry.put(Policy::Lww, "1".into(), &n, Millis(1), 1);
+        let deltas = [
+            Delta::Member(n.clone(), Box::new(member)),
+            Delta::Kv {
+                ns: "a".into(),
+                key: "b".into(),
+                entry: entry.into(),
+            },
+        ];
+        {
+            let store = Store::open(&path).unwrap();
+            store.commit(&deltas, &[], true).unwrap();
+            store
+                .with(|o| {
+                    let mut b = o.db.batch().durability(Some(PersistMode::SyncAll));
+                    b.insert(&o.meta, "schema", 1u64.to_be_bytes().to_vec());
+                    b.commit().map_err(|e| o.io(e))
+                })
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let state = store.load().unwrap();
+        assert!(state.members.is_empty(), "member records dropped");
+        assert_eq!(state.namespaces["a"].entries.len(), 1, "knowledge kept");
+        assert_eq!(store.with(|o| o.read_u64("schema")).unwrap(), Some(SCHEMA));
     }
 
     #[test]

@@ -465,6 +465,7 @@ impl World {
                 handlers: ["work".to_string()].into(),
                 claim_ttl_ms: 30_000,
                 failure,
+                keys: crate::core::sign::Keys::sim(&id),
             },
             protocol: ProtocolConfig::for_heartbeat(failure.heartbeat_interval_ms),
             control: crate::core::lease::ControlConfig::for_probe_interval(

@@ -68,6 +68,14 @@ impl Engine {
         self.timers.arm(TimerKind::Control, now.plus(every));
     }
 
+    /// This node leaves: if it holds the lease, it hands it to the voter
+    /// most caught up (Raft's leadership transfer), so the plane has a new
+    /// holder within a round trip instead of an election timeout.
+    pub(super) fn control_hand_over(&mut self) {
+        self.control.hand_over(&Members(&self.replica));
+        self.control_outputs();
+    }
+
     /// A Raft message arrived in a datagram from `from` (verified by the
     /// runtime's seal and signature).
     pub(super) fn control_receive(&mut self, from: &NodeId, msg: RaftMsg) {

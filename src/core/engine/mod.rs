@@ -143,6 +143,7 @@ impl Engine {
         let control_seed = root.next_u64();
         let control = Control::new(
             replica.node().clone(),
+            replica.keys().clone(),
             cfg.control,
             None,
             Rng::new(control_seed),
@@ -179,6 +180,7 @@ impl Engine {
     pub fn with_control(mut self, disk: Option<ControlDisk>) -> Self {
         self.control = Control::new(
             self.replica.node().clone(),
+            self.replica.keys().clone(),
             self.control_cfg,
             disk,
             Rng::new(self.control_seed),
@@ -335,6 +337,7 @@ impl Engine {
 
     fn command(&mut self, req: ReqId, cmd: crate::core::engine::Command) {
         let wall = self.clock.wall;
+        let leave = matches!(cmd, Command::Leave);
         let r = &mut self.replica;
         let result = match cmd {
             Command::KvPut { ns, key, value } => {
@@ -375,6 +378,9 @@ impl Engine {
             }
         };
         self.reply(req, result);
+        if leave {
+            self.control_hand_over();
+        }
     }
 
     /// A refusal changed nothing and is answered at once; a success waits
@@ -396,7 +402,8 @@ impl Engine {
             Ok(Gossip::Deltas(deltas)) => {
                 // One unsound delta and the whole message is refused: applied
                 // nowhere, forwarded nowhere.
-                if let Some(why) = deltas.iter().find_map(|d| validate::delta(d).err()) {
+                let keys = self.replica.keys();
+                if let Some(why) = deltas.iter().find_map(|d| validate::remote(d, keys).err()) {
                     self.out.push(Output::Count(Counter::DeltaRefused, 1));
                     self.out.push(Output::Verdict {
                         msg,
@@ -416,7 +423,7 @@ impl Engine {
                 }
             }
             Ok(Gossip::Lease(claim)) => {
-                let rejected = validate::claim(&claim).err();
+                let rejected = validate::claim(&claim, self.replica.keys()).err();
                 let ok = rejected.is_none();
                 self.out.push(Output::Verdict {
                     msg,
@@ -606,7 +613,8 @@ impl Engine {
     fn on_probe(&mut self, from: &NodeId, bytes: &[u8]) {
         let packet = match wire::decode::<Datagram>(bytes, MAX_PACKET_BYTES) {
             Ok(Datagram::Swim { packet, lease }) => {
-                if let Some(claim) = lease.filter(|c| validate::claim(c).is_ok()) {
+                let keys = self.replica.keys();
+                if let Some(claim) = lease.filter(|c| validate::claim(c, keys).is_ok()) {
                     self.control_observe(claim, true);
                 }
                 packet

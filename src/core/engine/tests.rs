@@ -19,6 +19,7 @@ fn engine(node: &str) -> Engine {
             handlers: ["echo".to_string()].into(),
             claim_ttl_ms: 1_000,
             failure: Default::default(),
+            keys: crate::core::sign::Keys::sim(&NodeId::from(node)),
         },
         protocol: ProtocolConfig::default(),
         control: crate::core::lease::ControlConfig::for_probe_interval(500, 3, 1),
@@ -401,4 +402,80 @@ fn a_gossip_message_with_one_unsound_delta_is_rejected_whole_and_changes_nothing
         "the sound delta beside it was not applied either"
     );
     assert!(a.replica().kv_get("n", "k").is_err());
+}
+
+#[test]
+fn forged_member_records_and_lease_claims_are_refused_and_change_nothing() {
+    // b's engine writes and announces signed records; a accepts them. The
+    // same records re-signed by x are refused.
+    let mut a = engine("a");
+    settle(&mut a, 1);
+    let mut b = engine("b");
+    settle(&mut b, 1);
+    let b_id = NodeId::from("b");
+    let b_entry = b.replica().state().members[&b_id].clone();
+    let x_keys = crate::core::sign::Keys::sim(&NodeId::from("x"));
+
+    let mut forged = b_entry.clone();
+    let mut r = forged.record().clone();
+    r.status = crate::core::member::MemberStatus::Dead;
+    forged.write(&b_id, r, &b_id, &x_keys);
+    let mut claim = crate::core::lease::LeaseClaim {
+        plane: 9,
+        term: 7,
+        holder: b_id.clone(),
+        voters: vec![b_id.clone()],
+        learners: Vec::new(),
+        conf_index: 1,
+        sig: Default::default(),
+    };
+    claim.sign(&x_keys);
+    let forgeries = [
+        wire::gossip_chunks([&Delta::Member(b_id.clone(), Box::new(forged))], 1 << 20).remove(0),
+        wire::encode(&crate::core::wire::Gossip::Lease(claim.clone())),
+    ];
+    for (i, bytes) in forgeries.into_iter().enumerate() {
+        a.handle(
+            Now::at(2),
+            Input::Gossip {
+                from: NodeId::from("x"),
+                msg: MsgRef(i as u64),
+                bytes,
+            },
+        );
+        let out = settle(&mut a, 2);
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Verdict { rejected: Some(why), .. } if why.contains("not signed by")
+            )),
+            "forgery {i} refused: {out:?}"
+        );
+    }
+    assert!(!a.replica().state().members.contains_key(&b_id));
+    assert!(a.lease().is_none());
+
+    // The genuine ones are taken.
+    claim.sign(&crate::core::sign::Keys::sim(&b_id));
+    for (i, bytes) in [
+        wire::gossip_chunks([&Delta::Member(b_id.clone(), Box::new(b_entry))], 1 << 20).remove(0),
+        wire::encode(&crate::core::wire::Gossip::Lease(claim)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        a.handle(
+            Now::at(3),
+            Input::Gossip {
+                from: NodeId::from("b"),
+                msg: MsgRef(10 + i as u64),
+                bytes,
+            },
+        );
+        let out = settle(&mut a, 3);
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, Output::Verdict { rejected: None, .. })));
+    }
+    assert!(a.replica().state().members.contains_key(&b_id));
 }

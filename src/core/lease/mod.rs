@@ -32,6 +32,7 @@ pub mod msg;
 
 use crate::core::ids::{Mono, NodeId};
 use crate::core::rng::Rng;
+use crate::core::sign::{Keys, Sig};
 use msg::{Change, Conf, ConfChange, Entry, Payload, RaftMsg, Snapshot};
 use protobuf::Message as _;
 use raft::eraftpb;
@@ -101,9 +102,42 @@ pub struct LeaseClaim {
     /// The log index of the configuration named (a member whose own
     /// configuration is older, and which is not in this one, was removed).
     pub conf_index: u64,
+    /// The holder's signature of the fields above (core/sign.rs): relayed
+    /// by anyone, written by the holder only.
+    pub sig: Sig,
 }
 
 impl LeaseClaim {
+    fn signed_bytes(&self) -> Vec<u8> {
+        postcard::to_stdvec(&(
+            "shoal lease v1",
+            self.plane,
+            self.term,
+            &self.holder,
+            &self.voters,
+            &self.learners,
+            self.conf_index,
+        ))
+        .unwrap_or_default()
+    }
+
+    /// Signs the claim as its holder.
+    pub fn sign(&mut self, keys: &Keys) {
+        self.sig = keys.sign(&self.signed_bytes());
+    }
+
+    /// Whether the holder signed it, in `keys`' scheme.
+    pub fn check(&self, keys: &Keys) -> Result<(), String> {
+        if keys.verify(&self.holder, &self.signed_bytes(), &self.sig) {
+            Ok(())
+        } else {
+            Err(format!(
+                "a lease announcement not signed by its holder {}",
+                self.holder
+            ))
+        }
+    }
+
     /// The order of planes that meet: more voters first, then the lower id.
     fn beats(&self, plane: u64, voters: usize) -> bool {
         (std::cmp::Reverse(self.voters.len()), self.plane) < (std::cmp::Reverse(voters), plane)
@@ -213,6 +247,7 @@ fn plane_id(voters: &[NodeId]) -> u64 {
 /// One node's part in the control plane.
 pub struct Control {
     me: NodeId,
+    keys: Keys,
     id: u64,
     cfg: ControlConfig,
     rng: Rng,
@@ -246,11 +281,19 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
-    /// The control plane of node `me`, from its stored state.
-    pub fn new(me: NodeId, cfg: ControlConfig, disk: Option<ControlDisk>, rng: Rng) -> Control {
+    /// The control plane of node `me` (signing its announcements with
+    /// `keys`), from its stored state.
+    pub fn new(
+        me: NodeId,
+        keys: Keys,
+        cfg: ControlConfig,
+        disk: Option<ControlDisk>,
+        rng: Rng,
+    ) -> Control {
         let id = raft_id(&me);
         let mut c = Control {
             me: me.clone(),
+            keys,
             id,
             cfg,
             rng,
@@ -741,6 +784,12 @@ impl Control {
                             eraftpb::ConfChangeType::RemoveNode => "voter_removed",
                         };
                         if raw.raft.state == StateRole::Leader {
+                            tracing::info!(
+                                change = action,
+                                node = %subject,
+                                term = raw.raft.term,
+                                "control plane configuration changed"
+                            );
                             self.out.push(ControlOut::Audit {
                                 action,
                                 subject,
@@ -849,14 +898,16 @@ impl Control {
             .iter()
             .filter_map(|id| self.names.get(id).cloned())
             .collect();
-        let claim = LeaseClaim {
+        let mut claim = LeaseClaim {
             plane: self.plane,
             term: raw.raft.term,
             holder: self.me.clone(),
             voters: self.voters(),
             learners,
             conf_index: raw.raft.raft_log.applied.min(self.conf_index(raw)),
+            sig: Sig::default(),
         };
+        claim.sign(&self.keys);
         self.claim = Some((claim.clone(), self.now));
         self.out.push(ControlOut::Announce(claim));
     }
@@ -875,6 +926,34 @@ impl Control {
             term: now.as_ref().map_or(0, |l| l.term),
         });
         self.reported = now;
+    }
+
+    /// This node is leaving: if it leads, it transfers leadership to the
+    /// healthy voter whose log matches most (it campaigns at once, without
+    /// waiting for an election timeout).
+    pub fn hand_over(&mut self, roster: &dyn Roster) {
+        let Some(raw) = self.raw.as_mut() else {
+            return;
+        };
+        if raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let cs = raw.raft.prs().conf().to_conf_state();
+        let to = cs
+            .voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .filter(|v| self.names.get(v).is_some_and(|n| roster.healthy(n)))
+            .max_by_key(|v| (raw.raft.prs().get(**v).map_or(0, |p| p.matched), **v));
+        if let Some(&to) = to {
+            tracing::info!(
+                to = %self.names[&to],
+                term = raw.raft.term,
+                "leaving: handing the lease over"
+            );
+            raw.transfer_leader(to);
+            self.ready();
+        }
     }
 
     /// The leader keeps the voter set whole: one change at a time, it

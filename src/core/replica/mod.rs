@@ -43,6 +43,9 @@ pub struct ReplicaConfig {
     pub claim_ttl_ms: u64,
     /// Failure-detection timing.
     pub failure: crate::core::failure::FailureConfig,
+    /// This node's signing key; peers' member records are checked in its
+    /// scheme.
+    pub keys: crate::core::sign::Keys,
 }
 
 /// What the runtime must carry out.
@@ -193,6 +196,11 @@ impl Replica {
         &self.cfg.node
     }
 
+    /// This node's signing key (and the scheme peers' records are checked in).
+    pub fn keys(&self) -> &crate::core::sign::Keys {
+        &self.cfg.keys
+    }
+
     /// The replicated state (read only).
     pub fn state(&self) -> &ReplicatedState {
         &self.state
@@ -262,7 +270,7 @@ impl Replica {
         record.status = MemberStatus::Alive;
         record.updated_at = now;
         let incarnation = record.incarnation;
-        entry.write(record, &me);
+        entry.write(&me, record, &me, &self.cfg.keys);
         self.put_member(me.clone(), entry);
         self.emit(Effect::Event(Event::MemberJoined { node: me }));
         // Watch every member the store knows in service: those that are
@@ -312,13 +320,12 @@ impl Replica {
         }
         record.status = MemberStatus::Draining;
         record.updated_at = now;
-        let me = self.cfg.node.clone();
-        entry.write(record, &me);
+        entry.write(node, record, &self.cfg.node, &self.cfg.keys);
         self.put_member(node.clone(), entry);
         self.emit(Effect::Event(Event::MemberDraining { node: node.clone() }));
         self.emit(Effect::Audit(AuditRecord {
             at: now,
-            by: me,
+            by: self.cfg.node.clone(),
             action: "node_drained".into(),
             subject: node.to_string(),
             detail: "drain requested".into(),
@@ -357,7 +364,7 @@ impl Replica {
         }
         record.status = MemberStatus::Dead;
         record.updated_at = now;
-        entry.write(record, &self.cfg.node);
+        entry.write(node, record, &self.cfg.node, &self.cfg.keys);
         self.put_member(node.clone(), entry);
         self.emit(Effect::Event(Event::MemberRemoved { node: node.clone() }));
         self.emit(Effect::Audit(AuditRecord {
@@ -378,7 +385,7 @@ impl Replica {
         let mut record = entry.record().clone();
         record.status = MemberStatus::Left;
         record.updated_at = now;
-        entry.write(record, &me);
+        entry.write(&me, record, &me, &self.cfg.keys);
         self.put_member(me.clone(), entry);
         self.requeue_local(now);
         self.emit(Effect::Event(Event::MemberLeft { node: me }));
@@ -396,7 +403,7 @@ impl Replica {
         record.load.memory = memory;
         record.load.disk = disk;
         record.updated_at = now;
-        entry.write(record, &me);
+        entry.write(&me, record, &me, &self.cfg.keys);
         // A heartbeat: spread, not persisted (load figures are ephemeral, and
         // a restart announces a new incarnation anyway).
         self.state
@@ -539,7 +546,7 @@ impl Replica {
         record.status = MemberStatus::Alive;
         record.updated_at = now;
         let incarnation = record.incarnation;
-        entry.write(record, &me);
+        entry.write(&me, record, &me, &self.cfg.keys);
         self.put_member(me, entry);
         self.swim.set_incarnation(incarnation);
     }
@@ -558,7 +565,7 @@ impl Replica {
         record.incarnation = record.incarnation.max(incarnation) + 1;
         record.updated_at = now;
         let incarnation = record.incarnation;
-        entry.write(record, &me);
+        entry.write(&me, record, &me, &self.cfg.keys);
         self.put_member(me, entry);
         self.swim.set_incarnation(incarnation);
     }
@@ -648,7 +655,7 @@ impl Replica {
         }
         record.status = MemberStatus::Dead;
         record.updated_at = now;
-        entry.write(record, &self.cfg.node);
+        entry.write(&id, record, &self.cfg.node, &self.cfg.keys);
         self.swim.forget(&id);
         self.put_member(id.clone(), entry);
         self.emit(Effect::Event(Event::MemberDead { node: id.clone() }));
@@ -714,7 +721,7 @@ impl Replica {
         let mut record = entry.record().clone();
         record.addrs = addrs;
         record.updated_at = now;
-        entry.write(record, &me);
+        entry.write(&me, record, &me, &self.cfg.keys);
         self.put_member(me, entry);
     }
 

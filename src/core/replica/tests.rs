@@ -19,6 +19,7 @@ fn engine(node: &str, caps: &[&str], handlers: &[&str], capacity: u32) -> Replic
         handlers: handlers.iter().map(|s| s.to_string()).collect(),
         claim_ttl_ms: 1_000,
         failure: Default::default(),
+        keys: crate::core::sign::Keys::sim(&NodeId::from(node)),
     };
     let mut e = Replica::new(cfg, ReplicatedState::default(), 7);
     e.start(Millis(1));
@@ -352,7 +353,9 @@ fn leave_hands_tasks_back_and_a_restart_takes_them_up() {
 /// A member record for `id` as another node would gossip it.
 fn member(id: &str, caps: &[&str], status: MemberStatus) -> Delta {
     let mut entry = crate::core::member::MemberEntry::default();
+    let node = NodeId::from(id);
     entry.write(
+        &node,
         MemberRecord {
             name: id.into(),
             capabilities: caps.iter().map(|s| s.to_string()).collect(),
@@ -361,9 +364,10 @@ fn member(id: &str, caps: &[&str], status: MemberStatus) -> Delta {
             incarnation: 1,
             ..MemberRecord::default()
         },
-        &NodeId::from(id),
+        &node,
+        &crate::core::sign::Keys::sim(&node),
     );
-    Delta::Member(NodeId::from(id), Box::new(entry))
+    Delta::Member(node, Box::new(entry))
 }
 
 /// `id`'s record (alive, with capability `echo`) as `by` declared it dead.
@@ -372,7 +376,13 @@ fn declared_dead(id: &str, by: &str) -> Delta {
     if let Delta::Member(_, e) = &mut d {
         let mut r = e.record().clone();
         r.status = MemberStatus::Dead;
-        e.write(r, &NodeId::from(by));
+        let by = NodeId::from(by);
+        e.write(
+            &NodeId::from(id),
+            r,
+            &by,
+            &crate::core::sign::Keys::sim(&by),
+        );
     }
     d
 }
