@@ -161,6 +161,10 @@ pub struct ConfigLayer {
     pub claim_timeout_secs: Option<u64>,
     /// Largest accepted HTTP request body, bytes.
     pub max_body_bytes: Option<usize>,
+    /// HTTP requests one client (IP address) may have in flight.
+    pub max_requests_per_client: Option<usize>,
+    /// Event streams (`/v1/events`) open at once.
+    pub max_event_streams: Option<usize>,
 }
 
 macro_rules! over {
@@ -210,7 +214,9 @@ impl ConfigLayer {
             suspect_after_missed,
             removed_after_ms,
             claim_timeout_secs,
-            max_body_bytes
+            max_body_bytes,
+            max_requests_per_client,
+            max_event_streams
         )
     }
 
@@ -265,6 +271,8 @@ impl ConfigLayer {
             timing,
             claim_timeout_secs: self.claim_timeout_secs.unwrap_or(30),
             max_body_bytes: self.max_body_bytes.unwrap_or(1 << 20),
+            max_requests_per_client: self.max_requests_per_client.unwrap_or(512),
+            max_event_streams: self.max_event_streams.unwrap_or(64),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -317,6 +325,12 @@ pub struct NodeConfig {
     pub claim_timeout_secs: u64,
     /// Largest HTTP request body, bytes (1 KiB to 64 MiB).
     pub max_body_bytes: usize,
+    /// HTTP requests one client (IP address) may have in flight, long
+    /// polls included (1 to 100,000; default 512); more are answered 429.
+    pub max_requests_per_client: usize,
+    /// Event streams open at once (1 to 10,000; default 64); more are
+    /// answered 429.
+    pub max_event_streams: usize,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -377,6 +391,15 @@ impl NodeConfig {
         }
         if !(1..=3600).contains(&self.claim_timeout_secs) {
             return Err(invalid("claim_timeout_secs", "must be between 1 and 3600"));
+        }
+        if !(1..=100_000).contains(&self.max_requests_per_client) {
+            return Err(invalid(
+                "max_requests_per_client",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_event_streams) {
+            return Err(invalid("max_event_streams", "must be between 1 and 10000"));
         }
         if !(1024..=64 << 20).contains(&self.max_body_bytes) {
             return Err(invalid(

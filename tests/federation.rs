@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{poll_until, start_env, Proc};
+use common::{metric_lines, poll_until, poll_until_or, start_env, Proc};
 use serde_json::json;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -606,12 +606,21 @@ fn tasks_of_a_node_killed_with_9_finish_elsewhere_under_a_new_fence() {
     nodes.remove(at).kill9();
     let holder_proc = nodes.iter().find(|p| p.id == holder).unwrap();
     for id in &on_victim {
-        let t = poll_until(
+        let t = poll_until_or(
             Duration::from_secs(30),
             "the killed node's task to finish elsewhere",
             || {
                 let t = holder_proc.get(&format!("/v1/tasks/{id}"));
                 (t["status"] == "succeeded").then_some(t)
+            },
+            || {
+                format!(
+                    "task: {}\nleader: {}\nnodes: {}\nmetrics: {}",
+                    holder_proc.get(&format!("/v1/tasks/{id}")),
+                    holder_proc.get("/v1/leader"),
+                    holder_proc.get("/v1/nodes"),
+                    metric_lines(holder_proc, &["refused", "rejected", "malformed"])
+                )
             },
         );
         assert_ne!(t["node"], victim_id.as_str(), "{t}");

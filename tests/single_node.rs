@@ -761,3 +761,59 @@ fn a_handler_dies_with_its_node_killed_by_9() {
         || group_members(pgrp).is_empty().then_some(()),
     );
 }
+
+#[test]
+fn event_streams_and_requests_in_flight_are_bounded_with_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(
+        &dir.path().join("n1"),
+        &["--max-event-streams", "2", "--max-requests-per-client", "3"],
+    );
+    // Two streams open; a third is refused until one closes.
+    let a = ureq::get(&node.url("/v1/events")).call().unwrap();
+    let b = ureq::get(&node.url("/v1/events")).call().unwrap();
+    let (code, v) = request("GET", &node.url("/v1/events"), None, None);
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (429, Some("too_many_streams")),
+        "{v}"
+    );
+    drop(a);
+    poll_until(
+        Duration::from_secs(20),
+        "a slot freed by the closed stream",
+        || {
+            let r = ureq::get(&node.url("/v1/events")).call().ok()?;
+            (r.status() == 200).then_some(())
+        },
+    );
+    drop(b);
+
+    // Four long polls from this client at once: three are taken and wait
+    // (30 s, for a capability nobody offers); the fourth is answered 429 at
+    // once, and the refusal is counted.
+    let url = node.url("/v1/work/claim");
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..4 {
+        let (url, tx) = (url.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let body = r#"{"worker": "w", "capabilities": ["never"], "wait_secs": 30}"#;
+            let r = ureq::post(&url)
+                .set("Content-Type", "application/json")
+                .send_string(body);
+            let _ = tx.send(match r {
+                Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+                Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            });
+        });
+    }
+    let (code, body) = rx.recv_timeout(Duration::from_secs(20)).expect("an answer");
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("too_many_requests"), "{body}");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the three others are still waiting"
+    );
+    assert!(node.metric("shoal_rejected_requests_total{value=\"too_many_requests\"}") >= 1.0);
+}

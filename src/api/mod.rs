@@ -28,6 +28,112 @@ pub struct AppState {
     pub node: NodeHandle,
     /// The bearer token mutating routes require, if one is configured.
     pub token: Option<Arc<str>>,
+    /// What clients have open now.
+    pub open: Arc<Open>,
+}
+
+impl AppState {
+    /// The state for `node`, with `token` if one is configured.
+    pub fn new(node: NodeHandle, token: Option<Arc<str>>) -> AppState {
+        AppState {
+            node,
+            token,
+            open: Arc::default(),
+        }
+    }
+}
+
+/// Requests each client has in flight (long polls included), and event
+/// streams open: bounded so that no client can hold the API.
+#[derive(Debug, Default)]
+pub struct Open {
+    requests: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    streams: std::sync::atomic::AtomicUsize,
+}
+
+/// One request in flight for a client; counted down on drop.
+struct InFlight(Arc<Open>, std::net::IpAddr);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.0.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// One event stream open; counted down when the stream ends.
+pub(crate) struct StreamSlot(Arc<Open>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Open {
+    /// Takes an event-stream slot, if fewer than `max` are open.
+    pub(crate) fn stream(self: &Arc<Self>, max: usize) -> Option<StreamSlot> {
+        use std::sync::atomic::Ordering;
+        let taken = self
+            .streams
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            });
+        taken.ok().map(|_| StreamSlot(self.clone()))
+    }
+
+    fn request(self: &Arc<Self>, client: std::net::IpAddr, max: usize) -> Option<InFlight> {
+        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(client).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight(self.clone(), client))
+    }
+}
+
+/// A 429 for a client over its limit, counted under `code`.
+fn too_many(state: &AppState, code: &'static str, message: String) -> Response {
+    state.node.metrics().reject(code);
+    let mut resp = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
+}
+
+/// Each client (by IP address) has at most `max_requests_per_client`
+/// requests in flight; more are answered 429 at once. Health probes and
+/// metrics are exempt: a monitor must see a node that is being flooded.
+async fn per_client(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let exempt = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    let client = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .filter(|_| !exempt);
+    let max = state.node.info().config.max_requests_per_client;
+    let _slot = match client {
+        Some(ip) => match state.open.request(ip, max) {
+            Some(slot) => Some(slot),
+            None => {
+                return too_many(
+                    &state,
+                    "too_many_requests",
+                    format!("this client has {max} requests in flight already"),
+                )
+            }
+        },
+        None => None,
+    };
+    next.run(req).await
 }
 
 /// The API router.
@@ -67,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(state.clone(), same_site))
+        .layer(middleware::from_fn_with_state(state.clone(), per_client))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -207,7 +314,10 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

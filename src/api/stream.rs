@@ -15,9 +15,19 @@ use tokio_stream::StreamExt;
 
 pub(super) async fn events(
     State(s): State<AppState>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Response> {
+    let max = s.node.info().config.max_event_streams;
+    let Some(slot) = s.open.stream(max) else {
+        return Err(super::too_many(
+            &s,
+            "too_many_streams",
+            format!("{max} event streams are open on this node already"),
+        ));
+    };
     let node = s.node.clone();
     let stream = BroadcastStream::new(s.node.subscribe()).map(move |item| {
+        // The slot is freed when the stream is dropped (the client left).
+        let _open = &slot;
         let event = match item {
             Ok(e) => {
                 // Each event carries `at`: the node's wall clock (ms since
@@ -43,7 +53,7 @@ pub(super) async fn events(
         };
         Ok(event)
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 pub(super) async fn metrics(State(s): State<AppState>) -> Result<Response, ApiError> {

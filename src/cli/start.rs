@@ -87,6 +87,12 @@ pub struct StartArgs {
     /// Largest HTTP request body, bytes.
     #[arg(long, env = "SHOAL_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
+    /// HTTP requests one client (IP address) may have in flight (default 512).
+    #[arg(long, env = "SHOAL_MAX_REQUESTS_PER_CLIENT")]
+    max_requests_per_client: Option<usize>,
+    /// Event streams open at once (default 64).
+    #[arg(long, env = "SHOAL_MAX_EVENT_STREAMS")]
+    max_event_streams: Option<usize>,
 }
 
 fn pairs(key: &str, items: &[String]) -> Result<Option<BTreeMap<String, String>>, CliError> {
@@ -134,6 +140,8 @@ impl StartArgs {
             removed_after_ms: self.removed_after_ms,
             claim_timeout_secs: self.claim_timeout_secs,
             max_body_bytes: self.max_body_bytes,
+            max_requests_per_client: self.max_requests_per_client,
+            max_event_streams: self.max_event_streams,
         };
         Ok((layer, self.config))
     }
@@ -252,10 +260,7 @@ async fn serve(cfg: NodeConfig, token: Option<Arc<str>>) -> Result<(), CliError>
         .map_err(|e| CliError::failed(e.to_string()))?;
     let handle = node.handle();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = AppState {
-        node: handle.clone(),
-        token,
-    };
+    let state = AppState::new(handle.clone(), token);
     let server = tokio::spawn(api::serve(listener, state, async {
         let _ = stop_rx.await;
     }));

@@ -14,18 +14,43 @@ pub fn shoal_bin() -> &'static str {
 
 /// Polls `cond` every 20 ms until it returns `Some`, or panics with `what`
 /// at the deadline.
-pub fn poll_until<T>(deadline: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+pub fn poll_until<T>(deadline: Duration, what: &str, cond: impl FnMut() -> Option<T>) -> T {
+    poll_until_or(deadline, what, cond, String::new)
+}
+
+/// [`poll_until`], adding what `explain` says to the panic message.
+pub fn poll_until_or<T>(
+    deadline: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
+) -> T {
     let end = Instant::now() + deadline;
     loop {
         if let Some(v) = cond() {
             return v;
         }
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        if Instant::now() >= end {
+            panic!(
+                "timed out after {deadline:?} waiting for {what}\n{}",
+                explain()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20)); // poll interval
     }
+}
+
+/// The lines of `p`'s metrics that contain any of `words`.
+pub fn metric_lines(p: &Proc, words: &[&str]) -> String {
+    let text = ureq::get(&p.url("/metrics"))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && words.iter().any(|w| l.contains(w)))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A running node process.
