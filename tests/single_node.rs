@@ -817,3 +817,69 @@ fn event_streams_and_requests_in_flight_are_bounded_with_429() {
     );
     assert!(node.metric("shoal_rejected_requests_total{value=\"too_many_requests\"}") >= 1.0);
 }
+
+/// The first Chromium on the PATH, or None (printing why the test skips).
+fn chromium(test: &str) -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED {test}: no headless Chromium here (.ci/run installs the `chromium` package)"
+        );
+    }
+    found
+}
+
+#[test]
+fn the_dashboard_shows_hostile_values_as_text() {
+    let Some(browser) = chromium("dashboard escaping") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("n1"), &[]);
+    // A capability is any text a client chooses; nobody runs this one, so
+    // the task stays in the table.
+    let hostile = r#"<img src=x onerror="document.title='pwned'"><b id='bold'>x</b>"#;
+    let t = node.post("/v1/tasks", &json!({"capability": hostile, "payload": 1}));
+    assert!(t["id"].is_string(), "{t}");
+    let profile = dir.path().join("chromium");
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(node.url("/?snapshot"))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<tbody id=\"tasks\"><tr>"),
+        "the dashboard filled its task table: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The value is in the page as text, not as markup.
+    assert!(dom.contains("&lt;img src=x onerror="), "{dom}");
+    assert!(
+        !dom.contains("<img"),
+        "an element was made from the value: {dom}"
+    );
+    assert!(!dom.contains("id=\"bold\""), "{dom}");
+    assert!(
+        !dom.contains("<title>pwned"),
+        "the value's script ran: {dom}"
+    );
+}
