@@ -13,6 +13,7 @@ The killed nodes are restarted on their data dirs after each round (they
 rejoin and may become voters again).
 
 Usage: scripts/bench-failover.py [N] [ROUNDS]   (default 5 nodes, 10 rounds)
+       STOP=1 scripts/bench-failover.py ...     (the holder leaves with SIGTERM)
 Bounded in time; every process it started is killed by its pid (handler
 process groups too) at the end. Results go to docs/benchmarks.md by hand.
 """
@@ -30,6 +31,9 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "shoal")
 DEADLINE = 900  # seconds, for the whole run
+# STOP=1: the holder is stopped with SIGTERM (a graceful leave, which hands
+# the lease over) instead of killed with -9.
+STOP = os.environ.get("STOP") == "1"
 
 
 def get(api, path):
@@ -126,11 +130,14 @@ def main():
             # Failover.
             h = next(i for i in live if ids[i] == holder)
             t0 = time.monotonic()
-            procs[h].kill()
-            procs[h].wait()
+            if STOP:
+                procs[h].send_signal(signal.SIGTERM)  # leaves, handing the lease over
+            else:
+                procs[h].kill()
             rest = [i for i in live if i != h]
             new = wait("a new holder", lambda: agreed(rest, term))
             failovers.append(time.monotonic() - t0)
+            procs[h].wait(timeout=60)
             # Migration: a node (not the holder) running held tasks.
             v = next(i for i in rest if ids[i] != new[0])
             open(os.path.join(hold, ids[v]), "w").close()
