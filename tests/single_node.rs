@@ -703,6 +703,35 @@ fn start_errors_say_what_and_where() {
         .expect("a second node on a data dir in use did not start");
     assert!(err.contains("in use by another process"), "{err}");
     drop(first);
+    // A data dir that is a file, and an identity key that is empty.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let out = std::process::Command::new(common::shoal_bin())
+        .args(["start", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--api", "127.0.0.1:0", "--data-dir"])
+        .arg(&file)
+        .env_remove("SHOAL_API")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "started on a file");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "data dir {}: exists and is not a directory",
+            file.display()
+        )),
+        "{err}"
+    );
+    let empty = dir.path().join("empty-key");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("identity.key"), b"").unwrap();
+    let err = try_start(&empty, &[])
+        .err()
+        .expect("started with an empty key");
+    assert!(
+        err.contains("identity.key is not a valid identity key: the file is empty"),
+        "{err}"
+    );
 }
 
 /// The process group of process `pid` (field 5 of /proc/PID/stat).

@@ -18,6 +18,14 @@ pub enum IdentityError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// The data dir cannot be used.
+    #[error("data dir {path}: {reason}")]
+    DataDir {
+        /// The data dir.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The identity file is not a valid key.
     #[error("{path} is not a valid identity key: {reason}; it was left untouched")]
     BadKey {
@@ -73,18 +81,49 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// Creates the data dir if needed and checks that it is a directory this
+/// process can list and write in, saying which of those fails.
+fn open_data_dir(dir: &Path) -> Result<(), IdentityError> {
+    let fail = |reason: String| IdentityError::DataDir {
+        path: dir.to_owned(),
+        reason,
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => return Err(fail("exists and is not a directory".into())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot be created: {e}")))?
+        }
+        Err(e) => return Err(fail(format!("cannot be read: {e}"))),
+    }
+    std::fs::read_dir(dir).map_err(|e| fail(format!("cannot be listed: {e}")))?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| fail(format!("cannot be written to: {e}")))?;
+    Ok(())
+}
+
 /// Loads `DATA_DIR/identity.key`, creating it on first use. Returns the key
 /// and whether it was created.
 pub fn load_or_create_identity(data_dir: &Path) -> Result<(Keypair, bool), IdentityError> {
-    std::fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+    open_data_dir(data_dir)?;
     let path = data_dir.join("identity.key");
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let key =
-                Keypair::from_protobuf_encoding(&bytes).map_err(|e| IdentityError::BadKey {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
+            let bad = |reason: String| IdentityError::BadKey {
+                path: path.clone(),
+                reason,
+            };
+            if bytes.is_empty() {
+                return Err(bad("the file is empty".into()));
+            }
+            let key = Keypair::from_protobuf_encoding(&bytes).map_err(|_| {
+                bad(format!(
+                    "{} bytes that are not a protobuf-encoded ed25519 key",
+                    bytes.len()
+                ))
+            })?;
             Ok((key, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
