@@ -912,3 +912,33 @@ fn the_dashboard_shows_hostile_values_as_text() {
         "the value's script ran: {dom}"
     );
 }
+
+#[test]
+fn values_too_large_to_replicate_are_refused_with_413_even_under_the_body_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Bodies of up to 4 MiB are accepted; a value over 512 KiB still cannot
+    // travel in one gossip message, so it is refused before it is written.
+    let node = start(&dir.path().join("n1"), &["--max-body-bytes", "4194304"]);
+    let big = serde_json::Value::String("x".repeat(600 << 10)).to_string();
+    for (method, path, body) in [
+        ("PUT", "/v1/kv/notes/big", big.clone()),
+        (
+            "POST",
+            "/v1/tasks",
+            format!(r#"{{"capability": "echo", "payload": {big}}}"#),
+        ),
+    ] {
+        let (code, v) = request(method, &node.url(path), Some(&body), None);
+        assert_eq!(code, 413, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], "too_large", "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too large to replicate"));
+    }
+    let (code, _) = request("GET", &node.url("/v1/kv/notes/big"), None, None);
+    assert_eq!(code, 404, "nothing was written");
+    let small = serde_json::Value::String("x".repeat(400 << 10)).to_string();
+    let (code, _) = request("PUT", &node.url("/v1/kv/notes/ok"), Some(&small), None);
+    assert_eq!(code, 200, "a value under the limit is taken");
+}

@@ -67,6 +67,9 @@ impl From<NodeError> for ApiError {
             NodeError::Engine(EngineError::StaleFence { .. }) => {
                 Self::new(StatusCode::CONFLICT, "stale_fence", message)
             }
+            NodeError::Engine(EngineError::TooLarge(_)) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            }
             NodeError::Store(StoreError::Full { .. }) => Self::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient_storage",

@@ -32,6 +32,10 @@ pub enum EngineError {
         /// The task's current fence.
         current: Fence,
     },
+    /// A value too large to replicate (gossip carries at most
+    /// [`crate::core::wire::MAX_GOSSIP_BYTES`] per message).
+    #[error("too large to replicate: {0}")]
+    TooLarge(String),
     /// The change could not be made durable, so it was not acknowledged
     /// (the node rebuilds its state from its store).
     #[error("not durable: {0}")]

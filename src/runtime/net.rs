@@ -31,7 +31,7 @@ use libp2p::{
     connection_limits, identify, kad, mdns, noise, ping, tcp, yamux, Multiaddr, PeerId,
     StreamProtocol, Swarm, Transport,
 };
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -193,7 +193,8 @@ pub struct Net {
     topic: IdentTopic,
     bootstrap: Vec<Multiaddr>,
     metrics: Arc<Metrics>,
-    warned: HashSet<String>,
+    /// When each warning (by peer and kind) was last logged at warn.
+    warned: HashMap<String, std::time::Instant>,
     listen_count: usize,
 }
 
@@ -269,7 +270,7 @@ impl Net {
             topic,
             bootstrap: parsed,
             metrics,
-            warned: HashSet::new(),
+            warned: HashMap::new(),
             listen_count: listen.len(),
         };
         net.dial_bootstrap();
@@ -430,12 +431,24 @@ impl Net {
         }
     }
 
+    /// Logs `msg` at warn at most once a minute per `key` (a peer and a
+    /// kind of trouble), at debug otherwise. The keys kept are bounded: past
+    /// 4,096 the ones older than a minute are dropped, and if none is, all.
     fn warn_once(&mut self, key: &str, msg: String) {
-        if self.warned.insert(key.to_owned()) {
-            warn!("{msg}");
-        } else {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+        let now = std::time::Instant::now();
+        if self.warned.get(key).is_some_and(|at| now - *at < EVERY) {
             debug!("{msg}");
+            return;
         }
+        if self.warned.len() >= 4096 {
+            self.warned.retain(|_, at| now - *at < EVERY);
+            if self.warned.len() >= 4096 {
+                self.warned.clear();
+            }
+        }
+        self.warned.insert(key.to_owned(), now);
+        warn!("{msg}");
     }
 
     /// Translates a swarm event; returns what the owner must act on.

@@ -463,6 +463,16 @@ impl Engine {
         outcome: Option<Outcome>,
     ) {
         let Some(outcome) = outcome else { return };
+        // A result too large to replicate fails the attempt (a worker
+        // reporting one over the API gets 413 instead).
+        let max = crate::core::replica::kv::MAX_VALUE_BYTES;
+        let outcome = match outcome {
+            Outcome::Success(r) if r.len() > max => Outcome::Failure(format!(
+                "the handler's result of {} bytes is over the limit of {max}",
+                r.len()
+            )),
+            o => o,
+        };
         let label = if matches!(outcome, Outcome::Success(_)) {
             Counter::AttemptSucceeded
         } else {

@@ -48,6 +48,23 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// The largest value, task payload or result a client may write: half of
+/// what one gossip message carries, so that an entry with its version,
+/// siblings and history still travels (larger ones are refused with 413
+/// rather than breaking replication and getting the honest sender
+/// graylisted by its peers).
+pub const MAX_VALUE_BYTES: usize = crate::core::wire::MAX_GOSSIP_BYTES / 2;
+
+/// Refuses a `what` of `len` bytes over [`MAX_VALUE_BYTES`].
+pub(crate) fn check_size(what: &str, len: usize) -> Result<(), EngineError> {
+    if len > MAX_VALUE_BYTES {
+        return Err(EngineError::TooLarge(format!(
+            "{what} of {len} bytes (at most {MAX_VALUE_BYTES})"
+        )));
+    }
+    Ok(())
+}
+
 fn check_writable(ns: &str, key: &str) -> Result<(), EngineError> {
     check_name("namespace", ns)?;
     check_name("key", key)?;
@@ -99,8 +116,10 @@ impl Replica {
         value: &serde_json::Value,
     ) -> Result<KvWrite, EngineError> {
         check_writable(ns, key)?;
+        let value = canonical_json(value);
+        check_size("value", value.len())?;
         self.write_entry(now, ns, key, |entry, policy, me, counter| {
-            entry.put(policy, canonical_json(value), me, now, counter)
+            entry.put(policy, value, me, now, counter)
         })
     }
 

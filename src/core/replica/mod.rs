@@ -6,7 +6,7 @@
 //! records. The runtime must make every [`Effect::Changed`] durable before it
 //! acknowledges the call that produced it.
 
-mod kv;
+pub mod kv;
 mod tasks;
 
 pub(crate) use kv::check_name;

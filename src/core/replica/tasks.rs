@@ -124,9 +124,11 @@ impl Replica {
         if matches!(&req.key, Some(k) if k.is_empty() || k.len() > 256) {
             return invalid("key must be 1 to 256 bytes");
         }
+        let payload = canonical_json(&req.payload);
+        super::kv::check_size("payload", payload.len())?;
         Ok(TaskSpec {
             capability: req.capability,
-            payload: canonical_json(&req.payload),
+            payload,
             key: req.key,
             strategy: req.strategy.map(|s| s.as_str().to_owned()),
             affinity: req.affinity,
@@ -406,6 +408,8 @@ impl Replica {
         outcome: Outcome,
     ) -> Result<(), EngineError> {
         self.check_fence(id, fence)?;
+        let (Outcome::Success(text) | Outcome::Failure(text)) = &outcome;
+        super::kv::check_size("result", text.len())?;
         self.local.remove(id);
         self.finish_attempt(now, id, outcome);
         Ok(())
