@@ -444,21 +444,27 @@ fn agreed_lease(nodes: &[&Proc]) -> Option<(String, u64)> {
         .then_some(first)
 }
 
-#[test]
-fn one_lease_holder_is_elected_and_another_takes_over_after_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes = federation(dir.path(), 4, &[]);
+/// Waits until every node names one lease holder and the autopilot has
+/// grown its plane to three voters: the holder, its term and its index.
+fn holder_of_three_voters(nodes: &[Proc]) -> (String, u64, usize) {
     let (holder, term) = poll_until(
         Duration::from_secs(60),
         "every node to name one lease holder",
         || agreed_lease(&nodes.iter().collect::<Vec<_>>()),
     );
-    // The autopilot grows the plane to three voters.
     let at = nodes.iter().position(|p| p.id == holder).unwrap();
     poll_until(Duration::from_secs(60), "three voters", || {
         let v = nodes[at].get("/v1/leader");
         (v["voters"].as_array().map_or(0, |a| a.len()) == 3).then_some(())
     });
+    (holder, term, at)
+}
+
+#[test]
+fn one_lease_holder_is_elected_and_another_takes_over_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = federation(dir.path(), 4, &[]);
+    let (holder, term, at) = holder_of_three_voters(&nodes);
     let status = nodes[0].get("/v1/status");
     assert_eq!(status["leader"]["id"], holder, "{status}");
     assert_eq!(status["term"], term, "{status}");
@@ -494,16 +500,7 @@ fn one_lease_holder_is_elected_and_another_takes_over_after_kill_9() {
 fn a_holder_that_stops_hands_the_lease_to_a_voter_it_names() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = federation(dir.path(), 4, &[]);
-    let (holder, term) = poll_until(
-        Duration::from_secs(60),
-        "every node to name one lease holder",
-        || agreed_lease(&nodes.iter().collect::<Vec<_>>()),
-    );
-    let at = nodes.iter().position(|p| p.id == holder).unwrap();
-    poll_until(Duration::from_secs(60), "three voters", || {
-        let v = nodes[at].get("/v1/leader");
-        (v["voters"].as_array().map_or(0, |a| a.len()) == 3).then_some(())
-    });
+    let (_, term, at) = holder_of_three_voters(&nodes);
     let leaving = nodes.remove(at);
     let log = leaving.stderr_path.clone();
     assert_eq!(leaving.terminate(), Some(0));
