@@ -431,17 +431,7 @@ fn a_graceful_stop_is_left_not_dead() {
 /// The lease holder every node names, once they all name the same one:
 /// `(id, term)`.
 fn agreed_lease(nodes: &[&Proc]) -> Option<(String, u64)> {
-    let seen: Vec<Option<(String, u64)>> = nodes
-        .iter()
-        .map(|p| {
-            let l = &p.get("/v1/leader")["leader"];
-            Some((l["id"].as_str()?.to_owned(), l["term"].as_u64()?))
-        })
-        .collect();
-    let first = seen.first()?.clone()?;
-    seen.iter()
-        .all(|s| s.as_ref() == Some(&first))
-        .then_some(first)
+    common::agreed_leader(nodes.iter().map(|p| p.get("/v1/leader")))
 }
 
 /// Waits until every node names one lease holder and the autopilot has

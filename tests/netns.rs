@@ -377,17 +377,7 @@ fn two_lans_joined_by_one_bootstrap_address_form_one_federation() {
 
 /// The lease holder every host names, once they all name the same one.
 fn agreed_lease(lab: &Lab, hosts: &[usize]) -> Option<(String, u64)> {
-    let seen: Vec<Option<(String, u64)>> = hosts
-        .iter()
-        .map(|&i| {
-            let l = &lab.cli(i, &["leader"])["leader"];
-            Some((l["id"].as_str()?.to_owned(), l["term"].as_u64()?))
-        })
-        .collect();
-    let first = seen.first()?.clone()?;
-    seen.iter()
-        .all(|s| s.as_ref() == Some(&first))
-        .then_some(first)
+    common::agreed_leader(hosts.iter().map(|&i| lab.cli(i, &["leader"])))
 }
 
 #[test]

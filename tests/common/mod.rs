@@ -296,3 +296,19 @@ pub fn request(method: &str, url: &str, body: Option<&str>, token: Option<&str>)
     let text = r.into_string().unwrap_or_default();
     (code, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
+
+/// The lease holder and term every `/v1/leader` answer names, once they all
+/// name the same one.
+pub fn agreed_leader(answers: impl IntoIterator<Item = Value>) -> Option<(String, u64)> {
+    let seen: Vec<Option<(String, u64)>> = answers
+        .into_iter()
+        .map(|v| {
+            let l = &v["leader"];
+            Some((l["id"].as_str()?.to_owned(), l["term"].as_u64()?))
+        })
+        .collect();
+    let first = seen.first()?.clone()?;
+    seen.iter()
+        .all(|s| s.as_ref() == Some(&first))
+        .then_some(first)
+}
