@@ -376,4 +376,111 @@ mod tests {
         e.write(&m, r, &x, &x_keys);
         assert!(e.check(&m, &x_keys).is_err());
     }
+
+    use proptest::prelude::*;
+
+    /// What a peer may do to member `m`'s signed record before passing it
+    /// on: the honest acts (a member's verdict) and forgeries of each kind.
+    #[derive(Clone, Debug)]
+    enum Act {
+        /// A member declares m dead or drains it, as the rules allow.
+        Verdict { by: u8, dead: bool },
+        /// A record in m's name signed by another key.
+        InMyName { by: u8 },
+        /// A verdict of a status the rules forbid (alive, left).
+        Forbidden { by: u8, left: bool },
+        /// A verdict that also changes a field m wrote.
+        Rewrite { by: u8, field: u8 },
+        /// One byte of the signed encoding flipped in transit.
+        Flip { at: usize },
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        prop_oneof![
+            (0..4u8, any::<bool>()).prop_map(|(by, dead)| Act::Verdict { by, dead }),
+            (0..4u8).prop_map(|by| Act::InMyName { by }),
+            (0..4u8, any::<bool>()).prop_map(|(by, left)| Act::Forbidden { by, left }),
+            (0..4u8, 0..4u8).prop_map(|(by, field)| Act::Rewrite { by, field }),
+            (0..400usize).prop_map(|at| Act::Flip { at }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn an_honest_node_accepts_a_member_record_only_as_the_rules_allow(
+            incarnation in 1..1000u64,
+            acts in proptest::collection::vec(act(), 1..4),
+        ) {
+            let (m, mut e) = own();
+            let mut r = e.record().clone();
+            r.incarnation += incarnation;
+            e.write(&m, r, &m, &Keys::sim(&m));
+            let checker = Keys::sim(&NodeId::from("checker"));
+            let mut forged = false;
+            for a in acts {
+                let mut r = e.record().clone();
+                let before = e.clone();
+                match a {
+                    Act::Verdict { by, dead } => {
+                        let (x, keys) = node(&format!("x{by}"));
+                        let allowed = if dead {
+                            r.status != MemberStatus::Dead
+                        } else {
+                            r.status == MemberStatus::Alive
+                        };
+                        if !allowed {
+                            continue;
+                        }
+                        r.status = if dead { MemberStatus::Dead } else { MemberStatus::Draining };
+                        e.write(&m, r, &x, &keys);
+                    }
+                    Act::InMyName { by } => {
+                        r.capabilities.push("forged".into());
+                        e.write(&m, r, &m, &Keys::sim(&NodeId::from(format!("x{by}").as_str())));
+                        forged = true;
+                    }
+                    Act::Forbidden { by, left } => {
+                        let (x, keys) = node(&format!("x{by}"));
+                        r.status = if left { MemberStatus::Left } else { MemberStatus::Alive };
+                        e.write(&m, r, &x, &keys);
+                        forged = true;
+                    }
+                    Act::Rewrite { by, field } => {
+                        let (x, keys) = node(&format!("x{by}"));
+                        r.status = MemberStatus::Dead;
+                        match field {
+                            0 => r.addrs.push("/ip4/10.9.9.9/tcp/1".into()),
+                            1 => r.capabilities.clear(),
+                            2 => r.capacity += 1,
+                            _ => r.name.push('!'),
+                        }
+                        e.write(&m, r, &x, &keys);
+                        forged = true;
+                    }
+                    Act::Flip { at } => {
+                        let mut bytes = postcard::to_stdvec(&e).unwrap();
+                        let at = at % bytes.len();
+                        bytes[at] ^= 0x01;
+                        match postcard::from_bytes::<MemberEntry>(&bytes) {
+                            Ok(t) if t != e => {
+                                e = t;
+                                forged = true;
+                            }
+                            _ => continue,
+                        }
+                    }
+                }
+                if forged && e == before {
+                    // The forged version lost to the one held (a lower
+                    // status within the incarnation): nothing was taken.
+                    forged = false;
+                    continue;
+                }
+                if forged {
+                    break;
+                }
+            }
+            prop_assert_eq!(e.check(&m, &checker).is_ok(), !forged, "{:?}", e);
+        }
+    }
 }
