@@ -43,7 +43,7 @@ pub use query::{Assignment, Found, MemberView, Query, Summary};
 
 use crate::core::error::EngineError;
 use crate::core::ids::{Mono, NodeId, Now};
-use crate::core::lease::{Control, ControlConfig, ControlDisk, Lease};
+use crate::core::lease::{Control, ControlConfig, ControlDisk, Lease, LeaseClaim};
 use crate::core::member::MemberStatus;
 use crate::core::replica::{Effect, Outcome, Replica};
 use crate::core::rng::Rng;
@@ -623,8 +623,13 @@ impl Engine {
     fn on_probe(&mut self, from: &NodeId, bytes: &[u8]) {
         let packet = match wire::decode::<Datagram>(bytes, MAX_PACKET_BYTES) {
             Ok(Datagram::Swim { packet, lease }) => {
+                // Most acks relay the announcement this node already holds:
+                // its signature was checked once, when it first came.
                 let keys = self.replica.keys();
-                if let Some(claim) = lease.filter(|c| validate::claim(c, keys).is_ok()) {
+                let sound = |c: &LeaseClaim| {
+                    self.control.holds_claim(c) || validate::claim(c, keys).is_ok()
+                };
+                if let Some(claim) = lease.filter(sound) {
                     self.control_observe(claim, true);
                 }
                 packet

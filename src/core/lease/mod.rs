@@ -445,6 +445,12 @@ impl Control {
         })
     }
 
+    /// Whether `claim` is the announcement this node holds (so its
+    /// signature was checked when it first came).
+    pub fn holds_claim(&self, claim: &LeaseClaim) -> bool {
+        self.claim.as_ref().is_some_and(|(c, _)| c == claim)
+    }
+
     /// The latest announcement while it is fresh, to pass on.
     pub fn claim(&self) -> Option<LeaseClaim> {
         let (claim, at) = self.claim.as_ref()?;
