@@ -172,9 +172,11 @@ fn a_killed_node_restarts_catches_up_and_is_the_same_node() {
 }
 
 #[test]
-fn a_dead_node_is_declared_dead_everywhere_and_rejoins_by_itself() {
+fn a_dead_node_is_declared_dead_then_removed_everywhere_and_rejoins_by_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = federation(dir.path(), 3, &[]);
+    // A removal timeout of 4 s instead of the fast profile's 10 s.
+    let removal = ["--removed-after-ms", "4000"];
+    let mut nodes = federation(dir.path(), 3, &removal);
     let c = nodes.pop().unwrap();
     let c_id = c.id.clone();
     let before = nodes[0].get(&format!("/v1/nodes/{c_id}"))["incarnation"]
@@ -185,7 +187,10 @@ fn a_dead_node_is_declared_dead_everywhere_and_rejoins_by_itself() {
         poll_until(
             Duration::from_secs(40),
             "the killed node to be declared dead",
-            || (p.get(&format!("/v1/nodes/{c_id}"))["status"] == "dead").then_some(()),
+            || {
+                let st = p.get(&format!("/v1/nodes/{c_id}"))["status"].clone();
+                (st == "dead" || st == "removed").then_some(())
+            },
         );
     }
     let audit = nodes[0].get("/v1/audit");
@@ -197,7 +202,40 @@ fn a_dead_node_is_declared_dead_everywhere_and_rejoins_by_itself() {
             .any(|r| r["action"] == "node_declared_dead")
     });
     assert!(by_any, "a death verdict is audited: {audit}");
-    let c = node(dir.path(), "n2", Some(&nodes[0]), &[]);
+
+    // The lease holder removes it once dead for the removal timeout: a
+    // tombstone, listed only when asked for.
+    for p in &nodes {
+        poll_until(
+            Duration::from_secs(40),
+            "the dead node to be removed",
+            || (p.get(&format!("/v1/nodes/{c_id}"))["status"] == "removed").then_some(()),
+        );
+        assert_eq!(
+            p.get("/v1/nodes")["count"],
+            2,
+            "a removed node is not listed"
+        );
+        assert_eq!(p.count_status("removed"), 1);
+        assert_eq!(p.get("/v1/status")["cluster"]["removed"], 1);
+    }
+    let holder = poll_until(Duration::from_secs(20), "an agreed holder", || {
+        common::agreed_leader(nodes.iter().map(|p| p.get("/v1/leader")))
+    })
+    .0;
+    let record = nodes
+        .iter()
+        .flat_map(|p| p.get("/v1/audit")["records"].as_array().unwrap().clone())
+        .find(|r| r["action"] == "node_removed" && r["subject"] == c_id.as_str())
+        .expect("the removal is audited");
+    assert_eq!(
+        record["by"],
+        holder.as_str(),
+        "the holder removed it: {record}"
+    );
+
+    // It comes back over the tombstone with a higher incarnation.
+    let c = node(dir.path(), "n2", Some(&nodes[0]), &removal);
     for p in &nodes {
         poll_until(
             Duration::from_secs(30),
@@ -208,6 +246,7 @@ fn a_dead_node_is_declared_dead_everywhere_and_rejoins_by_itself() {
                     .then_some(())
             },
         );
+        assert_eq!(p.get("/v1/nodes")["count"], 3);
     }
     drop(c);
 }

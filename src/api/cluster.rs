@@ -24,10 +24,11 @@ async fn views(s: &AppState) -> Result<Vec<NodeView>, ApiError> {
 }
 
 fn by_status(nodes: &[NodeView]) -> BTreeMap<String, usize> {
-    let mut out: BTreeMap<String, usize> = ["alive", "suspect", "dead", "left", "draining"]
-        .iter()
-        .map(|s| (s.to_string(), 0))
-        .collect();
+    let mut out: BTreeMap<String, usize> =
+        ["alive", "suspect", "dead", "left", "draining", "removed"]
+            .iter()
+            .map(|s| (s.to_string(), 0))
+            .collect();
     for n in nodes {
         *out.entry(n.status.clone()).or_default() += 1;
     }
@@ -46,7 +47,7 @@ pub(super) async fn status(State(s): State<AppState>) -> Result<Json<Value>, Api
     let nodes = views(&s).await?;
     let sum = s.node.summary().await?;
     let counts = by_status(&nodes);
-    let total = nodes.len();
+    let total = nodes.len() - counts.get("removed").copied().unwrap_or(0);
     let me = nodes.into_iter().find(|n| n.id == id.as_str());
     let body = json!({
                 "node": me,
@@ -58,6 +59,7 @@ pub(super) async fn status(State(s): State<AppState>) -> Result<Json<Value>, Api
                     "dead": counts.get("dead"),
                     "left": counts.get("left"),
                     "draining": counts.get("draining"),
+                    "removed": counts.get("removed"),
                     "tasks": sum.tasks_by_status,
                     "strategy": sum.strategy,
                 },
@@ -86,16 +88,16 @@ pub(super) async fn nodes(
     Query(q): Query<NodesQuery>,
 ) -> Result<Json<Value>, ApiError> {
     if let Some(st) = &q.status {
-        if !["alive", "suspect", "dead", "left", "draining"].contains(&st.as_str()) {
+        if !["alive", "suspect", "dead", "left", "draining", "removed"].contains(&st.as_str()) {
             return Err(ApiError::bad_request(format!(
-                "unknown node status `{st}` (expected alive, suspect, dead, left or draining)"
+                "unknown node status `{st}` (expected alive, suspect, dead, left, draining or removed)"
             )));
         }
     }
     let mut list = views(&s).await?;
-    if let Some(st) = q.status {
-        list.retain(|n| n.status == st);
-    }
+    // Removed members are tombstones: listed only when asked for.
+    let st = q.status.unwrap_or_default();
+    list.retain(|n| n.status == st || (st.is_empty() && n.status != "removed"));
     Ok(Json(json!({"count": list.len(), "nodes": list})))
 }
 
@@ -127,7 +129,7 @@ pub(super) async fn remove(
     let shown = node.clone();
     s.node.remove(node).await?;
     Ok(Json(
-        json!({"node": shown, "status": "dead", "removed": true}),
+        json!({"node": shown, "status": "removed", "removed": true}),
     ))
 }
 

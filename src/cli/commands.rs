@@ -128,7 +128,7 @@ fn status_text(v: &Value) -> String {
         l => format!("{} (term {})", s(&l["id"]), s(&l["term"])),
     };
     format!(
-        "node     {} ({})\nstatus   {}  tasks {}/{}  capabilities {}\ncluster  {} node(s): {} alive, {} suspect, {} dead, {} draining, {} left; {} p2p peer(s) connected\ntasks    {}\nstrategy {}\nleader   {}",
+        "node     {} ({})\nstatus   {}  tasks {}/{}  capabilities {}\ncluster  {} node(s): {} alive, {} suspect, {} dead, {} draining, {} left ({} removed); {} p2p peer(s) connected\ntasks    {}\nstrategy {}\nleader   {}",
         s(&n["id"]),
         s(&n["name"]),
         s(&n["status"]),
@@ -141,6 +141,7 @@ fn status_text(v: &Value) -> String {
         s(&c["dead"]),
         s(&c["draining"]),
         s(&c["left"]),
+        s(&c["removed"]),
         s(&v["peers"]),
         c["tasks"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")).unwrap_or_default(),
         s(&c["strategy"]),

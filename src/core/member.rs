@@ -26,8 +26,12 @@ pub enum MemberStatus {
     Draining,
     /// Left gracefully.
     Left,
-    /// Declared failed and removed from the federation.
+    /// Declared failed (a confirmed failure): its tasks are moved.
     Dead,
+    /// Dead or left for longer than the removal timeout, removed by the
+    /// lease holder (or an operator): a tombstone that the node beats by
+    /// coming back with a higher incarnation.
+    Removed,
 }
 
 impl MemberStatus {
@@ -38,7 +42,16 @@ impl MemberStatus {
             MemberStatus::Draining => "draining",
             MemberStatus::Left => "left",
             MemberStatus::Dead => "dead",
+            MemberStatus::Removed => "removed",
         }
+    }
+
+    /// Dead, left or removed: out of service, watched by nobody.
+    pub fn is_gone(self) -> bool {
+        matches!(
+            self,
+            MemberStatus::Dead | MemberStatus::Left | MemberStatus::Removed
+        )
     }
 }
 
@@ -201,9 +214,9 @@ impl MemberEntry {
 
     /// Checks that this version of member `id`'s record was written by who
     /// may write it, in `keys`' scheme: the member itself, signed by it; or,
-    /// for a verdict (`dead`, or `draining` over `alive`: an operator's
-    /// drain), any other member, signed by it, over a version the member
-    /// signed, changing only status and time.
+    /// for a verdict (`dead`, `removed`, or `draining` over `alive`: an
+    /// operator's drain), any other member, signed by it, over a version the
+    /// member signed, changing only status and time.
     pub fn check(&self, id: &NodeId, keys: &Keys) -> Result<(), String> {
         let (r, m) = (&self.reg.val, &self.reg.marker);
         if m.incarnation != r.incarnation || m.status != r.status {
@@ -225,13 +238,16 @@ impl MemberEntry {
             return Err(format!("member {id}: {} wrote it a record", m.writer));
         };
         let allowed = match r.status {
-            MemberStatus::Dead => basis.status != MemberStatus::Dead,
+            MemberStatus::Dead => {
+                !matches!(basis.status, MemberStatus::Dead | MemberStatus::Removed)
+            }
+            MemberStatus::Removed => basis.status != MemberStatus::Removed,
             MemberStatus::Draining => basis.status == MemberStatus::Alive,
             _ => false,
         };
         if !allowed {
             return Err(format!(
-                "member {id}: {} may drain it or declare it dead, nothing else",
+                "member {id}: {} may drain it, declare it dead or remove it, nothing else",
                 m.writer
             ));
         }
@@ -317,9 +333,13 @@ mod tests {
     }
 
     #[test]
-    fn another_member_may_declare_it_dead_or_drain_it_and_nothing_else() {
+    fn another_member_may_declare_it_dead_drain_it_or_remove_it_and_nothing_else() {
         let (x, x_keys) = node("x");
-        for status in [MemberStatus::Dead, MemberStatus::Draining] {
+        for status in [
+            MemberStatus::Dead,
+            MemberStatus::Draining,
+            MemberStatus::Removed,
+        ] {
             let (m, mut e) = own();
             let mut r = e.record().clone();
             r.status = status;
@@ -336,8 +356,16 @@ mod tests {
         e.write(&m, r.clone(), &x, &x_keys);
         let (y, y_keys) = node("y");
         r.status = MemberStatus::Dead;
-        e.write(&m, r, &y, &y_keys);
+        e.write(&m, r.clone(), &y, &y_keys);
         assert_eq!(e.check(&m, &y_keys), Ok(()));
+        // And the lease holder removing it after the removal timeout.
+        r.status = MemberStatus::Removed;
+        e.write(&m, r.clone(), &x, &x_keys);
+        assert_eq!(e.check(&m, &y_keys), Ok(()));
+        // A removed member is not declared dead again: the tombstone wins.
+        r.status = MemberStatus::Dead;
+        e.write(&m, r, &y, &y_keys);
+        assert_eq!(e.record().status, MemberStatus::Removed);
 
         for (status, what) in [(MemberStatus::Alive, "alive"), (MemberStatus::Left, "left")] {
             let (m, mut e) = own();
@@ -383,8 +411,9 @@ mod tests {
     /// on: the honest acts (a member's verdict) and forgeries of each kind.
     #[derive(Clone, Debug)]
     enum Act {
-        /// A member declares m dead or drains it, as the rules allow.
-        Verdict { by: u8, dead: bool },
+        /// A member declares m dead, drains it or removes it, as the rules
+        /// allow (0, 1, 2).
+        Verdict { by: u8, kind: u8 },
         /// A record in m's name signed by another key.
         InMyName { by: u8 },
         /// A verdict of a status the rules forbid (alive, left).
@@ -397,7 +426,7 @@ mod tests {
 
     fn act() -> impl Strategy<Value = Act> {
         prop_oneof![
-            (0..4u8, any::<bool>()).prop_map(|(by, dead)| Act::Verdict { by, dead }),
+            (0..4u8, 0..3u8).prop_map(|(by, kind)| Act::Verdict { by, kind }),
             (0..4u8).prop_map(|by| Act::InMyName { by }),
             (0..4u8, any::<bool>()).prop_map(|(by, left)| Act::Forbidden { by, left }),
             (0..4u8, 0..4u8).prop_map(|(by, field)| Act::Rewrite { by, field }),
@@ -421,17 +450,17 @@ mod tests {
                 let mut r = e.record().clone();
                 let before = e.clone();
                 match a {
-                    Act::Verdict { by, dead } => {
+                    Act::Verdict { by, kind } => {
                         let (x, keys) = node(&format!("x{by}"));
-                        let allowed = if dead {
-                            r.status != MemberStatus::Dead
-                        } else {
-                            r.status == MemberStatus::Alive
+                        let (allowed, status) = match kind {
+                            0 => (!r.status.is_gone(), MemberStatus::Dead),
+                            1 => (r.status == MemberStatus::Alive, MemberStatus::Draining),
+                            _ => (r.status != MemberStatus::Removed, MemberStatus::Removed),
                         };
                         if !allowed {
                             continue;
                         }
-                        r.status = if dead { MemberStatus::Dead } else { MemberStatus::Draining };
+                        r.status = status;
                         e.write(&m, r, &x, &keys);
                     }
                     Act::InMyName { by } => {

@@ -6,7 +6,6 @@ use crate::core::event::{AuditRecord, Event};
 use crate::core::ids::{NodeId, Term};
 use crate::core::lease::msg::RaftMsg;
 use crate::core::lease::{ControlOut, LeaseClaim, Roster};
-use crate::core::member::MemberStatus;
 use crate::core::replica::Replica;
 use crate::core::wire::{self, Datagram, Gossip};
 
@@ -23,7 +22,7 @@ impl Roster for Members<'_> {
             .state()
             .members
             .get(id)
-            .is_none_or(|m| matches!(m.record().status, MemberStatus::Dead | MemberStatus::Left))
+            .is_none_or(|m| m.record().status.is_gone())
     }
 
     fn lowest_healthy(&self, n: usize) -> Vec<NodeId> {
@@ -59,6 +58,7 @@ impl Engine {
         self.replica.set_lease(holds, term);
         if holds {
             self.replica.migrate_orphans(self.clock.wall, term);
+            self.replica.remove_departed(self.clock.wall);
         }
         let every = if self.control.is_member() {
             self.control_cfg.tick_ms

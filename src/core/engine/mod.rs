@@ -543,7 +543,9 @@ impl Engine {
             }
             match m.record().status {
                 MemberStatus::Alive | MemberStatus::Draining => candidates.push(id),
-                MemberStatus::Dead => dead.push(id),
+                // A removed member may be one cut off for longer than the
+                // removal timeout: dialing it now and then heals the split.
+                MemberStatus::Dead | MemberStatus::Removed => dead.push(id),
                 MemberStatus::Left => {}
             }
         }

@@ -138,6 +138,10 @@ pub struct Replica {
     /// This node holds the lease: it places the pending tasks of
     /// submitters that are gone, and moves tasks off nodes that are.
     holds_lease: bool,
+    /// As lease holder: members it has seen dead or left, and since when
+    /// (see [`Replica::remove_departed`]); when it last looked.
+    departed: BTreeMap<NodeId, Mono>,
+    departed_looked: Option<Mono>,
     // Failure detection (SWIM): probes, suspicions, local health. Its
     // verdicts of death are written to the member records.
     swim: Swim,
@@ -170,6 +174,8 @@ impl Replica {
             pending_dirty: true,
             leaving: false,
             holds_lease: false,
+            departed: BTreeMap::new(),
+            departed_looked: None,
             swim,
             swim_rng,
             sync: RefCell::new(SyncIndex::new(&state)),
@@ -333,8 +339,9 @@ impl Replica {
         Ok(())
     }
 
-    /// Removes a member that left or was declared dead: its record is marked
-    /// dead for good (until it rejoins with a new incarnation).
+    /// Removes a member that left or was declared dead before the removal
+    /// timeout: its record becomes a `removed` tombstone (until it rejoins
+    /// with a new incarnation).
     pub fn remove_member(
         &mut self,
         now: Millis,
@@ -362,7 +369,10 @@ impl Replica {
                 record.status.as_str()
             )));
         }
-        record.status = MemberStatus::Dead;
+        if record.status == MemberStatus::Removed {
+            return Ok(());
+        }
+        record.status = MemberStatus::Removed;
         record.updated_at = now;
         entry.write(node, record, &self.cfg.node, &self.cfg.keys);
         self.put_member(node.clone(), entry);
@@ -375,6 +385,62 @@ impl Replica {
             detail: "removed by an operator".into(),
         }));
         Ok(())
+    }
+
+    /// As lease holder: removes the members it has seen dead or left for
+    /// the removal timeout (by its own monotonic clock, so a new holder
+    /// counts afresh and clocks' skew plays no part). Each becomes a
+    /// `removed` tombstone (a verdict over its own last version), audited;
+    /// it beats the tombstone by coming back with a higher incarnation.
+    /// Looks once per probe interval.
+    pub fn remove_departed(&mut self, now: Millis) {
+        let every = self.cfg.failure.heartbeat_interval_ms;
+        if !self.holds_lease
+            || self
+                .departed_looked
+                .is_some_and(|at| self.mono.since(at) < every)
+        {
+            return;
+        }
+        self.departed_looked = Some(self.mono);
+        let (mono, timeout) = (self.mono, self.cfg.failure.removed_after_ms);
+        let mut due = Vec::new();
+        let mut seen = BTreeMap::new();
+        for (id, m) in &self.state.members {
+            let status = m.record().status;
+            if !matches!(status, MemberStatus::Dead | MemberStatus::Left) {
+                continue;
+            }
+            let since = self.departed.get(id).copied().unwrap_or(mono);
+            if mono.since(since) >= timeout {
+                due.push((id.clone(), status));
+            } else {
+                seen.insert(id.clone(), since);
+            }
+        }
+        self.departed = seen;
+        for (id, was) in due {
+            let Some(mut entry) = self.state.members.get(&id).cloned() else {
+                continue;
+            };
+            let mut record = entry.record().clone();
+            record.status = MemberStatus::Removed;
+            record.updated_at = now;
+            entry.write(&id, record, &self.cfg.node, &self.cfg.keys);
+            self.put_member(id.clone(), entry);
+            self.emit(Effect::Event(Event::MemberRemoved { node: id.clone() }));
+            self.emit(Effect::Audit(AuditRecord {
+                at: now,
+                by: self.cfg.node.clone(),
+                action: "node_removed".into(),
+                subject: id.to_string(),
+                detail: format!(
+                    "{} for {} s: removed by the lease holder",
+                    was.as_str(),
+                    timeout / 1000
+                ),
+            }));
+        }
     }
 
     /// Leaves gracefully: marks this node `left` and hands its tasks back.
@@ -525,6 +591,10 @@ impl Replica {
                 self.swim.forget(&id);
                 self.emit(Effect::Event(Event::MemberDead { node: id.clone() }));
             }
+            MemberStatus::Removed => {
+                self.swim.forget(&id);
+                self.emit(Effect::Event(Event::MemberRemoved { node: id.clone() }));
+            }
         }
         true
     }
@@ -532,11 +602,7 @@ impl Replica {
     /// Another node declared this one dead or departed while it runs: come
     /// back with a higher incarnation, as SWIM does.
     fn refute(&mut self, now: Millis, merged: &MemberEntry) {
-        if !matches!(
-            merged.record().status,
-            MemberStatus::Dead | MemberStatus::Left
-        ) || self.leaving
-        {
+        if !merged.record().status.is_gone() || self.leaving {
             return;
         }
         let me = self.cfg.node.clone();
@@ -735,6 +801,8 @@ impl Replica {
     pub fn set_lease(&mut self, holds: bool, term: Term) {
         if holds != self.holds_lease {
             self.pending_dirty = true;
+            self.departed.clear();
+            self.departed_looked = None;
         }
         self.holds_lease = holds;
         if holds {

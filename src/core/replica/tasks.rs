@@ -628,6 +628,7 @@ impl Replica {
             None => Some("removed"),
             Some(MemberStatus::Dead) => Some("dead"),
             Some(MemberStatus::Left) => Some("left"),
+            Some(MemberStatus::Removed) => Some("removed"),
             Some(MemberStatus::Draining) => Some("draining"),
             Some(MemberStatus::Alive) => None,
         }

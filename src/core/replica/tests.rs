@@ -432,3 +432,91 @@ fn the_holder_moves_a_dead_nodes_tasks_once_under_its_term() {
     assert_eq!(h.migrate_orphans(Millis(33), Term(2)), 0);
     assert_eq!(h.task(&id).unwrap().state().fence.term, Term(3));
 }
+
+#[test]
+fn the_holder_removes_a_member_gone_for_the_removal_timeout_and_it_comes_back_over_the_tombstone() {
+    let mut h = engine("h", &[], &[], 4);
+    h.apply_remote(Millis(2), member("w", &["echo"], MemberStatus::Alive));
+    h.apply_remote(Millis(3), declared_dead("w", "h"));
+    let w = NodeId::from("w");
+    let status = |h: &Replica| h.state().members[&w].record().status;
+    let at = |h: &mut Replica, ms: u64| {
+        h.set_clock(Now::at(ms));
+        h.remove_departed(Millis(ms));
+    };
+
+    // Not the holder: it never removes.
+    at(&mut h, 1_000);
+    at(&mut h, 60_000);
+    assert_eq!(status(&h), MemberStatus::Dead);
+
+    // The holder counts from when it saw it gone: 10 s in the fast profile.
+    h.set_lease(true, Term(2));
+    at(&mut h, 61_000);
+    at(&mut h, 70_000);
+    assert_eq!(status(&h), MemberStatus::Dead, "9 s is not 10");
+    h.take_effects();
+    at(&mut h, 71_000);
+    assert_eq!(status(&h), MemberStatus::Removed);
+    assert_eq!(h.member_status(&w), "removed");
+    let out = h.take_effects();
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Effect::Audit(a) if a.action == "node_removed" && a.subject == "w")));
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Effect::Event(Event::MemberRemoved { node }) if *node == w)));
+    // The tombstone is a verdict any node can check.
+    let entry = h.state().members[&w].clone();
+    assert_eq!(entry.check(&w, h.keys()), Ok(()));
+    assert_eq!(entry.marker().writer, NodeId::from("h"));
+    // Once is enough.
+    at(&mut h, 90_000);
+    assert!(h.take_effects().is_empty());
+
+    // w restarts with its store: a higher incarnation beats the tombstone,
+    // here and on w itself (it refutes when it hears of it).
+    let mut w_node = engine("w", &["echo"], &["echo"], 4);
+    w_node.apply_remote(Millis(91_000), Delta::Member(w.clone(), Box::new(entry)));
+    let back = w_node.state().members[&w].clone();
+    assert_eq!(back.record().status, MemberStatus::Alive);
+    assert!(back.marker().incarnation > 1);
+    h.apply_remote(Millis(91_001), Delta::Member(w.clone(), Box::new(back)));
+    assert_eq!(status(&h), MemberStatus::Alive);
+}
+
+#[test]
+fn a_member_that_comes_back_before_the_timeout_is_not_removed() {
+    let mut h = engine("h", &[], &[], 4);
+    let w = NodeId::from("w");
+    h.apply_remote(Millis(2), member("w", &["echo"], MemberStatus::Alive));
+    h.apply_remote(Millis(3), declared_dead("w", "h"));
+    h.set_lease(true, Term(2));
+    h.set_clock(Now::at(1_000));
+    h.remove_departed(Millis(1_000));
+    // Back at a higher incarnation after 5 s, dead again after 8 s: the
+    // count starts over.
+    let mut back = member("w", &["echo"], MemberStatus::Alive);
+    if let Delta::Member(_, e) = &mut back {
+        let mut r = e.record().clone();
+        r.incarnation = 2;
+        e.write(&w, r, &w, &crate::core::sign::Keys::sim(&w));
+    }
+    h.apply_remote(Millis(6_000), back.clone());
+    h.set_clock(Now::at(6_000));
+    h.remove_departed(Millis(6_000));
+    if let Delta::Member(_, e) = &mut back {
+        let mut r = e.record().clone();
+        r.status = MemberStatus::Dead;
+        e.write(&w, r, &NodeId::from("h"), h.keys());
+    }
+    h.apply_remote(Millis(8_000), back);
+    for ms in [8_000, 12_000, 17_000] {
+        h.set_clock(Now::at(ms));
+        h.remove_departed(Millis(ms));
+    }
+    assert_eq!(h.state().members[&w].record().status, MemberStatus::Dead);
+    h.set_clock(Now::at(18_000));
+    h.remove_departed(Millis(18_000));
+    assert_eq!(h.state().members[&w].record().status, MemberStatus::Removed);
+}

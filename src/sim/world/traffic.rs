@@ -372,11 +372,14 @@ impl World {
                     self.check.merged(i, &ns, &key, &v, at);
                 }
             }
-            Event::MemberSuspect { node } | Event::MemberDead { node } => {
-                let dead = self.nodes[i]
-                    .engine
-                    .as_ref()
-                    .is_some_and(|e| e.replica().member_status(&node) == "dead");
+            Event::MemberSuspect { node }
+            | Event::MemberDead { node }
+            | Event::MemberRemoved { node } => {
+                // A member removed counts as dead (a node that missed the
+                // verdict may learn of the tombstone first).
+                let dead = self.nodes[i].engine.as_ref().is_some_and(|e| {
+                    matches!(e.replica().member_status(&node), "dead" | "removed")
+                });
                 let Some(&j) = self.node_index.get(&node) else {
                     return;
                 };
