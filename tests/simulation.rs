@@ -86,6 +86,47 @@ fn the_lease_holder_fails_over_with_one_holder_per_term_over_many_seeds() {
 }
 
 #[test]
+fn a_lost_majority_has_no_holder_until_an_operator_recovers_the_plane() {
+    // Two of three voters (the holder first) crash at 8 s for the rest of
+    // the safety phase; an operator recovers the plane on the survivor at
+    // 16 s. The failover is measured from the crash, so no holder before
+    // the recovery means at least 8 s. The lost voters come back with
+    // their old state at 30 s: one holder per term must still hold.
+    let mut failures = Vec::new();
+    for seed in 1..=30 {
+        let (s, file) = scenario("lost-majority");
+        let r = sim::run(s, seed, &file);
+        let bad = !r.violations.is_empty()
+            || r.lease_recoveries != 1
+            || r.failover_ms.count != 1
+            || r.failover_ms.p50 < 7_900.0
+            || r.failover_ms.p50 > 9_000.0
+            || r.lease_holders_at_end != 1
+            || r.lease_voters_at_end != 3;
+        if bad {
+            failures.push(format!("{}\n{}", r.replay, r.summary()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing runs:\n{}",
+        failures.join("\n")
+    );
+
+    // Without the operator, nothing takes the lease until the lost voters
+    // come back when the run heals (22 s after the crash).
+    let (mut s, file) = scenario("lost-majority");
+    s.faults.retain(|f| f.kind != "recover");
+    let r = sim::run(s, 1, &file);
+    assert_eq!(r.lease_recoveries, 0);
+    assert!(
+        r.failover_ms.count == 0 || r.failover_ms.p50 >= 22_000.0,
+        "a holder without a majority:\n{}",
+        r.summary()
+    );
+}
+
+#[test]
 fn a_seed_replays_to_the_same_report() {
     for name in ["crash-restart", "lossy", "failover"] {
         let (s, file) = scenario(name);

@@ -150,6 +150,17 @@ pub(super) async fn leader(State(s): State<AppState>) -> Result<Json<Value>, Api
     })))
 }
 
+/// `POST /v1/leader/recover`: an operator's recovery from a lost majority
+/// of the control plane's voters (docs/lease.md), on a surviving voter.
+pub(super) async fn recover(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let (term, lost) = s.node.recover_control().await?;
+    Ok(Json(json!({
+        "recovered": true,
+        "leader": {"id": s.node.info().id, "term": term},
+        "lost": lost,
+    })))
+}
+
 pub(super) async fn stats(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
     let nodes = views(&s).await?;
     let sum = s.node.summary().await?;

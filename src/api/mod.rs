@@ -150,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/nodes/{id}", get(cluster::node).delete(cluster::remove))
         .route("/v1/nodes/{id}/drain", post(cluster::drain))
         .route("/v1/leader", get(cluster::leader))
+        .route("/v1/leader/recover", post(cluster::recover))
         .route("/v1/cluster/stats", get(cluster::stats))
         .route(
             "/v1/balance",

@@ -3,7 +3,7 @@
 
 use super::client::Client;
 use super::table::render;
-use super::{Cli, CliError, Command, KvCmd, NodeCmd, SubmitArgs, TaskCmd};
+use super::{Cli, CliError, Command, KvCmd, LeaderCmd, NodeCmd, SubmitArgs, TaskCmd};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 use std::io::BufRead;
@@ -68,13 +68,28 @@ pub fn run_client(cli: Cli) -> Result<(), CliError> {
             &c.call("DELETE", &format!("/v1/nodes/{}", seg(&id)), None)?,
             &|v| format!("node {} removed", s(&v["node"])),
         ),
-        Command::Leader => out(
-            &c.call("GET", "/v1/leader", None)?,
-            &|v| match &v["leader"] {
-                Value::Null => "no lease holder".into(),
-                l => format!("{} (term {})", s(&l["id"]), s(&l["term"])),
+        Command::Leader {
+            action: Some(LeaderCmd::Recover),
+        } => out(
+            &c.call("POST", "/v1/leader/recover", Some(&json!({})))?,
+            &|v| {
+                format!(
+                    "control plane recovered: {} holds the lease in term {}; left out as lost: {}",
+                    s(&v["leader"]["id"]),
+                    s(&v["leader"]["term"]),
+                    v["lost"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+                        .unwrap_or_default()
+                )
             },
         ),
+        Command::Leader { action: None } => out(&c.call("GET", "/v1/leader", None)?, &|v| match &v
+            ["leader"]
+        {
+            Value::Null => "no lease holder".into(),
+            l => format!("{} (term {})", s(&l["id"]), s(&l["term"])),
+        }),
         Command::Task(cmd) => task(&c, cmd, &out)?,
         Command::Kv(cmd) => kv(&c, cmd, &out)?,
         Command::Balance { strategy: None } => out(&c.call("GET", "/v1/balance", None)?, &|v| {

@@ -87,8 +87,12 @@ pub enum Command {
     /// Drain or remove a node.
     #[command(subcommand)]
     Node(NodeCmd),
-    /// The lease holder.
-    Leader,
+    /// The lease holder; `shoal leader recover` after a lost majority.
+    Leader {
+        /// What to do (nothing: show the holder).
+        #[command(subcommand)]
+        action: Option<LeaderCmd>,
+    },
     /// Submit, inspect, cancel and wait for tasks.
     #[command(subcommand)]
     Task(TaskCmd),
@@ -121,6 +125,16 @@ pub enum Command {
         /// The command, for `sh -c`.
         cmd: String,
     },
+}
+
+/// `shoal leader ...`
+#[derive(Debug, Subcommand)]
+pub enum LeaderCmd {
+    /// Recover from a lost majority of the control plane's voters: run on a
+    /// surviving voter, it becomes the only voter and takes the lease; the
+    /// autopilot adds voters back (docs/lease.md). Only when the lost
+    /// voters are gone for good.
+    Recover,
 }
 
 /// `shoal node ...`

@@ -180,6 +180,15 @@ impl NodeHandle {
         self.done(Command::Drain(node)).await
     }
 
+    /// Recovers the control plane from a lost majority of its voters, run
+    /// on a surviving voter: the new term and the voters left out.
+    pub async fn recover_control(&self) -> Result<(u64, Vec<NodeId>), NodeError> {
+        match self.command(Command::RecoverControl).await? {
+            Answer::Recovered { term, lost } => Ok((term, lost)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Force-removes a dead or departed member.
     pub async fn remove(&self, node: NodeId) -> Result<(), NodeError> {
         self.done(Command::Remove(node)).await

@@ -94,6 +94,8 @@ pub struct Checker {
     /// A lease holder's crash to every running node naming one new
     /// holder, ms.
     pub failover_ms: Vec<f64>,
+    /// Operator recoveries of the control plane that were carried out.
+    pub recoveries: usize,
     /// Tasks that ran twice because a node cut off kept running a task
     /// moved meanwhile (their result is the newer fence's).
     pub reruns: std::collections::BTreeSet<TaskId>,

@@ -71,6 +71,9 @@ pub struct Report {
     /// A lease holder's crash to every running node naming one new holder,
     /// ms.
     pub failover_ms: Spread,
+    /// Operator recoveries of the control plane carried out (`recover`
+    /// faults that found a voter and were not refused).
+    pub lease_recoveries: usize,
     /// Distinct lease holders the running nodes name at the end (1 when
     /// they agree).
     pub lease_holders_at_end: usize,
@@ -136,6 +139,7 @@ impl Report {
             lease_terms: w.check.holders.len(),
             reruns_after_cut: w.check.reruns.len(),
             failover_ms: Spread::of(&w.check.failover_ms),
+            lease_recoveries: w.check.recoveries,
             lease_holders_at_end: {
                 let named: std::collections::BTreeSet<_> = w
                     .nodes
@@ -202,6 +206,12 @@ impl Report {
             self.lease_unknown_at_end,
             self.lease_voters_at_end
         );
+        if self.lease_recoveries > 0 {
+            s += &format!(
+                "control plane recovered by an operator {} time(s)\n",
+                self.lease_recoveries
+            );
+        }
         if self.reruns_after_cut > 0 {
             s += &format!(
                 "tasks run twice by a node cut off while they were moved: {}\n",

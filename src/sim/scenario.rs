@@ -161,7 +161,9 @@ pub struct FaultSpec {
     pub at_ms: u64,
     /// `partition` (a group cut off both ways), `one_way` (the group's
     /// messages to the rest are dropped), `crash`, `pause`, `skew` (the
-    /// group's wall clocks jump), `drain`, `leave` or `join` (new nodes).
+    /// group's wall clocks jump), `drain`, `leave`, `join` (new nodes) or
+    /// `recover` (an operator's recovery of the control plane from a lost
+    /// majority, on one running voter).
     pub kind: String,
     /// How many nodes: a fraction of the nodes when below 1, else a count;
     /// at least one.
@@ -175,7 +177,8 @@ pub struct FaultSpec {
     #[serde(default)]
     pub skew_ms: i64,
     /// Whom it hits: `holder` is the lease holder of the moment (`nodes`
-    /// is then ignored); omitted, nodes drawn at random.
+    /// is then ignored); `voters`, `nodes` of the control plane's voters
+    /// (the holder first); omitted, nodes drawn at random.
     #[serde(default)]
     pub target: Option<String>,
 }
@@ -259,7 +262,7 @@ impl Scenario {
         if self.workload.task_ms[0] > self.workload.task_ms[1] || self.workload.keys == 0 {
             return Err("workload: task_ms must be [min, max] and keys positive".into());
         }
-        const KINDS: [&str; 8] = [
+        const KINDS: [&str; 9] = [
             "partition",
             "one_way",
             "crash",
@@ -268,6 +271,7 @@ impl Scenario {
             "drain",
             "leave",
             "join",
+            "recover",
         ];
         for f in &self.faults {
             if !KINDS.contains(&f.kind.as_str()) {
@@ -275,6 +279,12 @@ impl Scenario {
                     "fault kind `{}`: expected one of {}",
                     f.kind,
                     KINDS.join(", ")
+                ));
+            }
+            if !matches!(f.target.as_deref(), None | Some("holder") | Some("voters")) {
+                return Err(format!(
+                    "fault target `{}`: expected holder or voters",
+                    f.target.as_deref().unwrap_or_default()
                 ));
             }
             if f.at_ms >= self.phases.safety_ms {

@@ -140,6 +140,7 @@ enum Asked {
     Put { ns: String, key: String },
     Submit,
     Leave,
+    Recover,
     Other,
 }
 
@@ -758,6 +759,7 @@ impl World {
             (Asked::Submit, Ok(Answer::Submitted { id, created: true })) => {
                 self.check.submitted.push(id);
             }
+            (Asked::Recover, Ok(Answer::Recovered { .. })) => self.check.recoveries += 1,
             (Asked::Leave, Ok(_)) => {
                 let life = self.nodes[i].life;
                 self.after(500_000, SimEvent::Stop { node: i, life });

@@ -76,6 +76,18 @@ impl Engine {
         self.control_outputs();
     }
 
+    /// An operator's recovery from a lost majority; its durable state and
+    /// audit record go into the open batch, ahead of the reply.
+    pub(super) fn control_recover(&mut self) -> Result<(u64, Vec<NodeId>), String> {
+        let result = self.control.recover(&Members(&self.replica));
+        self.control_outputs();
+        if result.is_ok() {
+            let term = Term(self.control.term());
+            self.replica.set_lease(self.control.holds_lease(), term);
+        }
+        result
+    }
+
     /// A Raft message arrived in a datagram from `from` (verified by the
     /// runtime's seal and signature).
     pub(super) fn control_receive(&mut self, from: &NodeId, msg: RaftMsg) {

@@ -69,15 +69,25 @@ impl Engine {
 
     /// Takes a peer's answer to our sync request one step further.
     pub(super) fn on_sync_response(&mut self, peer: NodeId, bytes: &[u8]) {
+        let from = peer.clone();
+        let catching_up = self.catching_up.contains(&peer);
         match wire::decode::<SyncResponse>(bytes, wire::MAX_SYNC_BYTES) {
             Ok(SyncResponse::Summary(theirs)) => self.on_summary(peer, &theirs),
             Ok(SyncResponse::Leaves(theirs)) => self.on_leaves(peer, &theirs),
             Ok(SyncResponse::Deltas { deltas, more }) => self.on_deltas(peer, deltas, more),
-            Ok(SyncResponse::Refused(_)) => self.end_session(&peer),
+            Ok(SyncResponse::Refused(_)) => return self.end_session(&peer),
             Err(_) => {
                 self.out.push(Output::Count(Counter::SyncMalformed, 1));
-                self.end_session(&peer);
+                return self.end_session(&peer);
             }
+        }
+        if catching_up
+            && !self.catching_up.contains(&from)
+            && self.lease().is_some_and(|l| l.holder == from)
+        {
+            // Caught up with the lease holder: tasks held since a restart
+            // may start (see `Replica::caught_up`).
+            self.replica.caught_up(self.clock.wall);
         }
     }
 

@@ -143,6 +143,9 @@ pub enum Command {
     Barrier,
     /// Leave gracefully: hand tasks back and announce departure.
     Leave,
+    /// An operator's recovery from a lost majority of the control plane's
+    /// voters (see `Control::recover`).
+    RecoverControl,
 }
 
 /// A successful command's answer.
@@ -164,6 +167,14 @@ pub enum Answer {
     Claimed(Option<Claimed>),
     /// A claim heartbeat: the claim's new lifetime in ms.
     ClaimTtl(u64),
+    /// The control plane recovered: this node holds the lease in `term`,
+    /// `lost` were left out.
+    Recovered {
+        /// The new term.
+        term: u64,
+        /// The voters left out as lost.
+        lost: Vec<NodeId>,
+    },
 }
 
 /// A load sample of this node, fractions of 0.0 to 1.0.

@@ -338,6 +338,14 @@ impl Engine {
     fn command(&mut self, req: ReqId, cmd: crate::core::engine::Command) {
         let wall = self.clock.wall;
         let leave = matches!(cmd, Command::Leave);
+        if matches!(cmd, Command::RecoverControl) {
+            let result = self
+                .control_recover()
+                .map(|(term, lost)| Answer::Recovered { term, lost })
+                .map_err(EngineError::Conflict);
+            self.reply(req, result);
+            return;
+        }
         let r = &mut self.replica;
         let result = match cmd {
             Command::KvPut { ns, key, value } => {
@@ -376,6 +384,7 @@ impl Engine {
                 r.leave(wall);
                 Ok(Answer::Done)
             }
+            Command::RecoverControl => unreachable!("answered above"),
         };
         self.reply(req, result);
         if leave {
@@ -442,6 +451,30 @@ impl Engine {
         }
     }
 
+    /// After a restart, while tasks are held (see `Replica::caught_up`):
+    /// catch up with the lease holder, dialing it if need be; holding the
+    /// lease itself, this node knows every move already.
+    fn catch_up_with_holder(&mut self) {
+        if !self.replica.is_holding() {
+            return;
+        }
+        let Some(lease) = self.lease() else { return };
+        let holder = lease.holder;
+        if &holder == self.replica.node() {
+            self.replica.caught_up(self.clock.wall);
+        } else if self.peers.contains(&holder) {
+            if self.catching_up.insert(holder.clone()) {
+                self.ask_summary(holder);
+            }
+        } else if self.dialed.insert(holder.clone()) {
+            let addrs = addrs_of(&self.replica, &holder);
+            self.out.push(Output::Dial {
+                node: holder,
+                addrs,
+            });
+        }
+    }
+
     fn peer_up(&mut self, peer: NodeId) {
         if &peer == self.replica.node() || !self.peers.insert(peer.clone()) {
             return;
@@ -496,6 +529,7 @@ impl Engine {
         let p = self.cfg;
         match token.kind {
             TimerKind::Tick => {
+                self.catch_up_with_holder();
                 self.replica.tick(self.clock.wall);
                 self.timers.arm(TimerKind::Tick, now.plus(p.tick_ms));
             }

@@ -962,6 +962,110 @@ impl Control {
         }
     }
 
+    /// An operator's recovery from a lost majority (etcd's
+    /// `--force-new-cluster`, Consul's `peers.json`), run on a surviving
+    /// voter: this node becomes the only voter of its plane, under a newer
+    /// term (by [`RECOVERY_TERM_GAP`]) and from a log index past anything
+    /// the lost voters can hold,
+    /// takes the lease at once, and its autopilot adds voters back. A lost
+    /// voter that comes back hears the announcement of a configuration
+    /// newer than its own that leaves it out, drops its Raft state and
+    /// rejoins as a bystander. Refused while the plane has a holder, while
+    /// a majority of its voters is healthy (an election will do), and on a
+    /// node that is not a voter. Returns the term and the voters left out.
+    pub fn recover(&mut self, roster: &dyn Roster) -> Result<(u64, Vec<NodeId>), String> {
+        let Some(raw) = self.raw.as_ref() else {
+            let voters = self.voters();
+            return Err(if voters.is_empty() {
+                "this node knows no control plane to recover".to_owned()
+            } else {
+                format!(
+                    "this node is not a voter of the control plane; run this on a surviving voter ({})",
+                    voters.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+                )
+            });
+        };
+        let r = &raw.raft;
+        let conf = r.prs().conf().to_conf_state();
+        if !conf.voters.contains(&self.id) {
+            return Err("this node is a learner, not a voter, of the control plane".into());
+        }
+        if r.leader_id != raft::INVALID_ID {
+            let holder = self
+                .names
+                .get(&r.leader_id)
+                .map_or_else(|| format!("{:016x}", r.leader_id), |n| n.to_string());
+            return Err(format!(
+                "the control plane has a lease holder ({holder}, term {}): nothing to recover",
+                r.term
+            ));
+        }
+        let voters: Vec<NodeId> = conf
+            .voters
+            .iter()
+            .map(|v| {
+                self.names
+                    .get(v)
+                    .cloned()
+                    .unwrap_or_else(|| NodeId::from(format!("{v:016x}").as_str()))
+            })
+            .collect();
+        let healthy = voters
+            .iter()
+            .filter(|v| **v == self.me || roster.healthy(v))
+            .count();
+        if healthy * 2 > voters.len() {
+            return Err(format!(
+                "{healthy} of the {} voters are healthy, a majority: wait for them to elect a holder",
+                voters.len()
+            ));
+        }
+        let lost: Vec<NodeId> = voters.into_iter().filter(|v| *v != self.me).collect();
+        // Past any index or term the lost voters may have reached among
+        // themselves without this node.
+        let index = r.raft_log.last_index().max(r.raft_log.committed) + RECOVERY_INDEX_GAP;
+        let term = r.term.max(self.kept_term) + RECOVERY_TERM_GAP;
+        let storage = MemStorage::new();
+        {
+            let mut w = storage.wl();
+            let mut snap = eraftpb::Snapshot::default();
+            let meta = snap.mut_metadata();
+            meta.index = index;
+            meta.term = term;
+            *meta.mut_conf_state() = eraftpb::ConfState::from((vec![self.id], Vec::<u64>::new()));
+            let _ = w.apply_snapshot(snap);
+            w.set_hardstate(eraftpb::HardState {
+                term,
+                commit: index,
+                ..Default::default()
+            });
+        }
+        tracing::warn!(
+            plane = format!("{:016x}", self.plane),
+            term,
+            lost = lost.len(),
+            "control plane recovered by an operator: this node is its only voter"
+        );
+        self.out.push(ControlOut::Audit {
+            action: "control_plane_recovered",
+            subject: format!("{:016x}", self.plane),
+            detail: format!(
+                "by an operator: {} left out as lost; {} the only voter from index {index}, term {term}",
+                lost.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "),
+                self.me
+            ),
+        });
+        self.kept_term = term;
+        self.catching_up = None;
+        self.raw = self.make_raw(storage, index);
+        if let Some(raw) = self.raw.as_mut() {
+            let _ = raw.campaign();
+        }
+        self.persist();
+        self.ready();
+        Ok((term, lost))
+    }
+
     /// The leader keeps the voter set whole: one change at a time, it
     /// removes members that are gone, promotes a caught-up learner, or adds
     /// a healthy bystander as a learner while voters are short.
@@ -1101,6 +1205,17 @@ impl Control {
         self.ready();
     }
 }
+
+/// How far past its own log a recovered plane starts: further than a
+/// lost majority can have gone without this node (its log holds only
+/// configuration changes and one entry per new leader).
+const RECOVERY_INDEX_GAP: u64 = 1 << 20;
+
+/// How far past its own term a recovered plane starts: a lost voter that
+/// comes back and, with another, elects a leader before it hears that it
+/// was left out does so in a term below the recovered holder's (never in
+/// one already held), and the fences of that term lose to the holder's.
+const RECOVERY_TERM_GAP: u64 = 1_000;
 
 /// The largest odd number of voters up to `wanted` that `healthy` members
 /// can fill (an even count tolerates no more failures than one less).

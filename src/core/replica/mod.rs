@@ -115,6 +115,11 @@ struct LocalRun {
     claim: Option<(String, Mono)>,
 }
 
+/// How many probe intervals a restarted node waits to catch up with the
+/// lease holder before it starts the tasks its store says are assigned to
+/// it anyway (none may be reachable: offline tolerance).
+const HOLD_INTERVALS: u64 = 10;
+
 /// One node's engine.
 #[derive(Debug)]
 pub struct Replica {
@@ -142,6 +147,10 @@ pub struct Replica {
     /// (see [`Replica::remove_departed`]); when it last looked.
     departed: BTreeMap<NodeId, Mono>,
     departed_looked: Option<Mono>,
+    /// After a restart: tasks this node's store says are assigned to it
+    /// wait until it has caught up with a peer (the lease holder may have
+    /// moved them meanwhile) or until this deadline.
+    hold: Option<Mono>,
     // Failure detection (SWIM): probes, suspicions, local health. Its
     // verdicts of death are written to the member records.
     swim: Swim,
@@ -176,6 +185,7 @@ impl Replica {
             holds_lease: false,
             departed: BTreeMap::new(),
             departed_looked: None,
+            hold: None,
             swim,
             swim_rng,
             sync: RefCell::new(SyncIndex::new(&state)),
@@ -293,9 +303,55 @@ impl Replica {
             }
         }
         self.drain_swim(now);
-        self.recover_interrupted(now);
+        // What the store says is assigned or running here may have moved
+        // while this node was down: it is neither started nor retried (the
+        // retry would place it anew) until this node has caught up with the
+        // lease holder, the one that moves tasks (a peer that restarted with
+        // it may be as stale as it is), or for a few probe intervals.
+        let assigned_here = self.state.tasks.values().any(|t| {
+            matches!(t.state().status, TaskStatus::Assigned | TaskStatus::Running)
+                && t.state().node.as_ref() == Some(&self.cfg.node)
+        });
+        if assigned_here {
+            self.hold = Some(
+                self.mono.plus(
+                    self.cfg
+                        .failure
+                        .heartbeat_interval_ms
+                        .saturating_mul(HOLD_INTERVALS),
+                ),
+            );
+        }
         self.pending_dirty = true;
         self.tick(now);
+    }
+
+    /// Whether tasks from before a restart wait for this node to catch up
+    /// with the lease holder (see [`Replica::caught_up`]).
+    pub fn is_holding(&self) -> bool {
+        self.hold.is_some()
+    }
+
+    /// This node has caught up with the lease holder (an anti-entropy
+    /// session with it ended), or holds the lease itself: it knows every
+    /// move the holder made, so the tasks held since the restart may start.
+    pub fn caught_up(&mut self, now: Millis) {
+        if self.hold.take().is_some() {
+            self.release_held(now);
+        }
+    }
+
+    /// The tasks held since the restart: runs the restart interrupted are
+    /// failed and retried, assigned ones start.
+    fn release_held(&mut self, now: Millis) {
+        self.recover_interrupted(now);
+        self.start_queued(now);
+    }
+
+    /// Whether tasks from before a restart are still held (see
+    /// [`Replica::caught_up`]).
+    fn holding(&self) -> bool {
+        self.hold.is_some()
     }
 
     fn put_member(&mut self, id: NodeId, entry: MemberEntry) {
@@ -814,6 +870,10 @@ impl Replica {
     /// pending ones. (Failure detection runs on its own cadence:
     /// [`Replica::detect`].)
     pub fn tick(&mut self, now: Millis) {
+        if self.hold.is_some_and(|until| self.mono >= until) {
+            self.hold = None;
+            self.release_held(now);
+        }
         self.expire_local(now);
         self.start_queued(now);
         if self.pending_dirty {

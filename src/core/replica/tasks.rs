@@ -238,7 +238,7 @@ impl Replica {
     /// Starts queued tasks that a handler runs, while handler slots are free,
     /// and wakes workers for the rest.
     pub(super) fn start_queued(&mut self, now: Millis) {
-        if self.queued.is_empty() {
+        if self.queued.is_empty() || self.holding() {
             return;
         }
         let capacity = self.cfg.record.capacity as usize;
@@ -305,7 +305,7 @@ impl Replica {
         if worker.is_empty() || worker.len() > 128 {
             return Err(EngineError::Invalid("worker must be 1 to 128 bytes".into()));
         }
-        if self.is_draining() {
+        if self.is_draining() || self.holding() {
             return Ok(None);
         }
         let found = self.queued.iter().find_map(|(_, id)| {

@@ -245,13 +245,38 @@ fn restart_retries_tasks_that_were_running() {
     let id = submit(&mut e, "echo", None);
     e.take_effects();
     let state = e.state().clone();
-    let mut e2 = Replica::new(e.cfg.clone(), state, 8);
+    // Held after the restart (the holder may have moved it meanwhile),
+    // then retried once this node has caught up with the holder.
+    let mut e2 = Replica::new(e.cfg.clone(), state.clone(), 8);
+    e2.set_clock(Now::at(100));
     e2.start(Millis(100));
+    assert!(starts(&e2.take_effects()).is_empty(), "held until caught up");
+    assert!(e2.is_holding());
+    e2.caught_up(Millis(150));
     let s = starts(&e2.take_effects());
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].attempt, 2);
     assert!(e2.state().members[&NodeId::from("n1")].marker().incarnation >= 2);
     assert_eq!(e2.state().tasks[&id].state().status, TaskStatus::Running);
+
+    // With no holder to catch up with, after ten probe intervals.
+    let mut e3 = Replica::new(e.cfg.clone(), state, 9);
+    e3.set_clock(Now::at(100));
+    e3.start(Millis(100));
+    e3.set_clock(Now::at(5_000));
+    e3.tick(Millis(5_000));
+    assert!(starts(&e3.take_effects()).is_empty(), "4.9 s is not 5");
+    e3.set_clock(Now::at(5_100));
+    e3.tick(Millis(5_100));
+    assert_eq!(starts(&e3.take_effects()).len(), 1);
+}
+
+#[test]
+fn a_fresh_start_holds_nothing() {
+    let mut e = engine("n1", &["echo"], &["echo"], 4);
+    assert!(!e.is_holding());
+    submit(&mut e, "echo", None);
+    assert_eq!(starts(&e.take_effects()).len(), 1);
 }
 
 #[test]

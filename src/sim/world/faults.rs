@@ -100,7 +100,50 @@ impl World {
             }
             return;
         }
-        let hit = if spec.target.as_deref() == Some("holder") {
+        if spec.kind == "recover" {
+            let voter = (0..self.nodes.len()).find(|&i| {
+                let n = &self.nodes[i];
+                n.running()
+                    && n.engine
+                        .as_ref()
+                        .is_some_and(|e| e.voters().contains(&n.id))
+            });
+            if let Some(i) = voter {
+                self.command(
+                    i,
+                    u64::MAX - i as u64,
+                    Command::RecoverControl,
+                    Asked::Recover,
+                );
+            }
+            return;
+        }
+        let hit = if spec.target.as_deref() == Some("voters") {
+            let holder = (0..self.nodes.len()).find(|&i| {
+                self.nodes[i].running()
+                    && self.nodes[i]
+                        .engine
+                        .as_ref()
+                        .is_some_and(|e| e.holds_lease())
+            });
+            let voters = holder
+                .and_then(|h| self.nodes[h].engine.as_ref())
+                .map(|e| e.voters())
+                .unwrap_or_default();
+            let mut hit: Vec<usize> = holder.into_iter().collect();
+            hit.extend(
+                (0..self.nodes.len())
+                    .filter(|&i| Some(i) != holder && voters.contains(&self.nodes[i].id)),
+            );
+            hit.truncate(k);
+            if spec.kind == "crash" && holder.is_some_and(|h| hit.contains(&h)) {
+                let term = holder
+                    .and_then(|h| self.nodes[h].engine.as_ref()?.lease())
+                    .map_or(0, |l| l.term);
+                self.failover = Some((self.now, term));
+            }
+            hit
+        } else if spec.target.as_deref() == Some("holder") {
             let holders: Vec<usize> = (0..self.nodes.len())
                 .filter(|&i| self.nodes[i].running())
                 .filter(|&i| {
@@ -343,8 +386,18 @@ impl World {
                     found.push((
                         "succeeded_twice",
                         format!(
-                            "task {id} has {} successes in its history (seen by node {o})",
-                            wins.len()
+                            "task {id} has {} successes in its history (seen by node {o}): {}",
+                            wins.len(),
+                            wins.iter()
+                                .map(|h| format!(
+                                    "on {} under {} by {} at {}",
+                                    h.node.as_ref().map_or("none", |n| n.as_str()),
+                                    h.fence,
+                                    h.by,
+                                    h.at.0
+                                ))
+                                .collect::<Vec<_>>()
+                                .join("; ")
                         ),
                     ));
                 } else {
