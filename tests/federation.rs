@@ -526,6 +526,88 @@ fn one_lease_holder_is_elected_and_another_takes_over_after_kill_9() {
 }
 
 #[test]
+fn an_operator_recovers_a_plane_that_lost_its_majority() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = federation(dir.path(), 5, &[]);
+    let (holder, term, at) = holder_of_three_voters(&nodes);
+    let voters: Vec<String> = nodes[at].get("/v1/leader")["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let bystander = nodes.iter().position(|p| !voters.contains(&p.id)).unwrap();
+    let survivor = nodes
+        .iter()
+        .position(|p| voters.contains(&p.id) && p.id != holder)
+        .unwrap();
+
+    // Refused while the plane has a holder, and on a node that is not a
+    // voter: nothing changes.
+    let (code, _, err) = nodes[survivor].cli(&["leader", "recover"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has a lease holder"), "{err}");
+    let (code, _, err) = nodes[bystander].cli(&["leader", "recover"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a voter"), "{err}");
+
+    // Two of the three voters die, the holder among them: no majority, no
+    // holder.
+    let survivor_id = nodes[survivor].id.clone();
+    let lost: Vec<String> = voters
+        .iter()
+        .filter(|v| **v != survivor_id)
+        .cloned()
+        .collect();
+    for id in &lost {
+        let i = nodes.iter().position(|p| p.id == *id).unwrap();
+        nodes.remove(i).kill9();
+    }
+    let s = nodes.iter().position(|p| p.id == survivor_id).unwrap();
+    poll_until(
+        Duration::from_secs(30),
+        "the survivor to hold no lease",
+        || nodes[s].get("/v1/leader")["leader"].is_null().then_some(()),
+    );
+
+    let (code, out, err) = nodes[s].cli(&["leader", "recover"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("{survivor_id} holds the lease")),
+        "{out}"
+    );
+    for id in &lost {
+        assert!(
+            out.contains(id.as_str()),
+            "names the lost voter {id}: {out}"
+        );
+    }
+    let survivors: Vec<&Proc> = nodes.iter().collect();
+    let (now_holder, now_term) = poll_until(
+        Duration::from_secs(30),
+        "every survivor to name the recovered holder",
+        || agreed_lease(&survivors),
+    );
+    assert_eq!(now_holder, survivor_id);
+    assert!(now_term > term + 999, "term {now_term} after {term}");
+    let audit = nodes[s].get("/v1/audit");
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "control_plane_recovered"),
+        "{audit}"
+    );
+    // The autopilot adds the two bystanders back as voters.
+    poll_until(Duration::from_secs(60), "three voters again", || {
+        let v = nodes[s].get("/v1/leader")["voters"].clone();
+        let voters: Vec<&str> = v.as_array()?.iter().filter_map(|x| x.as_str()).collect();
+        (voters.len() == 3 && lost.iter().all(|l| !voters.contains(&l.as_str()))).then_some(())
+    });
+}
+
+#[test]
 fn a_holder_that_stops_hands_the_lease_to_a_voter_it_names() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = federation(dir.path(), 4, &[]);

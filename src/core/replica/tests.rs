@@ -250,7 +250,10 @@ fn restart_retries_tasks_that_were_running() {
     let mut e2 = Replica::new(e.cfg.clone(), state.clone(), 8);
     e2.set_clock(Now::at(100));
     e2.start(Millis(100));
-    assert!(starts(&e2.take_effects()).is_empty(), "held until caught up");
+    assert!(
+        starts(&e2.take_effects()).is_empty(),
+        "held until caught up"
+    );
     assert!(e2.is_holding());
     e2.caught_up(Millis(150));
     let s = starts(&e2.take_effects());
