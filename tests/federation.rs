@@ -822,3 +822,141 @@ fn a_handler_never_sees_the_cluster_secret() {
         "the handler saw: {seen}"
     );
 }
+
+/// A fence as the API and `SHOAL_TASK_FENCE` spell it (`term.seq`).
+fn fence_of(text: &str) -> (u64, u64) {
+    let (t, s) = text.split_once('.').unwrap_or(("0", "0"));
+    (t.parse().unwrap_or(0), s.parse().unwrap_or(0))
+}
+
+/// Reads a log of `start|done TASK FENCE NODE ...` lines, in the order the
+/// handlers wrote them, and flags every result reported under a fence lower
+/// than one already seen for its task (a run that outlived its move).
+fn results_under_older_fences(text: &str) -> Vec<String> {
+    let mut newest: HashMap<&str, (u64, u64)> = HashMap::new();
+    let mut flagged = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let [kind, task, fence, ..] = w[..] else {
+            continue;
+        };
+        let f = fence_of(fence);
+        let seen = newest.entry(task).or_insert(f);
+        if kind == "done" && f < *seen {
+            flagged.push(line.to_owned());
+        }
+        *seen = (*seen).max(f);
+    }
+    flagged
+}
+
+#[test]
+fn tasks_survive_repeated_kills_and_no_result_comes_under_an_older_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    // Each run takes 2 s and logs its start and its end with its fence.
+    let handler = format!(
+        "work=echo \"start $SHOAL_TASK_ID $SHOAL_TASK_FENCE $SHOAL_NODE_ID $$\" >> {log}; \
+         sleep 2; echo \"done $SHOAL_TASK_ID $SHOAL_TASK_FENCE $SHOAL_NODE_ID\" >> {log}; cat",
+        log = log.display()
+    );
+    let _handlers = Handlers(log.clone());
+    let mut nodes = federation(dir.path(), 5, &["--handler", &handler]);
+    let mut ids: Vec<String> = Vec::new();
+    // Kill a node running tasks, then the lease holder, each while a batch
+    // of tasks runs.
+    for round in 0..2 {
+        let all: Vec<&Proc> = nodes.iter().collect();
+        let (holder, _) = poll_until(Duration::from_secs(60), "one lease holder", || {
+            agreed_lease(&all)
+        });
+        // Submitted to and watched from a node that stays.
+        let api = nodes.iter().position(|p| p.id != holder).unwrap();
+        let batch: Vec<String> = (0..8)
+            .map(|i| {
+                let t = nodes[api].post(
+                    "/v1/tasks",
+                    &json!({"capability": "work", "payload": [round, i], "strategy": "round_robin"}),
+                );
+                t["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let victim = poll_until(Duration::from_secs(30), "a victim running a task", || {
+            batch.iter().find_map(|id| {
+                let t = nodes[api].get(&format!("/v1/tasks/{id}"));
+                let node = t["node"].as_str()?;
+                let wanted = if round == 0 {
+                    node != holder && node != nodes[api].id
+                } else {
+                    node == holder
+                };
+                (t["status"] == "running" && wanted).then(|| node.to_owned())
+            })
+        });
+        let at = nodes.iter().position(|p| p.id == victim).unwrap();
+        nodes.remove(at).kill9();
+        ids.extend(batch);
+    }
+    for id in &ids {
+        let t = poll_until_or(
+            Duration::from_secs(60),
+            "every task to succeed after the kills",
+            || {
+                let t = nodes[0].get(&format!("/v1/tasks/{id}"));
+                (t["status"] == "succeeded").then_some(t)
+            },
+            || {
+                format!(
+                    "task: {}\nleader: {}",
+                    nodes[0].get(&format!("/v1/tasks/{id}")),
+                    nodes[0].get("/v1/leader")
+                )
+            },
+        );
+        // The result recorded is the newest fence's run.
+        let text = std::fs::read_to_string(&log).unwrap();
+        let newest = text
+            .lines()
+            .filter(|l| l.starts_with("start ") && l.contains(id.as_str()))
+            .filter_map(|l| l.split_whitespace().nth(2).map(fence_of))
+            .max()
+            .unwrap();
+        assert_eq!(
+            fence_of(t["fence"].as_str().unwrap()),
+            newest,
+            "{t}\n{text}"
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let flagged = results_under_older_fences(&text);
+    assert!(
+        flagged.is_empty(),
+        "results under older fences: {flagged:?}\n{text}"
+    );
+    // One run ended under each task's final fence (a run on a killed node
+    // died with it; one that ended just before the kill ended under an
+    // older fence, before the newer run started, which the check above
+    // allows).
+    for id in &ids {
+        let t = nodes[0].get(&format!("/v1/tasks/{id}"));
+        let fence = t["fence"].as_str().unwrap();
+        let done = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("done {id} {fence} ")))
+            .count();
+        assert_eq!(
+            done, 1,
+            "task {id} ended {done} times under {fence}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_fence_log_checker_flags_a_result_under_an_older_fence() {
+    let ok = "start t 1.1 a 9\nstart t 2.2 b 8\ndone t 2.2 b\n";
+    assert!(results_under_older_fences(ok).is_empty());
+    let stale = "start t 1.1 a 9\nstart t 2.2 b 8\ndone t 1.1 a\ndone t 2.2 b\n";
+    assert_eq!(results_under_older_fences(stale), vec!["done t 1.1 a"]);
+    // Fences compare as numbers, term first.
+    assert!(fence_of("10.1") > fence_of("9.5"));
+}
