@@ -210,6 +210,11 @@ impl Engine {
         self.control.holds_lease()
     }
 
+    /// This node's control plane (0: none yet).
+    pub fn control_plane(&self) -> u64 {
+        self.control.plane()
+    }
+
     /// The voters of this node's control plane, as far as it knows them.
     pub fn voters(&self) -> Vec<NodeId> {
         self.control.voters()

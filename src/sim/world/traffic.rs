@@ -392,7 +392,11 @@ impl World {
             Event::LeaseChanged { holder, term } => {
                 let at = self.now;
                 if holder.as_ref() == Some(&self.nodes[i].id) {
-                    self.check.took_office(i, term.0, at);
+                    let plane = self.nodes[i]
+                        .engine
+                        .as_ref()
+                        .map_or(0, |e| e.control_plane());
+                    self.check.took_office(i, plane, term.0, at);
                 }
                 if let Some((since, old)) = self.failover {
                     let named: std::collections::BTreeSet<_> = self
