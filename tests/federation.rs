@@ -569,6 +569,13 @@ fn an_operator_recovers_a_plane_that_lost_its_majority() {
         "the survivor to hold no lease",
         || nodes[s].get("/v1/leader")["leader"].is_null().then_some(()),
     );
+    // The recovery is refused while the survivor still counts a majority
+    // healthy: it waits until it suspects the two it lost.
+    poll_until(Duration::from_secs(30), "the lost voters suspected", || {
+        lost.iter()
+            .all(|id| nodes[s].get(&format!("/v1/nodes/{id}"))["status"] != "alive")
+            .then_some(())
+    });
 
     let (code, out, err) = nodes[s].cli(&["leader", "recover"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -669,22 +669,7 @@ impl Control {
         // empty log and must be sent that snapshot to learn who the voters
         // are (a log from index 1 would hand it configuration changes on
         // top of an empty configuration).
-        let term = self.kept_term.max(1);
-        let storage = MemStorage::new();
-        {
-            let mut w = storage.wl();
-            let mut snap = eraftpb::Snapshot::default();
-            let meta = snap.mut_metadata();
-            meta.index = 1;
-            meta.term = term;
-            *meta.mut_conf_state() = eraftpb::ConfState::from((ids, Vec::<u64>::new()));
-            let _ = w.apply_snapshot(snap);
-            w.set_hardstate(eraftpb::HardState {
-                term,
-                commit: 1,
-                ..Default::default()
-            });
-        }
+        let storage = founding_storage(ids, 1, self.kept_term.max(1));
         tracing::info!(
             plane = format!("{:016x}", self.plane),
             voters = voters.len(),
@@ -1025,21 +1010,7 @@ impl Control {
         // themselves without this node.
         let index = r.raft_log.last_index().max(r.raft_log.committed) + RECOVERY_INDEX_GAP;
         let term = r.term.max(self.kept_term) + RECOVERY_TERM_GAP;
-        let storage = MemStorage::new();
-        {
-            let mut w = storage.wl();
-            let mut snap = eraftpb::Snapshot::default();
-            let meta = snap.mut_metadata();
-            meta.index = index;
-            meta.term = term;
-            *meta.mut_conf_state() = eraftpb::ConfState::from((vec![self.id], Vec::<u64>::new()));
-            let _ = w.apply_snapshot(snap);
-            w.set_hardstate(eraftpb::HardState {
-                term,
-                commit: index,
-                ..Default::default()
-            });
-        }
+        let storage = founding_storage(vec![self.id], index, term);
         tracing::warn!(
             plane = format!("{:016x}", self.plane),
             term,
@@ -1204,6 +1175,27 @@ impl Control {
     fn after_propose(&mut self) {
         self.ready();
     }
+}
+
+/// A Raft log that starts with `voters` as a snapshot at `index` in `term`,
+/// committed: how a plane is founded, and recovered.
+fn founding_storage(voters: Vec<u64>, index: u64, term: u64) -> MemStorage {
+    let storage = MemStorage::new();
+    {
+        let mut w = storage.wl();
+        let mut snap = eraftpb::Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        *meta.mut_conf_state() = eraftpb::ConfState::from((voters, Vec::<u64>::new()));
+        let _ = w.apply_snapshot(snap);
+        w.set_hardstate(eraftpb::HardState {
+            term,
+            commit: index,
+            ..Default::default()
+        });
+    }
+    storage
 }
 
 /// How far past its own log a recovered plane starts: further than a
