@@ -474,19 +474,25 @@ fn agreed_lease(nodes: &[&Proc]) -> Option<(String, u64)> {
 }
 
 /// Waits until every node names one lease holder and the autopilot has
-/// grown its plane to three voters: the holder, its term and its index.
+/// grown its plane to three voters, all of them among `nodes` (the live
+/// ones: a voter killed a moment ago still counts in the holder's
+/// configuration until it is seen dead and replaced): the holder, its term
+/// and its index.
 fn holder_of_three_voters(nodes: &[Proc]) -> (String, u64, usize) {
-    let (holder, term) = poll_until(
+    poll_until(
         Duration::from_secs(60),
-        "every node to name one lease holder",
-        || agreed_lease(&nodes.iter().collect::<Vec<_>>()),
-    );
-    let at = nodes.iter().position(|p| p.id == holder).unwrap();
-    poll_until(Duration::from_secs(60), "three voters", || {
-        let v = nodes[at].get("/v1/leader");
-        (v["voters"].as_array().map_or(0, |a| a.len()) == 3).then_some(())
-    });
-    (holder, term, at)
+        "one lease holder and three live voters",
+        || {
+            let (holder, term) = agreed_lease(&nodes.iter().collect::<Vec<_>>())?;
+            let at = nodes.iter().position(|p| p.id == holder)?;
+            let v = nodes[at].get("/v1/leader");
+            let voters = v["voters"].as_array()?;
+            let live = voters
+                .iter()
+                .all(|v| nodes.iter().any(|p| v.as_str() == Some(p.id.as_str())));
+            (voters.len() == 3 && live).then_some((holder, term, at))
+        },
+    )
 }
 
 #[test]
@@ -855,6 +861,125 @@ fn results_under_older_fences(text: &str) -> Vec<String> {
         *seen = (*seen).max(f);
     }
     flagged
+}
+
+#[test]
+fn tasks_survive_repeated_kills_and_no_result_comes_under_an_older_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    // Each run takes 2 s and logs its start and its end with its fence.
+    let handler = format!(
+        "work=echo \"start $SHOAL_TASK_ID $SHOAL_TASK_FENCE $SHOAL_NODE_ID $$\" >> {log}; \
+         sleep 2; echo \"done $SHOAL_TASK_ID $SHOAL_TASK_FENCE $SHOAL_NODE_ID\" >> {log}; cat",
+        log = log.display()
+    );
+    let _handlers = Handlers(log.clone());
+    let mut nodes = federation(dir.path(), 5, &["--handler", &handler]);
+    let mut ids: Vec<String> = Vec::new();
+    // Kill a node running tasks, then the lease holder, each while a batch
+    // of tasks runs.
+    for round in 0..2 {
+        // A plane of three voters loses at most one to each kill.
+        let (holder, _, _) = holder_of_three_voters(&nodes);
+        // Submitted to and watched from a node that stays.
+        let api = nodes.iter().position(|p| p.id != holder).unwrap();
+        let batch: Vec<String> = (0..8)
+            .map(|i| {
+                let t = nodes[api].post(
+                    "/v1/tasks",
+                    &json!({"capability": "work", "payload": [round, i], "strategy": "round_robin"}),
+                );
+                t["id"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        let victim = poll_until(Duration::from_secs(30), "a victim running a task", || {
+            batch.iter().find_map(|id| {
+                let t = nodes[api].get(&format!("/v1/tasks/{id}"));
+                let node = t["node"].as_str()?;
+                let wanted = if round == 0 {
+                    node != holder && node != nodes[api].id
+                } else {
+                    node == holder
+                };
+                (t["status"] == "running" && wanted).then(|| node.to_owned())
+            })
+        });
+        let at = nodes.iter().position(|p| p.id == victim).unwrap();
+        nodes.remove(at).kill9();
+        ids.extend(batch);
+    }
+    for id in &ids {
+        let t = poll_until_or(
+            Duration::from_secs(60),
+            "every task to succeed after the kills",
+            || {
+                let t = nodes[0].get(&format!("/v1/tasks/{id}"));
+                (t["status"] == "succeeded").then_some(t)
+            },
+            || {
+                let leader = nodes[0].get("/v1/leader");
+                let holder = leader["leader"]["id"].as_str().unwrap_or_default();
+                let seen = nodes.iter().find(|p| p.id == holder).unwrap_or(&nodes[0]);
+                let views: Vec<String> = nodes
+                    .iter()
+                    .map(|p| {
+                        let log = std::fs::read_to_string(&p.stderr_path).unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                        format!(
+                            "{}: leader {} nodes {}\n{}",
+                            p.id,
+                            p.get("/v1/leader"),
+                            p.get("/v1/nodes"),
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
+                format!(
+                    "task: {}\nleader: {leader}\nholder's view of the task: {}\n\
+                     holder's audit: {}\n{}",
+                    nodes[0].get(&format!("/v1/tasks/{id}")),
+                    seen.get(&format!("/v1/tasks/{id}")),
+                    seen.get("/v1/audit"),
+                    views.join("\n\n"),
+                )
+            },
+        );
+        // The result recorded is the newest fence's run.
+        let text = std::fs::read_to_string(&log).unwrap();
+        let newest = text
+            .lines()
+            .filter(|l| l.starts_with("start ") && l.contains(id.as_str()))
+            .filter_map(|l| l.split_whitespace().nth(2).map(fence_of))
+            .max()
+            .unwrap();
+        assert_eq!(
+            fence_of(t["fence"].as_str().unwrap()),
+            newest,
+            "{t}\n{text}"
+        );
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let flagged = results_under_older_fences(&text);
+    assert!(
+        flagged.is_empty(),
+        "results under older fences: {flagged:?}\n{text}"
+    );
+    // One run ended under each task's final fence (a run on a killed node
+    // died with it; one that ended just before the kill ended under an
+    // older fence, before the newer run started, which the check above
+    // allows).
+    for id in &ids {
+        let t = nodes[0].get(&format!("/v1/tasks/{id}"));
+        let fence = t["fence"].as_str().unwrap();
+        let done = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("done {id} {fence} ")))
+            .count();
+        assert_eq!(
+            done, 1,
+            "task {id} ended {done} times under {fence}:\n{text}"
+        );
+    }
 }
 
 #[test]

@@ -507,9 +507,20 @@ impl Net {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 self.metrics.drop_reason("connection_failed");
                 let key = format!("out:{peer_id:?}");
-                self.warn_once(&key, format!(
-                    "connection to {peer_id:?} failed: {error} (a peer with another cluster secret fails this way)"
-                ));
+                let peer = peer_id.map_or_else(|| "an unknown peer".to_owned(), |p| p.to_string());
+                let error = error.to_string();
+                // A refused connection means nothing listens there (a node
+                // that stopped); a handshake that fails may be a secret that
+                // differs.
+                let hint = if error.contains("Connection refused") {
+                    "nothing listens at its address"
+                } else {
+                    "a peer with another cluster secret fails this way"
+                };
+                self.warn_once(
+                    &key,
+                    format!("connection to {peer} failed: {error} ({hint})"),
+                );
                 None
             }
             SwarmEvent::IncomingConnectionError {
