@@ -532,6 +532,107 @@ fn one_lease_holder_is_elected_and_another_takes_over_after_kill_9() {
 }
 
 #[test]
+fn a_task_fenced_by_a_plane_that_yielded_in_a_higher_term_still_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold");
+    std::fs::create_dir_all(&hold).unwrap();
+    // `slow` hangs on a node with a hold file, as a long task would.
+    let slow = format!(
+        "slow=if [ -e {}/$SHOAL_NODE_ID ]; then sleep 300; fi; cat",
+        hold.display()
+    );
+    let mut nodes = federation(dir.path(), 3, &["--handler", &slow]);
+    holder_of_three_voters(&nodes);
+
+    // Plane b: one voter (it must lose to a's three when they meet),
+    // restarted until its term is well past plane a's (a margin: an
+    // election in plane a meanwhile must not catch up).
+    let one = ["--voters", "1"];
+    let mut b0 = node(dir.path(), "b0", None, &one);
+    let b_term = loop {
+        let term = poll_until(Duration::from_secs(30), "b0 to hold its lease", || {
+            b0.get("/v1/leader")["leader"]["term"].as_u64()
+        });
+        let (_, a_term, _) = holder_of_three_voters(&nodes);
+        if term > a_term + 3 {
+            break term;
+        }
+        b0.kill9();
+        b0 = node(dir.path(), "b0", None, &one);
+    };
+    // Its task runs on b1 (b's only node with `slow`), fenced in b's term.
+    let b1 = node(
+        dir.path(),
+        "b1",
+        Some(&b0),
+        &["--handler", &slow, "--voters", "1"],
+    );
+    std::fs::write(hold.join(&b1.id), b"").unwrap();
+    poll_until(Duration::from_secs(30), "b0 to see b1", || {
+        (b0.count_status("alive") == 2).then_some(())
+    });
+    let task = b0.post("/v1/tasks", &json!({"capability": "slow", "payload": 1}));
+    let id = task["id"].as_str().unwrap().to_owned();
+    let fence = poll_until(Duration::from_secs(30), "the task to run on b1", || {
+        let t = b0.get(&format!("/v1/tasks/{id}"));
+        (t["status"] == "running" && t["node"] == b1.id.as_str())
+            .then(|| t["fence"].as_str().unwrap().to_owned())
+    });
+    assert_eq!(fence_of(&fence).0, b_term, "fenced in b's term: {fence}");
+
+    // A node that knows both planes joins them: the smaller one yields.
+    let bridge = node(
+        dir.path(),
+        "bridge",
+        Some(&nodes[0]),
+        &["--bootstrap", b0.p2p.as_str()],
+    );
+    nodes.push(bridge);
+    nodes.push(b0);
+    let b1_id = b1.id.clone();
+    nodes.push(b1);
+    wait_alive(&nodes, 6);
+    let (holder, term, at) = holder_of_three_voters(&nodes);
+    assert!(
+        term < b_term,
+        "plane a's term {term} is still below b's {b_term}; holder {holder}: {}",
+        nodes[at].get("/v1/audit")
+    );
+
+    // b1 dies with the task running: the holder must move it, under a
+    // fence newer than b's.
+    let victim = nodes.iter().position(|p| p.id == b1_id).unwrap();
+    nodes.remove(victim).kill9();
+    let at = if victim < at { at - 1 } else { at };
+    let t = poll_until_or(
+        Duration::from_secs(30),
+        "the task to finish elsewhere",
+        || {
+            let t = nodes[at].get(&format!("/v1/tasks/{id}"));
+            (t["status"] == "succeeded").then_some(t)
+        },
+        || {
+            format!(
+                "task: {}\nleader: {}\naudit: {}",
+                nodes[at].get(&format!("/v1/tasks/{id}")),
+                nodes[at].get("/v1/leader"),
+                nodes[at].get("/v1/audit")
+            )
+        },
+    );
+    assert!(fence_of(t["fence"].as_str().unwrap()).0 > b_term, "{t}");
+    let audit = nodes[at].get("/v1/audit");
+    assert!(
+        audit["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "lease_term_raised" && r["subject"] == holder.as_str()),
+        "{audit}"
+    );
+}
+
+#[test]
 fn an_operator_recovers_a_plane_that_lost_its_majority() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = federation(dir.path(), 5, &[]);

@@ -57,8 +57,17 @@ impl Engine {
         let term = Term(self.control.term());
         self.replica.set_lease(holds, term);
         if holds {
-            self.replica.migrate_orphans(self.clock.wall, term);
+            let done = self.replica.migrate_orphans(self.clock.wall, term);
             self.replica.remove_departed(self.clock.wall);
+            if let Some(above) = done.fenced_above {
+                // Fenced by a plane that yielded, in a higher term: this
+                // holder's term must pass it before it can move the task.
+                if self.control.step_past(above.0) {
+                    self.control_outputs();
+                    let term = Term(self.control.term());
+                    self.replica.set_lease(self.control.holds_lease(), term);
+                }
+            }
         }
         let every = if self.control.is_member() {
             self.control_cfg.tick_ms

@@ -947,6 +947,41 @@ impl Control {
         }
     }
 
+    /// The lease holder found a task to move fenced in `term`, above its
+    /// own: a plane that yielded to this one had fenced it in a higher term.
+    /// Its fences must order after that one, so it steps to `term` and
+    /// campaigns past it at once, as in a leadership transfer (the voters
+    /// grant the vote though they hear from it: its log is the newest). A
+    /// term more than [`MAX_TERM_STEP`] ahead is not followed (no plane
+    /// gets there; a forged fence could). Returns whether it stepped.
+    pub fn step_past(&mut self, term: u64) -> bool {
+        let Some(raw) = self.raw.as_mut() else {
+            return false;
+        };
+        let r = &mut raw.raft;
+        if r.state != StateRole::Leader || term < r.term || term - r.term > MAX_TERM_STEP {
+            return false;
+        }
+        tracing::info!(
+            from = r.term,
+            to = term + 1,
+            "a task is fenced above this term: campaigning past it"
+        );
+        self.out.push(ControlOut::Audit {
+            action: "lease_term_raised",
+            subject: self.me.to_string(),
+            detail: format!(
+                "from term {} past {term}, the fence of a task a yielded plane had moved",
+                r.term
+            ),
+        });
+        r.become_follower(term, raft::INVALID_ID);
+        r.campaign(raft::CAMPAIGN_TRANSFER);
+        self.kept_term = self.kept_term.max(r.term);
+        self.ready();
+        true
+    }
+
     /// An operator's recovery from a lost majority (etcd's
     /// `--force-new-cluster`, Consul's `peers.json`), run on a surviving
     /// voter: this node becomes the only voter of its plane, under a newer
@@ -1208,6 +1243,11 @@ const RECOVERY_INDEX_GAP: u64 = 1 << 20;
 /// was left out does so in a term below the recovered holder's (never in
 /// one already held), and the fences of that term lose to the holder's.
 const RECOVERY_TERM_GAP: u64 = 1_000;
+
+/// How far past its own term a holder follows a task's fence
+/// ([`Control::step_past`]): far beyond any plane's term (a recovery adds
+/// [`RECOVERY_TERM_GAP`]), far below the end of the range.
+pub const MAX_TERM_STEP: u64 = 1 << 32;
 
 /// The largest odd number of voters up to `wanted` that `healthy` members
 /// can fill (an even count tolerates no more failures than one less).

@@ -11,7 +11,7 @@ mod tasks;
 
 pub(crate) use kv::check_name;
 pub use kv::{KvItem, KvWrite, MAX_NAME_LEN, RESERVED_NS};
-pub use tasks::{Claimed, Outcome, SubmitRequest, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS};
+pub use tasks::{Claimed, Migration, Outcome, SubmitRequest, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS};
 
 use crate::core::event::{AuditRecord, Event};
 use crate::core::ids::{Fence, Millis, Mono, NodeId, Now, TaskId, Term};

@@ -60,6 +60,16 @@ pub struct Claimed {
     pub claim_ttl_ms: u64,
 }
 
+/// What one pass of [`Replica::migrate_orphans`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// Tasks moved (or failed past their last attempt).
+    pub moved: usize,
+    /// The highest term of an orphan's fence above the holder's own term:
+    /// such a task waits until the holder's term passes it.
+    pub fenced_above: Option<crate::core::ids::Term>,
+}
+
 impl Replica {
     /// Accepts a task. Returns its id and whether it was created (false when
     /// the idempotency key named an existing task).
@@ -621,11 +631,14 @@ impl Replica {
         }
     }
 
-    /// Why a node cannot keep its tasks: `dead`, `left` or `removed` (its
-    /// record gone) for every task on it, `draining` for tasks not started.
+    /// Why a node cannot keep its tasks: `dead`, `left` or `removed` for
+    /// every task on it, `draining` for tasks not started. A node not heard
+    /// of yet is not unfit: a task can arrive before its node's record (from
+    /// a plane that yielded to this one, say), and moving or placing it
+    /// then would run it twice.
     fn unfit(&self, node: &NodeId) -> Option<&'static str> {
         match self.state.members.get(node).map(|m| m.record().status) {
-            None => Some("removed"),
+            None => None,
             Some(MemberStatus::Dead) => Some("dead"),
             Some(MemberStatus::Left) => Some("left"),
             Some(MemberStatus::Removed) => Some("removed"),
@@ -641,8 +654,10 @@ impl Replica {
     /// audit record each. An interrupted run counts as an attempt; one past
     /// `max_attempts` fails the task. Idempotent: a task already moved is
     /// on a fit node. A task fenced by a newer term than `term` (this node
-    /// is a stale holder) is left alone. Returns how many moved.
-    pub fn migrate_orphans(&mut self, now: Millis, term: crate::core::ids::Term) -> usize {
+    /// is a stale holder, or a plane that yielded to this one had fenced it
+    /// in a higher term) is left alone and reported. Returns how many
+    /// moved.
+    pub fn migrate_orphans(&mut self, now: Millis, term: crate::core::ids::Term) -> Migration {
         let holders: Vec<NodeId> = self
             .active
             .iter()
@@ -650,7 +665,7 @@ impl Replica {
             .map(|(n, _)| n.clone())
             .collect();
         if holders.is_empty() {
-            return 0;
+            return Migration::default();
         }
         let orphans: Vec<TaskId> = self
             .state
@@ -670,13 +685,14 @@ impl Replica {
             .map(|(id, _)| id.clone())
             .collect();
         let me = self.cfg.node.clone();
-        let mut moved = 0;
+        let mut done = Migration::default();
         for id in orphans {
             let Some(mut entry) = self.state.tasks.get(&id).cloned() else {
                 continue;
             };
             let prev = entry.state().clone();
             if prev.fence.term > term {
+                done.fenced_above = done.fenced_above.max(Some(prev.fence.term));
                 continue;
             }
             let Some(from) = prev.node.clone() else {
@@ -749,9 +765,9 @@ impl Replica {
                 ),
             }));
             self.put_task(now, id, entry, true);
-            moved += 1;
+            done.moved += 1;
         }
-        moved
+        done
     }
 
     /// After a restart, tasks this node was running have lost their handler
