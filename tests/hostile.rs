@@ -8,8 +8,10 @@ use common::{poll_until, start_env, Proc};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
+use libp2p::request_response;
 use libp2p::{Multiaddr, Swarm};
 use shoal::runtime::identity::ClusterSecret;
+use shoal::runtime::net::{SyncCodec, SYNC_PROTOCOL};
 use std::time::Duration;
 
 const SECRET: &str = "7a0a1f4c3b2d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
@@ -267,4 +269,87 @@ fn wait_equal_digests(p: &Proc, q: &Proc) -> String {
         let d = p.digest();
         (d == q.digest()).then_some(d)
     })
+}
+
+/// A bare client of Shoal's anti-entropy protocol on its own transport.
+fn sync_client() -> Swarm<request_response::Behaviour<SyncCodec>> {
+    let secret = ClusterSecret::parse(SECRET, "test").unwrap();
+    libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
+        .with_tokio()
+        .with_other_transport(|key| {
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(shoal::runtime::net::tcp_transport(
+                key, &secret,
+            )?)
+        })
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::with_codec(
+                SyncCodec::default(),
+                [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_sync_requests_is_held_to_its_rate_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = tokio::task::block_in_place(|| node(&dir.path().join("n")));
+    let digest = p.digest();
+    let mut swarm = sync_client();
+    let addr: Multiaddr = p.p2p.parse().unwrap();
+    let target = p.id.parse::<libp2p::PeerId>().unwrap();
+    swarm.dial(addr).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .expect("a connection within 30 s");
+        if let libp2p::swarm::SwarmEvent::ConnectionEstablished { .. } = event {
+            break;
+        }
+    }
+    // Far more than the burst (100), in much less than the seconds the
+    // rate (50 a second) would need.
+    const SENT: usize = 300;
+    let summary = shoal::core::wire::encode(&shoal::core::wire::SyncRequest::Summary);
+    for _ in 0..SENT {
+        swarm.behaviour_mut().send_request(&target, summary.clone());
+    }
+    let started = std::time::Instant::now();
+    let (mut answered, mut failed) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while answered + failed < SENT {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .expect("every request answered or failed within 60 s");
+        match event {
+            libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { .. },
+                ..
+            }) => answered += 1,
+            libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                ..
+            }) => failed += 1,
+            _ => {}
+        }
+    }
+    // The burst, and the rate over the time it took (a margin for the
+    // clock's granularity); the rest failed (refused by the limit, or past
+    // libp2p's 100 concurrent streams per connection).
+    let allowed = 100 + (50.0 * started.elapsed().as_secs_f64()) as usize + 5;
+    assert!(
+        (50..=allowed).contains(&answered),
+        "{answered} answered, {allowed} allowed"
+    );
+    tokio::task::block_in_place(|| {
+        let limited = p.metric("shoal_dropped_total{value=\"sync_rate_limited\"}");
+        assert!(limited >= 1.0, "{limited} counted, {failed} failed");
+        // The node still serves, its state unchanged.
+        assert_eq!(p.digest(), digest);
+        assert_eq!(p.get("/v1/kv/facts/a")["value"], "before");
+    });
 }

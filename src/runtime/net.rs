@@ -32,17 +32,56 @@ use libp2p::{
     StreamProtocol, Swarm, Transport,
 };
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
 /// The gossip topic carrying state deltas.
 pub const STATE_TOPIC: &str = "shoal/state/1";
-const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/sync/1");
+/// The anti-entropy protocol.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/sync/1");
 /// Failure detection: one SWIM packet per request, answered with nothing
 /// (SWIM's own acks are packets too).
 const IDENTIFY_PROTOCOL: &str = "/shoal/id/1";
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1");
+
+/// Gossip messages one peer may relay per second, and in a burst: far above
+/// what a federation of a thousand writing nodes sends through one mesh
+/// peer (changes go out in batches of a 5 ms window), far below a flood.
+const GOSSIP_PER_PEER: (u32, u32) = (2_000, 4_000);
+/// Sync requests one peer may send per second, and in a burst: an
+/// anti-entropy session takes three or more, a joiner's catch-up pages one
+/// after another.
+const SYNC_PER_PEER: (u32, u32) = (50, 100);
+
+/// What each peer may send per second, by kind; what goes past is dropped
+/// and counted (a dropped gossip message is repaired by anti-entropy; a
+/// dropped sync request fails at its sender, which retries later).
+struct PeerLimits {
+    gossip: governor::DefaultKeyedRateLimiter<PeerId>,
+    sync: governor::DefaultKeyedRateLimiter<PeerId>,
+}
+
+impl PeerLimits {
+    fn new() -> Self {
+        let quota = |(rate, burst): (u32, u32)| {
+            governor::Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+        };
+        PeerLimits {
+            gossip: governor::RateLimiter::hashmap(quota(GOSSIP_PER_PEER)),
+            sync: governor::RateLimiter::hashmap(quota(SYNC_PER_PEER)),
+        }
+    }
+
+    /// Forgets the peers whose budget is full again (they sent nothing
+    /// lately): the maps hold only peers that are sending.
+    fn prune(&self) {
+        self.gossip.retain_recent();
+        self.sync.retain_recent();
+    }
+}
 
 /// Raw, length-prefixed bytes, at most `limit` of them; the owner decodes
 /// them with [`crate::core::wire`].
@@ -195,6 +234,7 @@ pub struct Net {
     metrics: Arc<Metrics>,
     /// When each warning (by peer and kind) was last logged at warn.
     warned: HashMap<String, std::time::Instant>,
+    limits: PeerLimits,
     listen_count: usize,
 }
 
@@ -271,6 +311,7 @@ impl Net {
             bootstrap: parsed,
             metrics,
             warned: HashMap::new(),
+            limits: PeerLimits::new(),
             listen_count: listen.len(),
         };
         net.dial_bootstrap();
@@ -499,6 +540,7 @@ impl Net {
                     .peers
                     .set(self.swarm.connected_peers().count() as i64);
                 if num_established == 0 {
+                    self.limits.prune();
                     info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
                     return Some(NetEvent::Disconnected(peer_id));
                 }
@@ -555,6 +597,20 @@ impl Net {
                     self.validated(&message_id, &propagation_source, MessageAcceptance::Reject);
                     return None;
                 }
+                if self.limits.gossip.check_key(&propagation_source).is_err() {
+                    // Not forwarded and not held against it (a burst of
+                    // honest traffic may get here too).
+                    self.metrics.drop_reason("gossip_rate_limited");
+                    self.validated(&message_id, &propagation_source, MessageAcceptance::Ignore);
+                    self.warn_once(
+                        &format!("gossip-rate:{propagation_source}"),
+                        format!(
+                            "peer {propagation_source} relays more than {} gossip messages a second: the excess is dropped",
+                            GOSSIP_PER_PEER.0
+                        ),
+                    );
+                    return None;
+                }
                 Some(NetEvent::Gossip {
                     via: propagation_source,
                     id: message_id,
@@ -589,11 +645,27 @@ impl Net {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => Some(NetEvent::SyncRequest {
-                    peer,
-                    data: request,
-                    channel,
-                }),
+                } => {
+                    if self.limits.sync.check_key(&peer).is_err() {
+                        // Dropping the channel fails the request at its
+                        // sender, which retries later.
+                        drop(channel);
+                        self.metrics.drop_reason("sync_rate_limited");
+                        self.warn_once(
+                            &format!("sync-rate:{peer}"),
+                            format!(
+                                "peer {peer} sends more than {} sync requests a second: the excess is refused",
+                                SYNC_PER_PEER.0
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(NetEvent::SyncRequest {
+                        peer,
+                        data: request,
+                        channel,
+                    })
+                }
                 request_response::Message::Response { response, .. } => {
                     Some(NetEvent::SyncResponse {
                         peer,
