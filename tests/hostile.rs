@@ -22,6 +22,19 @@ fn hostile(
     authenticity: MessageAuthenticity,
     validation: ValidationMode,
 ) -> Swarm<gossipsub::Behaviour> {
+    let cfg = gossipsub::ConfigBuilder::default()
+        .validation_mode(validation)
+        .message_id_fn(|m: &gossipsub::Message| {
+            gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+        })
+        .build()
+        .unwrap();
+    on_shoal_transport(gossipsub::Behaviour::new(authenticity, cfg).unwrap())
+}
+
+/// A swarm of a fresh identity running `behaviour` on Shoal's own TCP
+/// transport, with the federation's secret.
+fn on_shoal_transport<B: libp2p::swarm::NetworkBehaviour>(behaviour: B) -> Swarm<B> {
     let secret = ClusterSecret::parse(SECRET, "test").unwrap();
     libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
         .with_tokio()
@@ -31,16 +44,7 @@ fn hostile(
             )?)
         })
         .unwrap()
-        .with_behaviour(|_| {
-            let cfg = gossipsub::ConfigBuilder::default()
-                .validation_mode(validation)
-                .message_id_fn(|m: &gossipsub::Message| {
-                    gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
-                })
-                .build()
-                .unwrap();
-            gossipsub::Behaviour::new(authenticity, cfg).unwrap()
-        })
+        .with_behaviour(|_| behaviour)
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build()
@@ -273,25 +277,11 @@ fn wait_equal_digests(p: &Proc, q: &Proc) -> String {
 
 /// A bare client of Shoal's anti-entropy protocol on its own transport.
 fn sync_client() -> Swarm<request_response::Behaviour<SyncCodec>> {
-    let secret = ClusterSecret::parse(SECRET, "test").unwrap();
-    libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
-        .with_tokio()
-        .with_other_transport(|key| {
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(shoal::runtime::net::tcp_transport(
-                key, &secret,
-            )?)
-        })
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::with_codec(
-                SyncCodec::default(),
-                [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
-                request_response::Config::default(),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build()
+    on_shoal_transport(request_response::Behaviour::with_codec(
+        SyncCodec::default(),
+        [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default(),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,6 +160,15 @@ pub struct Replica {
     sync: RefCell<SyncIndex>,
 }
 
+/// A verdict one node writes on another's record: the status, and what it
+/// tells the user (event) and the audit log.
+struct Verdict {
+    status: MemberStatus,
+    event: Event,
+    action: &'static str,
+    detail: String,
+}
+
 impl Replica {
     /// An engine over `state` (as loaded from disk), seeded with `seed`.
     pub fn new(cfg: ReplicaConfig, state: ReplicatedState, seed: u64) -> Self {
@@ -363,14 +372,13 @@ impl Replica {
     /// Marks this node as draining: it takes no new tasks and finishes what
     /// it has.
     pub fn drain(&mut self, now: Millis, node: &NodeId) -> Result<(), crate::core::EngineError> {
-        let mut entry = self.state.members.get(node).cloned().ok_or_else(|| {
+        let entry = self.state.members.get(node).cloned().ok_or_else(|| {
             crate::core::EngineError::NotFound {
                 what: "node",
                 id: node.to_string(),
             }
         })?;
-        let mut record = entry.record().clone();
-        match record.status {
+        match entry.record().status {
             MemberStatus::Draining => return Ok(()),
             MemberStatus::Alive => {}
             other => {
@@ -380,18 +388,17 @@ impl Replica {
                 )))
             }
         }
-        record.status = MemberStatus::Draining;
-        record.updated_at = now;
-        entry.write(node, record, &self.cfg.node, &self.cfg.keys);
-        self.put_member(node.clone(), entry);
-        self.emit(Effect::Event(Event::MemberDraining { node: node.clone() }));
-        self.emit(Effect::Audit(AuditRecord {
-            at: now,
-            by: self.cfg.node.clone(),
-            action: "node_drained".into(),
-            subject: node.to_string(),
-            detail: "drain requested".into(),
-        }));
+        self.write_verdict(
+            now,
+            node,
+            entry,
+            Verdict {
+                status: MemberStatus::Draining,
+                event: Event::MemberDraining { node: node.clone() },
+                action: "node_drained",
+                detail: "drain requested".into(),
+            },
+        );
         Ok(())
     }
 
@@ -409,37 +416,36 @@ impl Replica {
                 "cannot remove the local node: drain it or stop it".into(),
             ));
         }
-        let mut entry =
-            self.state
-                .members
-                .get(node)
-                .cloned()
-                .ok_or_else(|| EngineError::NotFound {
-                    what: "node",
-                    id: node.to_string(),
-                })?;
-        let mut record = entry.record().clone();
-        if matches!(record.status, MemberStatus::Alive | MemberStatus::Draining) {
+        let entry = self
+            .state
+            .members
+            .get(node)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound {
+                what: "node",
+                id: node.to_string(),
+            })?;
+        let status = entry.record().status;
+        if matches!(status, MemberStatus::Alive | MemberStatus::Draining) {
             return Err(EngineError::Conflict(format!(
                 "node {node} is {}; only dead or departed nodes can be removed",
-                record.status.as_str()
+                status.as_str()
             )));
         }
-        if record.status == MemberStatus::Removed {
+        if status == MemberStatus::Removed {
             return Ok(());
         }
-        record.status = MemberStatus::Removed;
-        record.updated_at = now;
-        entry.write(node, record, &self.cfg.node, &self.cfg.keys);
-        self.put_member(node.clone(), entry);
-        self.emit(Effect::Event(Event::MemberRemoved { node: node.clone() }));
-        self.emit(Effect::Audit(AuditRecord {
-            at: now,
-            by: self.cfg.node.clone(),
-            action: "node_removed".into(),
-            subject: node.to_string(),
-            detail: "removed by an operator".into(),
-        }));
+        self.write_verdict(
+            now,
+            node,
+            entry,
+            Verdict {
+                status: MemberStatus::Removed,
+                event: Event::MemberRemoved { node: node.clone() },
+                action: "node_removed",
+                detail: "removed by an operator".into(),
+            },
+        );
         Ok(())
     }
 
@@ -476,26 +482,24 @@ impl Replica {
         }
         self.departed = seen;
         for (id, was) in due {
-            let Some(mut entry) = self.state.members.get(&id).cloned() else {
+            let Some(entry) = self.state.members.get(&id).cloned() else {
                 continue;
             };
-            let mut record = entry.record().clone();
-            record.status = MemberStatus::Removed;
-            record.updated_at = now;
-            entry.write(&id, record, &self.cfg.node, &self.cfg.keys);
-            self.put_member(id.clone(), entry);
-            self.emit(Effect::Event(Event::MemberRemoved { node: id.clone() }));
-            self.emit(Effect::Audit(AuditRecord {
-                at: now,
-                by: self.cfg.node.clone(),
-                action: "node_removed".into(),
-                subject: id.to_string(),
-                detail: format!(
-                    "{} for {} s: removed by the lease holder",
-                    was.as_str(),
-                    timeout / 1000
-                ),
-            }));
+            self.write_verdict(
+                now,
+                &id,
+                entry,
+                Verdict {
+                    status: MemberStatus::Removed,
+                    event: Event::MemberRemoved { node: id.clone() },
+                    action: "node_removed",
+                    detail: format!(
+                        "{} for {} s: removed by the lease holder",
+                        was.as_str(),
+                        timeout / 1000
+                    ),
+                },
+            );
         }
     }
 
@@ -768,27 +772,48 @@ impl Replica {
     }
 
     fn declare_dead(&mut self, now: Millis, id: NodeId, detail: String) {
-        let Some(mut entry) = self.state.members.get(&id).cloned() else {
+        let Some(entry) = self.state.members.get(&id).cloned() else {
             return;
         };
-        let mut record = entry.record().clone();
-        if !matches!(record.status, MemberStatus::Alive | MemberStatus::Draining) {
+        if !matches!(
+            entry.record().status,
+            MemberStatus::Alive | MemberStatus::Draining
+        ) {
             return;
         }
-        record.status = MemberStatus::Dead;
-        record.updated_at = now;
-        entry.write(&id, record, &self.cfg.node, &self.cfg.keys);
         self.swim.forget(&id);
+        self.write_verdict(
+            now,
+            &id,
+            entry,
+            Verdict {
+                status: MemberStatus::Dead,
+                event: Event::MemberDead { node: id.clone() },
+                action: "node_declared_dead",
+                detail,
+            },
+        );
+        self.pending_dirty = true;
+    }
+
+    /// Writes this node's verdict on member `id` (dead, draining, removed)
+    /// into `entry`, its current record, signed by this node over the
+    /// member's own version (see `MemberEntry::write`), with its event and
+    /// audit record.
+    fn write_verdict(&mut self, now: Millis, id: &NodeId, mut entry: MemberEntry, v: Verdict) {
+        let mut record = entry.record().clone();
+        record.status = v.status;
+        record.updated_at = now;
+        entry.write(id, record, &self.cfg.node, &self.cfg.keys);
         self.put_member(id.clone(), entry);
-        self.emit(Effect::Event(Event::MemberDead { node: id.clone() }));
+        self.emit(Effect::Event(v.event));
         self.emit(Effect::Audit(AuditRecord {
             at: now,
             by: self.cfg.node.clone(),
-            action: "node_declared_dead".into(),
+            action: v.action.into(),
             subject: id.to_string(),
-            detail,
+            detail: v.detail,
         }));
-        self.pending_dirty = true;
     }
 
     /// The status of a member as this node sees it: its declared status, or
