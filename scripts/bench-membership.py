@@ -12,7 +12,7 @@ through each node's /v1/events stream. Prints:
 Usage: scripts/bench-membership.py [N] [--profile fast|lan] [--hog] [--quiet SECS]
 (--hog runs a CPU hog on both cores from the idle phase on; --quiet watches
 for false suspicions over SECS more seconds before the write and detection
-phases).
+phases; KEEP_LOGS=1 keeps the nodes' logs and data dirs).
 Bounded in time; every process it started is killed by its pid at the end.
 Results go to docs/benchmarks.md by hand.
 """
@@ -101,9 +101,12 @@ def main():
         before = sum(cpu(p.pid) for p in procs)
         time.sleep(10)
         after = sum(cpu(p.pid) for p in procs)
-        rss = [rss_mib(p.pid) for p in procs]
+        mem = [rss_mib(p.pid) for p in procs]
+        rss, pss, anon = ([m[i] for m in mem] for i in range(3))
         print(f"idle: {after - before:.2f} CPU-s per 10 s for {n} nodes; RSS per node "
-              f"mean {statistics.mean(rss):.1f} MiB, max {max(rss):.1f} MiB"
+              f"mean {statistics.mean(rss):.1f} MiB, max {max(rss):.1f} MiB; PSS mean "
+              f"{statistics.mean(pss):.1f} MiB, max {max(pss):.1f}; anonymous mean "
+              f"{statistics.mean(anon):.1f} MiB, max {max(anon):.1f}"
               + (" (with a CPU hog on both cores)" if hog else ""))
         false = sum(w.false_verdicts(set()) for w in watchers)
         print(f"false suspicions after the join (15 s): {false - false_join}")
@@ -163,7 +166,10 @@ def main():
                 p.kill()
         for p in hogs + procs:
             p.wait()
-        subprocess.run(["rm", "-rf", tmp])
+        if os.environ.get("KEEP_LOGS"):
+            print(f"logs and data dirs kept in {tmp}")
+        else:
+            subprocess.run(["rm", "-rf", tmp])
 
 
 def wall_to_mono(wall):
@@ -189,11 +195,17 @@ def cpu(pid):
 
 
 def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
+    """Resident memory in MiB: (RSS, PSS, anonymous). RSS counts every page
+    of the executable a process touched, though the N processes share them;
+    PSS divides each shared page among its sharers; anonymous is the heap
+    and stacks, this process's own."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+                fields[parts[0][:-1]] = int(parts[1]) / 1024
+    return fields.get("Rss", 0.0), fields.get("Pss", 0.0), fields.get("Anonymous", 0.0)
 
 
 class Watcher:
