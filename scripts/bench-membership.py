@@ -86,8 +86,10 @@ def main():
             time.sleep(0.05)
         joined = [w.all_alive_at(n) for w in watchers]
         if None in joined:
+            short = [(i, w.alive_count(), w.broken) for i, w in enumerate(watchers)
+                     if w.alive_count() < n]
             print(f"join: NOT every node saw {n} alive within 120 s "
-                  f"(min {min(w.alive_count() for w in watchers)})")
+                  f"(node, alive, broken streams: {short[:5]})")
         else:
             t = [j - t_first for j in joined]
             print(f"join: {max(t):.2f} s until every node listed {n} alive "
@@ -181,6 +183,18 @@ def get(api, path):
         return json.load(r)
 
 
+def get_retrying(api, path, tries=20):
+    """`get`, retried for a few seconds on an error answer (a node that just
+    started, on a loaded machine, may answer 503 for a moment)."""
+    for i in range(tries):
+        try:
+            return get(api, path)
+        except urllib.error.HTTPError:
+            if i == tries - 1:
+                raise
+            time.sleep(0.25)
+
+
 def put(api, path, body):
     req = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), method="PUT",
                                  headers={"content-type": "application/json"})
@@ -219,23 +233,48 @@ class Watcher:
         self.merged, self.dead, self.suspect = {}, {}, {}
         self.verdicts = []  # (node, kind)
         self.full_at = {}
+        self.broken = 0  # streams lost or lagging, each followed by a new snapshot
         self.resp = urllib.request.urlopen(f"{api}/v1/events", timeout=DEADLINE)
-        self.me = get(api, "/v1/status")["node"]["id"]
-        for m in get(api, "/v1/nodes")["nodes"]:
-            self.status[m["id"]] = m["status"]
+        self.me = get_retrying(api, "/v1/status")["node"]["id"]
+        self.snapshot()
         threading.Thread(target=self.read, daemon=True).start()
 
+    def snapshot(self):
+        """Member statuses as the node lists them now (after a subscription,
+        so that no change falls between the two)."""
+        nodes = get_retrying(self.api, "/v1/nodes")["nodes"]
+        with self.lock:
+            for m in nodes:
+                self.status[m["id"]] = m["status"]
+            alive = sum(1 for s in self.status.values() if s == "alive")
+            self.full_at.setdefault(alive, time.monotonic())
+
     def read(self):
-        kind = None
-        try:
-            for raw in self.resp:
-                line = raw.decode().strip()
-                if line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("data:") and kind:
-                    self.on(kind, json.loads(line[5:]))
-        except Exception:
-            pass
+        # A stream that breaks, or that the node reports lagging (it
+        # dropped events this slow reader did not take), is followed by a
+        # new subscription and a fresh snapshot: the counts stay the node's.
+        while True:
+            kind = None
+            try:
+                for raw in self.resp:
+                    line = raw.decode().strip()
+                    if line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:") and kind:
+                        e = json.loads(line[5:])
+                        if kind == "alert" and e.get("kind") == "events_lagged":
+                            self.broken += 1
+                            self.snapshot()
+                        else:
+                            self.on(kind, e)
+            except Exception:
+                pass
+            self.broken += 1
+            try:
+                self.resp = urllib.request.urlopen(f"{self.api}/v1/events", timeout=DEADLINE)
+                self.snapshot()
+            except Exception:
+                return  # the node is gone (killed on purpose, or the run ended)
 
     def on(self, kind, e):
         # The node stamps each event with its wall clock; on one machine
