@@ -266,6 +266,14 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
             "bad_request",
         ),
         ("GET", "/v1/tasks?status=sleeping", None, 400, "bad_request"),
+        (
+            "GET",
+            "/v1/tasks?before=yesterday",
+            None,
+            400,
+            "bad_request",
+        ),
+        ("GET", "/v1/tasks?before=12.", None, 400, "bad_request"),
     ];
     for (method, path, body, status, code) in cases {
         let (got, v) = node.req(method, path, body.as_deref());
@@ -941,4 +949,49 @@ fn values_too_large_to_replicate_are_refused_with_413_even_under_the_body_limit(
     let small = serde_json::Value::String("x".repeat(400 << 10)).to_string();
     let (code, _) = request("PUT", &node.url("/v1/kv/notes/ok"), Some(&small), None);
     assert_eq!(code, 200, "a value under the limit is taken");
+}
+
+#[test]
+fn task_listings_page_from_the_newest_with_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), &[]);
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            let t = node.post("/v1/tasks", &json!({"capability": "echo", "payload": i}));
+            t["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    // Pages of two, newest first across pages, oldest first within one.
+    let mut seen: Vec<String> = Vec::new();
+    let mut path = "/v1/tasks?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = node.get(&path);
+        pages += 1;
+        let mut got: Vec<String> = page["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(got.len() <= 2, "{page}");
+        assert_eq!(
+            page["count"],
+            5 - seen.len(),
+            "matching below the cursor: {page}"
+        );
+        got.extend(seen);
+        seen = got;
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/tasks?limit=2&before={next}"),
+            None => break,
+        }
+        assert!(pages < 5, "the pages end");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ids, "every task once, in submission order");
+    // The CLI prints the cursor of the next page.
+    let (code, out, err) = node.cli(&["task", "list", "--limit", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 of 5 shown; older ones: --before "), "{out}");
 }

@@ -4,7 +4,7 @@ use super::error::{ApiError, Body};
 use super::types::TaskView;
 use super::AppState;
 use crate::core::engine::Query as EngineQuery;
-use crate::core::ids::{Fence, NodeId, TaskId};
+use crate::core::ids::{Fence, Millis, NodeId, TaskId};
 use crate::core::knowledge::canonical_json;
 use crate::core::placement::Strategy;
 use crate::core::replica::{Outcome, SubmitRequest};
@@ -72,6 +72,27 @@ pub struct ListQuery {
     node: Option<String>,
     capability: Option<String>,
     limit: Option<usize>,
+    /// The cursor of an earlier page's `next`: only older tasks.
+    before: Option<String>,
+}
+
+/// A page cursor: `SUBMITTED_AT.ID` (milliseconds, then the task id).
+fn cursor(at: Millis, id: &TaskId) -> String {
+    format!("{}.{}", at.0, id.0)
+}
+
+fn parse_cursor(text: &str) -> Result<(Millis, TaskId), ApiError> {
+    let bad = || {
+        ApiError::bad_request(format!(
+            "`before` must be the `next` of an earlier page (SUBMITTED_AT.ID), not `{text}`"
+        ))
+    };
+    let (at, id) = text.split_once('.').ok_or_else(bad)?;
+    let at = at.parse::<u64>().map_err(|_| bad())?;
+    if id.is_empty() {
+        return Err(bad());
+    }
+    Ok((Millis(at), TaskId(id.to_owned())))
 }
 
 pub(super) async fn list(
@@ -84,16 +105,25 @@ pub(super) async fn list(
         .map(str::parse::<TaskStatus>)
         .transpose()
         .map_err(ApiError::bad_request)?;
-    let limit = q.limit.unwrap_or(1000).min(100_000);
+    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let before = q.before.as_deref().map(parse_cursor).transpose()?;
     let filter = EngineQuery::Tasks {
         status,
         node: q.node.map(NodeId::from),
         capability: q.capability,
         limit,
+        before,
     };
-    let (found, total) = s.node.tasks(filter).await?;
-    let tasks: Vec<TaskView> = found.iter().map(|(id, t)| TaskView::new(id, t)).collect();
-    Ok(Json(json!({"tasks": tasks, "count": total})))
+    let page = s.node.tasks(filter).await?;
+    let tasks: Vec<TaskView> = page
+        .tasks
+        .iter()
+        .map(|(id, t)| TaskView::new(id, t))
+        .collect();
+    let next = page.next.map(|(at, id)| cursor(at, &id));
+    Ok(Json(
+        json!({"tasks": tasks, "count": page.total, "next": next}),
+    ))
 }
 
 pub(super) async fn get(

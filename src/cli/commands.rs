@@ -285,12 +285,16 @@ fn task(c: &Client, cmd: TaskCmd, out: Out<'_>) -> Result<(), CliError> {
             status,
             node,
             capability,
+            limit,
+            before,
         } => {
             let mut q = Vec::new();
             for (k, v) in [
                 ("status", status),
                 ("node", node),
                 ("capability", capability),
+                ("limit", limit.map(|l| l.to_string())),
+                ("before", before),
             ] {
                 if let Some(v) = v {
                     q.push(format!("{k}={}", seg(&v)));
@@ -313,10 +317,18 @@ fn task(c: &Client, cmd: TaskCmd, out: Out<'_>) -> Result<(), CliError> {
                         ]
                     })
                     .collect();
-                render(
+                let table = render(
                     &["id", "capability", "status", "node", "attempt", "fence"],
                     &rows,
-                )
+                );
+                match v["next"].as_str() {
+                    Some(next) => format!(
+                        "{table}\n{} of {} shown; older ones: --before {next}",
+                        rows.len(),
+                        s(&v["count"])
+                    ),
+                    None => table,
+                }
             })
         }
         TaskCmd::Wait { id, timeout } => {

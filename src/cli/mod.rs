@@ -173,6 +173,13 @@ pub enum TaskCmd {
         /// Only tasks of this capability.
         #[arg(long)]
         capability: Option<String>,
+        /// At most this many, the newest (default 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only tasks older than this cursor (the `next` an earlier page
+        /// printed).
+        #[arg(long)]
+        before: Option<String>,
     },
     /// Cancel a task.
     Cancel {

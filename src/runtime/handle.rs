@@ -74,6 +74,17 @@ fn unexpected(a: Answer) -> NodeError {
     )))
 }
 
+/// One page of a task listing ([`NodeHandle::tasks`]).
+#[derive(Debug)]
+pub struct TaskPage {
+    /// The tasks, oldest first.
+    pub tasks: Vec<(TaskId, TaskEntry)>,
+    /// How many matched (below the cursor, when one was given).
+    pub total: usize,
+    /// The cursor of the next (older) page, when there is one.
+    pub next: Option<(crate::core::ids::Millis, TaskId)>,
+}
+
 impl NodeHandle {
     /// Sends a request carrying a reply channel and waits for the reply.
     async fn ask<T>(
@@ -218,9 +229,9 @@ impl NodeHandle {
 
     /// Tasks matching the filters of a [`Query::Tasks`]: the tasks kept and
     /// how many matched.
-    pub async fn tasks(&self, q: Query) -> Result<(Vec<(TaskId, TaskEntry)>, usize), NodeError> {
+    pub async fn tasks(&self, q: Query) -> Result<TaskPage, NodeError> {
         match self.query(q).await? {
-            Found::Tasks { tasks, total } => Ok((tasks, total)),
+            Found::Tasks { tasks, total, next } => Ok(TaskPage { tasks, total, next }),
             other => Err(unexpected_found(other)),
         }
     }

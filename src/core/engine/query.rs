@@ -6,13 +6,14 @@
 
 use super::Engine;
 use crate::core::error::EngineError;
-use crate::core::ids::{Fence, NodeId, Now, TaskId, Term};
+use crate::core::ids::{Fence, Millis, NodeId, Now, TaskId, Term};
 use crate::core::knowledge::{Policy, Version};
 use crate::core::member::MemberEntry;
 use crate::core::placement::Strategy;
 use crate::core::replica::KvItem;
 use crate::core::task::{TaskEntry, TaskStatus};
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 
 /// A question for the engine.
 #[derive(Clone, Debug)]
@@ -22,7 +23,8 @@ pub enum Query {
     /// One task.
     Task(TaskId),
     /// Tasks matching every filter given, oldest first; at most `limit`,
-    /// the newest of them.
+    /// the newest of them (submitted before `before`, when given: the
+    /// cursor of the page after, see [`Found::Tasks`]).
     Tasks {
         /// Only this status.
         status: Option<TaskStatus>,
@@ -32,6 +34,8 @@ pub enum Query {
         capability: Option<String>,
         /// At most this many.
         limit: usize,
+        /// Only tasks older than this one (submission time, then id).
+        before: Option<(Millis, TaskId)>,
     },
     /// Tasks assigned or running, with their node and fence.
     Assignments,
@@ -119,8 +123,11 @@ pub enum Found {
     Tasks {
         /// The tasks, oldest first.
         tasks: Vec<(TaskId, TaskEntry)>,
-        /// How many matched before the limit.
+        /// How many matched before the limit (below the cursor too).
         total: usize,
+        /// When older tasks match too: the cursor for them (`before` of
+        /// the next query), the oldest task kept.
+        next: Option<(Millis, TaskId)>,
     },
     /// For [`Query::Assignments`].
     Assignments(Vec<Assignment>),
@@ -164,30 +171,45 @@ impl Engine {
                 node,
                 capability,
                 limit,
+                before,
             } => {
-                let mut matching: Vec<(&TaskId, &TaskEntry)> = r
-                    .state()
-                    .tasks
-                    .iter()
-                    .filter(|(_, t)| status.is_none_or(|s| t.state().status == s))
-                    .filter(|(_, t)| node.is_none() || t.state().node.as_ref() == node.as_ref())
-                    .filter(|(_, t)| {
-                        capability
+                // One pass, keeping the newest `limit` in a bounded heap:
+                // nothing is collected or sorted in full (the engine answers
+                // no other input meanwhile).
+                let mut kept: BinaryHeap<Reverse<(Millis, &TaskId)>> = BinaryHeap::new();
+                let mut total = 0;
+                let below =
+                    |key: (Millis, &TaskId)| before.as_ref().is_none_or(|(at, id)| key < (*at, id));
+                for (id, t) in &r.state().tasks {
+                    let matches = status.is_none_or(|s| t.state().status == s)
+                        && (node.is_none() || t.state().node.as_ref() == node.as_ref())
+                        && capability
                             .as_ref()
-                            .is_none_or(|c| &t.spec().capability == c)
+                            .is_none_or(|c| &t.spec().capability == c);
+                    let key = (t.spec().submitted_at, id);
+                    if !matches || !below(key) {
+                        continue;
+                    }
+                    total += 1;
+                    kept.push(Reverse(key));
+                    if kept.len() > *limit {
+                        kept.pop();
+                    }
+                }
+                let keys = kept.into_sorted_vec();
+                // Sorted by `Reverse`: newest first; the page goes oldest first.
+                let next = (total > keys.len())
+                    .then(|| keys.last().map(|Reverse((at, id))| (*at, (*id).clone())))
+                    .flatten();
+                let tasks = keys
+                    .iter()
+                    .rev()
+                    .filter_map(|Reverse((_, id))| {
+                        let t = r.state().tasks.get(*id)?;
+                        Some(((*id).clone(), t.clone()))
                     })
                     .collect();
-                let total = matching.len();
-                matching.sort_by(|a, b| {
-                    (a.1.spec().submitted_at, a.0).cmp(&(b.1.spec().submitted_at, b.0))
-                });
-                let skip = matching.len().saturating_sub(*limit);
-                let tasks = matching
-                    .into_iter()
-                    .skip(skip)
-                    .map(|(id, t)| (id.clone(), t.clone()))
-                    .collect();
-                Found::Tasks { tasks, total }
+                Found::Tasks { tasks, total, next }
             }
             Query::Assignments => Found::Assignments(
                 r.state()

@@ -330,20 +330,32 @@ fn queries_answer_from_the_replica_with_filters_and_limits() {
     }
     settle(&mut e, 20);
     let now = Now::at(20);
-    let Found::Tasks { tasks, total } = e.query(
-        now,
-        &Query::Tasks {
-            status: None,
-            node: None,
-            capability: Some("echo".into()),
-            limit: 2,
-        },
-    ) else {
-        panic!("a task list");
+    let page = |before| {
+        let Found::Tasks { tasks, total, next } = e.query(
+            now,
+            &Query::Tasks {
+                status: None,
+                node: None,
+                capability: Some("echo".into()),
+                limit: 2,
+                before,
+            },
+        ) else {
+            panic!("a task list");
+        };
+        (tasks, total, next)
     };
+    let (tasks, total, next) = page(None);
     assert_eq!(total, 3, "three echo tasks match");
     assert_eq!(tasks.len(), 2, "the limit keeps the newest two");
     assert!(tasks[0].1.spec().submitted_at <= tasks[1].1.spec().submitted_at);
+    // The cursor is the oldest task kept; the next page holds the rest.
+    let cursor = next.expect("an older task remains");
+    assert_eq!(cursor, (tasks[0].1.spec().submitted_at, tasks[0].0.clone()));
+    let (older, total, next) = page(Some(cursor));
+    assert_eq!((older.len(), total, next), (1, 1, None));
+    assert!(older[0].1.spec().submitted_at <= tasks[0].1.spec().submitted_at);
+    assert!(!tasks.iter().any(|(id, _)| *id == older[0].0));
     let Found::Summary(s) = e.query(now, &Query::Summary) else {
         panic!("a summary");
     };
