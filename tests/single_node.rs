@@ -133,7 +133,8 @@ fn kill_9_loses_nothing_acknowledged() {
     let node = start(&data, &["--handler", "echo=cat"]);
     assert_eq!(node.id, id, "same data dir, same node");
     let kv = acked_kv.lock().unwrap().clone();
-    let listed = node.get("/v1/kv/load");
+    let listed = node.get("/v1/kv/load?limit=100000");
+    assert!(listed["next"].is_null(), "one page holds every key");
     let stored: std::collections::HashMap<String, Value> = listed["entries"]
         .as_array()
         .unwrap()
@@ -994,4 +995,34 @@ fn task_listings_page_from_the_newest_with_a_cursor() {
     let (code, out, err) = node.cli(&["task", "list", "--limit", "2"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("2 of 5 shown; older ones: --before "), "{out}");
+}
+
+#[test]
+fn knowledge_listings_page_in_key_order_with_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), &[]);
+    for k in ["e", "b", "d", "a", "c"] {
+        node.put(&format!("/v1/kv/notes/{k}"), &json!(k));
+    }
+    node.req("DELETE", "/v1/kv/notes/c", None);
+    let mut keys: Vec<String> = Vec::new();
+    let mut path = "/v1/kv/notes?limit=2".to_owned();
+    for _ in 0..5 {
+        let page = node.get(&path);
+        keys.extend(
+            page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["key"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/kv/notes?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(keys, ["a", "b", "d", "e"], "every live key once, in order");
+    let (code, out, err) = node.cli(&["kv", "list", "notes", "--limit", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("more keys follow: --after a"), "{out}");
 }

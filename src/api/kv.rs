@@ -44,6 +44,10 @@ pub(super) async fn delete(
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     since: Option<String>,
+    /// At most this many entries (default 1000, 1 to 100,000).
+    limit: Option<usize>,
+    /// Only keys after this one (an earlier page's `next`).
+    after: Option<String>,
 }
 
 pub(super) async fn list(
@@ -58,12 +62,19 @@ pub(super) async fn list(
         .transpose()
         .map_err(ApiError::bad_request)?;
     let name = ns.clone();
+    let query = EngineQuery::KvList {
+        ns,
+        since,
+        after: q.after,
+        limit: q.limit.unwrap_or(1000).clamp(1, 100_000),
+    };
     let Found::KvList {
         items,
         version,
         digest,
         policy,
-    } = s.node.query(EngineQuery::KvList { ns, since }).await?
+        next,
+    } = s.node.query(query).await?
     else {
         return Err(ApiError::internal("unexpected answer from the engine"));
     };
@@ -75,6 +86,7 @@ pub(super) async fn list(
         "count": entries.len(),
         "version": version_json(&version),
         "digest": digest,
+        "next": next,
     })))
 }
 

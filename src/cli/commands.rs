@@ -398,12 +398,22 @@ fn kv(c: &Client, cmd: KvCmd, out: Out<'_>) -> Result<(), CliError> {
                 format!("deleted {ns}/{key}")
             })
         }
-        KvCmd::List { ns, since } => {
-            let q = since
-                .map(|v| format!("?since={}", seg(&v)))
-                .unwrap_or_default();
+        KvCmd::List {
+            ns,
+            since,
+            limit,
+            after,
+        } => {
+            let q: Vec<String> = [
+                ("since", since),
+                ("limit", limit.map(|l| l.to_string())),
+                ("after", after),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some(format!("{k}={}", seg(&v?))))
+            .collect();
             out(
-                &c.call("GET", &format!("/v1/kv/{}{q}", seg(&ns)), None)?,
+                &c.call("GET", &format!("/v1/kv/{}?{}", seg(&ns), q.join("&")), None)?,
                 &|v| {
                     let rows: Vec<Vec<String>> = v["entries"]
                         .as_array()
@@ -411,8 +421,12 @@ fn kv(c: &Client, cmd: KvCmd, out: Out<'_>) -> Result<(), CliError> {
                         .flatten()
                         .map(|e| vec![s(&e["key"]), e["value"].to_string()])
                         .collect();
+                    let more = v["next"]
+                        .as_str()
+                        .map(|n| format!("\nmore keys follow: --after {n}"))
+                        .unwrap_or_default();
                     format!(
-                        "{}\nversion {}  digest {}",
+                        "{}\nversion {}  digest {}{more}",
                         render(&["key", "value"], &rows),
                         v["version"],
                         s(&v["digest"])

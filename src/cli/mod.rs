@@ -255,6 +255,12 @@ pub enum KvCmd {
         /// Version vector: NODE:N,NODE:N or JSON.
         #[arg(long)]
         since: Option<String>,
+        /// At most this many entries, in key order (default 1000).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only keys after this one (the `next` an earlier page printed).
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Set a namespace's conflict policy: lww, mv or set.
     Policy {

@@ -10,7 +10,7 @@ use crate::core::ids::{Fence, Millis, NodeId, Now, TaskId, Term};
 use crate::core::knowledge::{Policy, Version};
 use crate::core::member::MemberEntry;
 use crate::core::placement::Strategy;
-use crate::core::replica::KvItem;
+use crate::core::replica::{KvItem, KvPage};
 use crate::core::task::{TaskEntry, TaskStatus};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -52,6 +52,10 @@ pub enum Query {
         ns: String,
         /// Only entries with writes not in this version.
         since: Option<Version>,
+        /// Only keys after this one (a page's `next`).
+        after: Option<String>,
+        /// At most this many keys.
+        limit: usize,
     },
     /// Every namespace with its policy and number of entries.
     Namespaces,
@@ -143,6 +147,8 @@ pub enum Found {
         digest: String,
         /// Its policy.
         policy: Policy,
+        /// When more keys follow: the cursor for them (`after`).
+        next: Option<String>,
     },
     /// For [`Query::Namespaces`]: name, policy, entries.
     Namespaces(Vec<(String, Policy, usize)>),
@@ -230,13 +236,23 @@ impl Engine {
                     .collect(),
             ),
             Query::Kv { ns, key } => Found::Kv(r.kv_get(ns, key)),
-            Query::KvList { ns, since } => {
-                let (items, version, digest) = r.kv_list(ns, since.as_ref());
+            Query::KvList {
+                ns,
+                since,
+                after,
+                limit,
+            } => {
+                let page = KvPage {
+                    after: after.as_deref(),
+                    limit: *limit,
+                };
+                let l = r.kv_list(ns, since.as_ref(), page);
                 Found::KvList {
-                    items,
-                    version,
-                    digest,
+                    items: l.items,
+                    version: l.version,
+                    digest: l.digest,
                     policy: r.policy(ns),
+                    next: l.next,
                 }
             }
             Query::Namespaces => Found::Namespaces(r.namespaces()),

@@ -220,28 +220,46 @@ impl Replica {
     }
 
     /// Live entries of a namespace changed since `since` (all when `None`),
-    /// with the namespace's version vector and digest.
-    pub fn kv_list(&self, ns: &str, since: Option<&Version>) -> (Vec<KvItem>, Version, String) {
+    /// one page of them in key order, with the namespace's version vector
+    /// and digest.
+    pub fn kv_list(&self, ns: &str, since: Option<&Version>, page: KvPage<'_>) -> KvListing {
         let Some(namespace) = self.state.namespaces.get(ns) else {
-            return (
-                Vec::new(),
-                Version::new(),
-                hex::encode(crate::core::state::Namespace::default().digest().as_bytes()),
-            );
+            return KvListing {
+                items: Vec::new(),
+                version: Version::new(),
+                digest: hex::encode(crate::core::state::Namespace::default().digest().as_bytes()),
+                next: None,
+            };
         };
         let policy = namespace.policy();
-        let version = namespace.clock.clone();
-        let mut items = Vec::new();
+        // One pass, keeping the first `limit` keys after the cursor in a
+        // bounded heap: nothing else is collected, sorted or resolved.
+        let mut kept: std::collections::BinaryHeap<&str> = std::collections::BinaryHeap::new();
+        let mut more = false;
         for (key, entry) in &namespace.entries {
-            if since.is_some_and(|s| !changed_since(entry.version(), s)) {
+            if page.after.is_some_and(|a| key.as_str() <= a)
+                || since.is_some_and(|s| !changed_since(entry.version(), s))
+            {
                 continue;
             }
-            if let Some(item) = resolve(ns, key, policy, entry) {
-                items.push(item);
+            kept.push(key);
+            if kept.len() > page.limit {
+                kept.pop();
+                more = true;
             }
         }
-        items.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-        (items, version, hex::encode(namespace.digest().as_bytes()))
+        let keys = kept.into_sorted_vec();
+        let next = more.then(|| keys.last().map(|k| (*k).to_owned())).flatten();
+        let items = keys
+            .iter()
+            .filter_map(|k| resolve(ns, k, policy, namespace.entries.get(*k)?))
+            .collect();
+        KvListing {
+            items,
+            version: namespace.clock.clone(),
+            digest: hex::encode(namespace.digest().as_bytes()),
+            next,
+        }
     }
 
     /// Names of the namespaces, with their policies and entry counts.
@@ -252,6 +270,38 @@ impl Replica {
             .map(|(name, n)| (name.clone(), n.policy(), n.entries.len()))
             .collect()
     }
+}
+
+/// Which page of a namespace [`Replica::kv_list`] lists.
+#[derive(Clone, Copy, Debug)]
+pub struct KvPage<'a> {
+    /// Only keys after this one (the `next` of the page before).
+    pub after: Option<&'a str>,
+    /// At most this many keys.
+    pub limit: usize,
+}
+
+impl KvPage<'_> {
+    /// Every key.
+    pub const ALL: KvPage<'static> = KvPage {
+        after: None,
+        limit: usize::MAX,
+    };
+}
+
+/// One page of a namespace, in key order.
+#[derive(Clone, Debug)]
+pub struct KvListing {
+    /// The entries (a deleted key is left out, so a page may hold fewer
+    /// than its limit).
+    pub items: Vec<KvItem>,
+    /// The namespace's version when listed.
+    pub version: Version,
+    /// The namespace's digest (hex).
+    pub digest: String,
+    /// When more keys follow: the last key of this page, the cursor for
+    /// the next.
+    pub next: Option<String>,
 }
 
 /// An entry as a write left it.

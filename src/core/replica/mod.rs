@@ -10,7 +10,7 @@ pub mod kv;
 mod tasks;
 
 pub(crate) use kv::check_name;
-pub use kv::{KvItem, KvWrite, MAX_NAME_LEN, RESERVED_NS};
+pub use kv::{KvItem, KvListing, KvPage, KvWrite, MAX_NAME_LEN, RESERVED_NS};
 pub use tasks::{Claimed, Migration, Outcome, SubmitRequest, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS};
 
 use crate::core::event::{AuditRecord, Event};

@@ -294,10 +294,10 @@ fn kv_policies_since_and_reserved_namespace() {
         .resolve("tags", "colors")
         .unwrap();
     assert_eq!(item.value, "[\"blue\",\"red\"]");
-    let (_, v1, d1) = e.kv_list("tags", None);
+    let (_, v1, d1) = e.kv_list("tags", None, KvPage::ALL);
     e.kv_put(Millis(4), "tags", "shapes", &serde_json::json!("square"))
         .unwrap();
-    let (changed, _, d2) = e.kv_list("tags", Some(&v1));
+    let (changed, _, d2) = e.kv_list("tags", Some(&v1), KvPage::ALL);
     assert_eq!(changed.len(), 1);
     assert_eq!(changed[0].key, "shapes");
     assert_ne!(d1, d2);
