@@ -294,13 +294,34 @@ fn kv_policies_since_and_reserved_namespace() {
         .resolve("tags", "colors")
         .unwrap();
     assert_eq!(item.value, "[\"blue\",\"red\"]");
-    let (_, v1, d1) = e.kv_list("tags", None, KvPage::ALL);
+    let first = e.kv_list("tags", None, KvPage::ALL);
     e.kv_put(Millis(4), "tags", "shapes", &serde_json::json!("square"))
         .unwrap();
-    let (changed, _, d2) = e.kv_list("tags", Some(&v1), KvPage::ALL);
-    assert_eq!(changed.len(), 1);
-    assert_eq!(changed[0].key, "shapes");
-    assert_ne!(d1, d2);
+    let later = e.kv_list("tags", Some(&first.version), KvPage::ALL);
+    assert_eq!(later.items.len(), 1);
+    assert_eq!(later.items[0].key, "shapes");
+    assert_ne!(first.digest, later.digest);
+    // Paged: one key at a time, in key order, each page naming the next.
+    let page = e.kv_list(
+        "tags",
+        None,
+        KvPage {
+            after: None,
+            limit: 1,
+        },
+    );
+    assert_eq!(page.items[0].key, "colors");
+    assert_eq!(page.next.as_deref(), Some("colors"));
+    let page = e.kv_list(
+        "tags",
+        None,
+        KvPage {
+            after: Some("colors"),
+            limit: 1,
+        },
+    );
+    assert_eq!(page.items[0].key, "shapes");
+    assert_eq!(page.next, None);
     assert!(matches!(
         e.kv_put(Millis(5), RESERVED_NS, "x", &serde_json::json!(1)),
         Err(EngineError::Invalid(_))
