@@ -491,3 +491,189 @@ fn forged_member_records_and_lease_claims_are_refused_and_change_nothing() {
     }
     assert!(a.replica().state().members.contains_key(&b_id));
 }
+
+/// Real peer messages (gossip, sync requests and answers) from an engine
+/// that wrote knowledge, a policy and a task, caught up a fresh peer, and
+/// has a member record: the seeds the property below mangles.
+fn peer_messages() -> Vec<Vec<u8>> {
+    let mut b = engine("b");
+    let mut c = engine("c");
+    settle(&mut b, 1);
+    settle(&mut c, 1);
+    let mut seeds = Vec::new();
+    b.handle(
+        Now::at(10),
+        Input::Command(
+            ReqId(1),
+            Command::SetPolicy {
+                ns: "tags".into(),
+                policy: crate::core::knowledge::Policy::Set,
+            },
+        ),
+    );
+    for i in 0..5 {
+        b.handle(
+            Now::at(10),
+            Input::Command(ReqId(2 + i), put("n", &format!("k{i}"), 1)),
+        );
+    }
+    b.handle(
+        Now::at(10),
+        Input::Command(
+            ReqId(9),
+            Command::Submit(crate::core::replica::SubmitRequest {
+                capability: "echo".into(),
+                payload: serde_json::json!({"x": 1}),
+                ..Default::default()
+            }),
+        ),
+    );
+    for o in settle(&mut b, 10) {
+        if let Output::Publish(m) = o {
+            seeds.push(m);
+        }
+    }
+    b.handle(Now::at(20), Input::PeerUp(NodeId::from("c")));
+    c.handle(Now::at(20), Input::PeerUp(NodeId::from("b")));
+    for _ in 0..20 {
+        let mut moved = false;
+        let out_b = settle(&mut b, 20);
+        let out_c = settle(&mut c, 20);
+        for (outs, from, dst) in [(out_b, "b", &mut c), (out_c, "c", &mut b)] {
+            for o in outs {
+                let from = NodeId::from(from);
+                match o {
+                    Output::Send { bytes, .. } => {
+                        seeds.push(bytes.clone());
+                        moved = true;
+                        dst.handle(
+                            Now::at(20),
+                            Input::SyncRequest {
+                                from,
+                                id: SyncRef(0),
+                                bytes,
+                            },
+                        );
+                    }
+                    Output::Respond { bytes, .. } => {
+                        seeds.push(bytes.clone());
+                        moved = true;
+                        dst.handle(Now::at(20), Input::SyncResponse { from, bytes });
+                    }
+                    Output::Probe { bytes, .. } => seeds.push(bytes),
+                    _ => {}
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    seeds
+}
+
+/// Feeds `bytes` to `e` as peer `x` would send them, as each kind of
+/// input a peer can cause.
+fn feed_as_peer(e: &mut Engine, at: u64, bytes: &[u8]) {
+    let x = NodeId::from("x");
+    e.handle(
+        Now::at(at),
+        Input::Gossip {
+            from: x.clone(),
+            msg: MsgRef(at),
+            bytes: bytes.to_vec(),
+        },
+    );
+    e.handle(
+        Now::at(at),
+        Input::SyncRequest {
+            from: x.clone(),
+            id: SyncRef(at),
+            bytes: bytes.to_vec(),
+        },
+    );
+    e.handle(
+        Now::at(at),
+        Input::SyncResponse {
+            from: x.clone(),
+            bytes: bytes.to_vec(),
+        },
+    );
+    e.handle(
+        Now::at(at),
+        Input::Probe {
+            from: x,
+            bytes: bytes.to_vec(),
+        },
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// The engine's share of fuzzing, on stable Rust and in every test run:
+    /// real peer messages with bytes flipped, cut short or spliced with
+    /// another, fed as every kind of peer input. Nothing panics, and the
+    /// node still takes and acknowledges a write afterwards.
+    #[test]
+    fn mangled_peer_messages_never_panic_and_the_node_keeps_working(
+        pick in 0usize..1000,
+        other in 0usize..1000,
+        flips in proptest::collection::vec((0usize..100_000, 1u8..=255), 0..6),
+        cut in proptest::option::of(0usize..100_000),
+        splice in proptest::bool::ANY,
+    ) {
+        thread_local! {
+            static SEEDS: Vec<Vec<u8>> = peer_messages();
+        }
+        let mut bytes = SEEDS.with(|s| s[pick % s.len()].clone());
+        if splice {
+            let tail = SEEDS.with(|s| s[other % s.len()].clone());
+            let at = other % (bytes.len() + 1);
+            bytes.truncate(at);
+            bytes.extend_from_slice(&tail[tail.len() / 2..]);
+        }
+        for (at, mask) in flips {
+            if !bytes.is_empty() {
+                let i = at % bytes.len();
+                bytes[i] ^= mask;
+            }
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut % (bytes.len() + 1));
+        }
+        let mut a = engine("a");
+        settle(&mut a, 1);
+        feed_as_peer(&mut a, 5, &bytes);
+        settle(&mut a, 5);
+        a.handle(Now::at(6), Input::Command(ReqId(77), put("after", "k", 1)));
+        let out = settle(&mut a, 6);
+        proptest::prop_assert!(
+            out.iter().any(|o| matches!(o, Output::Reply(ReqId(77), Ok(_)))),
+            "the node no longer acknowledges a write"
+        );
+    }
+}
+
+#[test]
+fn the_mangling_seeds_hold_every_kind_of_peer_message() {
+    let seeds = peer_messages();
+    let lim = usize::MAX;
+    let gossip = seeds
+        .iter()
+        .filter(|b| wire::decode::<wire::Gossip>(b, lim).is_ok())
+        .count();
+    let requests = seeds
+        .iter()
+        .filter(|b| wire::decode::<wire::SyncRequest>(b, lim).is_ok())
+        .count();
+    let answers = seeds
+        .iter()
+        .filter(|b| wire::decode::<wire::SyncResponse>(b, lim).is_ok())
+        .count();
+    assert!(
+        gossip >= 1 && requests >= 2 && answers >= 2,
+        "{gossip} gossip, {requests} requests, {answers} answers of {}",
+        seeds.len()
+    );
+}
