@@ -219,9 +219,28 @@ fn a_dead_node_is_declared_dead_then_removed_everywhere_and_rejoins_by_itself() 
         assert_eq!(p.count_status("removed"), 1);
         assert_eq!(p.get("/v1/status")["cluster"]["removed"], 1);
     }
-    let holder = poll_until(Duration::from_secs(20), "an agreed holder", || {
-        common::agreed_leader(nodes.iter().map(|p| p.get("/v1/leader")))
-    })
+    let holder = poll_until_or(
+        Duration::from_secs(20),
+        "an agreed holder",
+        || common::agreed_leader(nodes.iter().map(|p| p.get("/v1/leader"))),
+        || {
+            nodes
+                .iter()
+                .map(|p| {
+                    let log = std::fs::read_to_string(&p.stderr_path).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    format!(
+                        "{}: {} {}\n{}",
+                        p.id,
+                        p.get("/v1/leader"),
+                        p.get("/v1/nodes?status=removed"),
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    )
     .0;
     let record = nodes
         .iter()
@@ -493,6 +512,29 @@ fn holder_of_three_voters(nodes: &[Proc]) -> (String, u64, usize) {
             (voters.len() == 3 && live).then_some((holder, term, at))
         },
     )
+}
+
+#[test]
+fn a_bystander_keeps_naming_an_unchanged_holder() {
+    // One voter: the announcement never changes but for its count. Gossip
+    // drops a message it has seen (by content), so without the count an
+    // unchanged lease announced again never arrived and the bystander's
+    // view expired after the claim's lifetime (5 s in the fast profile).
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = federation(dir.path(), 2, &["--voters", "1"]);
+    let all: Vec<&Proc> = nodes.iter().collect();
+    let (holder, term) = poll_until(Duration::from_secs(60), "one lease holder", || {
+        agreed_lease(&all)
+    });
+    let bystander = nodes.iter().find(|p| p.id != holder).unwrap();
+    // Watched over three claim lifetimes: named at every look.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < until {
+        let seen = bystander.get("/v1/leader");
+        assert_eq!(seen["leader"]["id"], holder.as_str(), "{seen}");
+        assert_eq!(seen["leader"]["term"], term, "{seen}");
+        std::thread::sleep(Duration::from_millis(250)); // sampling interval
+    }
 }
 
 #[test]

@@ -31,6 +31,7 @@
 
 use crate::core::ids::{Mono, NodeId};
 use crate::core::rng::Rng;
+use crate::core::sign::Sig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -124,13 +125,22 @@ pub enum Update {
         /// Who suspects it.
         by: NodeId,
     },
-    /// `node` is alive at `incarnation` (a refutation, or news of a join).
+    /// `node` is alive at `incarnation` (a refutation, or news of a join),
+    /// signed by `node` itself ([`alive_bytes`]): relayed by anyone, written
+    /// by the node only, so no member can clear a suspicion of another.
     Alive {
         /// The node.
         node: NodeId,
         /// Its incarnation.
         incarnation: u64,
+        /// The node's signature of [`alive_bytes`].
+        sig: Sig,
     },
+}
+
+/// What a node signs to say it is alive at `incarnation`.
+pub fn alive_bytes(node: &NodeId, incarnation: u64) -> Vec<u8> {
+    postcard::to_stdvec(&("shoal alive v1", node, incarnation)).unwrap_or_default()
 }
 
 impl Update {
@@ -291,14 +301,16 @@ impl Swim {
     }
 
     /// Sets this node's incarnation (after a refutation or a restart) and
-    /// tells the others.
-    pub fn set_incarnation(&mut self, incarnation: u64) {
+    /// tells the others, with `sig`, this node's signature of
+    /// [`alive_bytes`] for it.
+    pub fn set_incarnation(&mut self, incarnation: u64, sig: Sig) {
         if incarnation > self.incarnation {
             self.incarnation = incarnation;
             let me = self.me.clone();
             self.queue(Update::Alive {
                 node: me,
                 incarnation,
+                sig,
             });
         }
     }
@@ -744,7 +756,11 @@ impl Swim {
                 }
                 self.suspect(&node, incarnation, &by, now);
             }
-            Update::Alive { node, incarnation } => {
+            Update::Alive {
+                node,
+                incarnation,
+                sig,
+            } => {
                 let Some(m) = self.members.get_mut(&node) else {
                     return;
                 };
@@ -758,7 +774,11 @@ impl Swim {
                     self.out.push(SwimOut::Recovered(node.clone()));
                     self.out.push(SwimOut::Count(SwimCounter::SuspicionRefuted));
                 }
-                self.queue(Update::Alive { node, incarnation });
+                self.queue(Update::Alive {
+                    node,
+                    incarnation,
+                    sig,
+                });
             }
         }
     }
@@ -833,7 +853,7 @@ mod tests {
                         queue.extend(self.nodes[j].drain().map(|o| (j, o)));
                     }
                     SwimOut::Refute(inc) => {
-                        self.nodes[from].set_incarnation(inc + 1);
+                        self.nodes[from].set_incarnation(inc + 1, Sig::default());
                         queue.extend(self.nodes[from].drain().map(|o| (from, o)));
                     }
                     SwimOut::Count(_) => {}
@@ -952,6 +972,7 @@ mod tests {
             s.queue(Update::Alive {
                 node: n,
                 incarnation: 2,
+                sig: Sig::default(),
             });
         }
         let me = NodeId::from("me");
@@ -960,6 +981,7 @@ mod tests {
             s.queue(Update::Alive {
                 node: NodeId::from(format!("y{i}")),
                 incarnation: 2,
+                sig: Sig::default(),
             });
         }
         s.drain().for_each(drop);

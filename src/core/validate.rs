@@ -11,14 +11,15 @@
 use crate::core::replica::{check_name, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS, RESERVED_NS};
 use crate::core::sign::{Keys, MAX_SIG_BYTES};
 use crate::core::state::Delta;
-use crate::core::swim::{Packet, Probe, Update};
+use crate::core::swim::{alive_bytes, Packet, Probe, Update};
 
 /// Updates one failure-detection packet may carry.
 pub const MAX_PACKET_UPDATES: usize = 64;
 
 /// Checks a failure-detection packet from a peer: node ids well formed, a
-/// bounded number of updates, incarnations below their limit.
-pub fn packet(p: &Packet) -> Result<(), Refusal> {
+/// bounded number of updates, incarnations below their limit, and each
+/// `alive` signed by the node it is about (in `keys`' scheme).
+pub fn packet(p: &Packet, keys: &Keys) -> Result<(), Refusal> {
     if p.updates.len() > MAX_PACKET_UPDATES {
         return Err(format!(
             "{} updates in one probe packet (at most {MAX_PACKET_UPDATES})",
@@ -38,7 +39,20 @@ pub fn packet(p: &Packet) -> Result<(), Refusal> {
                 name("node id", by.as_str())?;
                 (node, *incarnation)
             }
-            Update::Alive { node, incarnation } => (node, *incarnation),
+            Update::Alive {
+                node,
+                incarnation,
+                sig,
+            } => {
+                if sig.0.len() > MAX_SIG_BYTES
+                    || !keys.verify(node, &alive_bytes(node, *incarnation), sig)
+                {
+                    return Err(format!(
+                        "member {node}: an alive at incarnation {incarnation} it did not sign"
+                    ));
+                }
+                (node, *incarnation)
+            }
         };
         name("node id", node.as_str())?;
         if incarnation == u64::MAX {
@@ -169,5 +183,29 @@ mod tests {
         assert!(delta(&kv(RESERVED_NS, "other")).is_err());
         assert!(delta(&kv(RESERVED_NS, "strategy")).is_ok());
         assert!(delta(&kv("facts", "a")).is_ok());
+    }
+
+    #[test]
+    fn an_alive_passes_only_signed_by_the_node_it_is_about() {
+        let (x, y) = (NodeId::from("x"), NodeId::from("y"));
+        let alive = |signer: &NodeId, incarnation: u64| Packet {
+            probe: Probe::Ping { seq: 1 },
+            updates: vec![Update::Alive {
+                node: x.clone(),
+                incarnation,
+                sig: Keys::sim(signer).sign(&alive_bytes(&x, incarnation)),
+            }],
+        };
+        let keys = Keys::sim(&NodeId::from("receiver"));
+        assert!(packet(&alive(&x, 7), &keys).is_ok());
+        // y clearing a suspicion of x, or raising x's incarnation: refused.
+        let err = packet(&alive(&y, 7), &keys).unwrap_err();
+        assert!(err.contains("did not sign"), "{err}");
+        // x's signature of another incarnation does not carry over.
+        let mut p = alive(&x, 7);
+        if let Update::Alive { incarnation, .. } = &mut p.updates[0] {
+            *incarnation = 8;
+        }
+        assert!(packet(&p, &keys).is_err());
     }
 }

@@ -681,7 +681,8 @@ impl Engine {
                 return;
             }
         };
-        if validate::packet(&packet).is_err() {
+        if let Err(why) = validate::packet(&packet, self.replica.keys()) {
+            tracing::debug!(peer = %from, %why, "refused a probe packet");
             self.out.push(Output::Count(Counter::ProbeMalformed, 1));
             return;
         }

@@ -439,6 +439,7 @@ fn forged_member_records_and_lease_claims_are_refused_and_change_nothing() {
         voters: vec![b_id.clone()],
         learners: Vec::new(),
         conf_index: 1,
+        seq: 0,
         sig: Default::default(),
     };
     claim.sign(&x_keys);

@@ -102,6 +102,12 @@ pub struct LeaseClaim {
     /// The log index of the configuration named (a member whose own
     /// configuration is older, and which is not in this one, was removed).
     pub conf_index: u64,
+    /// The holder's count of its announcements: each is a new gossip
+    /// message (gossipsub drops one it has seen, by content, for a minute,
+    /// so an unchanged lease announced again would never arrive and every
+    /// bystander's view of it would expire), and a relayed copy with a
+    /// higher count is fresher news.
+    pub seq: u64,
     /// The holder's signature of the fields above (core/sign.rs): relayed
     /// by anyone, written by the holder only.
     pub sig: Sig,
@@ -117,6 +123,7 @@ impl LeaseClaim {
             &self.voters,
             &self.learners,
             self.conf_index,
+            self.seq,
         ))
         .unwrap_or_default()
     }
@@ -262,6 +269,8 @@ pub struct Control {
     claim: Option<(LeaseClaim, Mono)>,
     started: Option<Mono>,
     last_announce: Option<Mono>,
+    /// Announcements made so far (each claim's `seq`).
+    announced: u64,
     /// The lease as last reported (to report changes once).
     reported: Option<Lease>,
     /// A learner being caught up, and since when.
@@ -305,6 +314,7 @@ impl Control {
             claim: None,
             started: None,
             last_announce: None,
+            announced: 0,
             reported: None,
             catching_up: None,
             out: Vec::new(),
@@ -593,7 +603,10 @@ impl Control {
             self.persist();
         }
         let newer = self.claim.as_ref().is_none_or(|(c, _)| {
-            c.plane != claim.plane || c.term < claim.term || (c.term == claim.term && !relayed)
+            c.plane != claim.plane
+                || c.term < claim.term
+                || (c.term == claim.term
+                    && (!relayed || (c.holder == claim.holder && c.seq < claim.seq)))
         });
         if newer {
             self.claim = Some((claim, now));
@@ -896,8 +909,10 @@ impl Control {
             voters: self.voters(),
             learners,
             conf_index: raw.raft.raft_log.applied.min(self.conf_index(raw)),
+            seq: self.announced,
             sig: Sig::default(),
         };
+        self.announced += 1;
         claim.sign(&self.keys);
         self.claim = Some((claim.clone(), self.now));
         self.out.push(ControlOut::Announce(claim));

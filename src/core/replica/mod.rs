@@ -301,7 +301,7 @@ impl Replica {
         // Watch every member the store knows in service: those that are
         // gone are found out by probing them.
         self.swim = Swim::new(self.cfg.failure.swim(), self.cfg.node.clone(), 0, self.mono);
-        self.swim.set_incarnation(incarnation);
+        self.announce_incarnation(incarnation);
         for (id, m) in &self.state.members {
             if matches!(
                 m.record().status,
@@ -674,7 +674,7 @@ impl Replica {
         let incarnation = record.incarnation;
         entry.write(&me, record, &me, &self.cfg.keys);
         self.put_member(me, entry);
-        self.swim.set_incarnation(incarnation);
+        self.announce_incarnation(incarnation);
     }
 
     /// A member suspects this node at `incarnation`: announce a higher one,
@@ -693,7 +693,18 @@ impl Replica {
         let incarnation = record.incarnation;
         entry.write(&me, record, &me, &self.cfg.keys);
         self.put_member(me, entry);
-        self.swim.set_incarnation(incarnation);
+        self.announce_incarnation(incarnation);
+    }
+
+    /// Tells the failure detector this node's new incarnation, signed, so
+    /// that the `alive` it spreads can be checked by every node.
+    fn announce_incarnation(&mut self, incarnation: u64) {
+        let me = &self.cfg.node;
+        let sig = self
+            .cfg
+            .keys
+            .sign(&crate::core::swim::alive_bytes(me, incarnation));
+        self.swim.set_incarnation(incarnation, sig);
     }
 
     /// A failure-detection packet from `from`.
