@@ -650,13 +650,16 @@ fn a_task_fenced_by_a_plane_that_yielded_in_a_higher_term_still_moves() {
         Duration::from_secs(30),
         "the task to finish elsewhere",
         || {
-            let t = nodes[at].get(&format!("/v1/tasks/{id}"));
+            // The holder may not have received b's task yet.
+            let t = nodes[at].get_if_found(&format!("/v1/tasks/{id}"))?;
             (t["status"] == "succeeded").then_some(t)
         },
         || {
             format!(
                 "task: {}\nleader: {}\naudit: {}",
-                nodes[at].get(&format!("/v1/tasks/{id}")),
+                nodes[at]
+                    .get_if_found(&format!("/v1/tasks/{id}"))
+                    .unwrap_or_default(),
                 nodes[at].get("/v1/leader"),
                 nodes[at].get("/v1/audit")
             )
@@ -874,13 +877,15 @@ fn tasks_of_a_node_killed_with_9_finish_elsewhere_under_a_new_fence() {
             Duration::from_secs(30),
             "the killed node's task to finish elsewhere",
             || {
-                let t = holder_proc.get(&format!("/v1/tasks/{id}"));
+                let t = holder_proc.get_if_found(&format!("/v1/tasks/{id}"))?;
                 (t["status"] == "succeeded").then_some(t)
             },
             || {
                 format!(
                     "task: {}\nleader: {}\nnodes: {}\nmetrics: {}",
-                    holder_proc.get(&format!("/v1/tasks/{id}")),
+                    holder_proc
+                        .get_if_found(&format!("/v1/tasks/{id}"))
+                        .unwrap_or_default(),
                     holder_proc.get("/v1/leader"),
                     holder_proc.get("/v1/nodes"),
                     metric_lines(holder_proc, &["refused", "rejected", "malformed"])

@@ -234,6 +234,17 @@ impl Proc {
         v
     }
 
+    /// A GET that may find nothing yet (404, as a node that has not
+    /// received the record yet answers): `None` then.
+    pub fn get_if_found(&self, path: &str) -> Option<Value> {
+        let (code, v) = self.req("GET", path, None);
+        if code == 404 {
+            return None;
+        }
+        assert!(code < 300, "GET {path}: {code} {v}");
+        Some(v)
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> Value {
         let (code, v) = self.req("POST", path, Some(&body.to_string()));
         assert!(code < 300, "POST {path}: {code} {v}");
