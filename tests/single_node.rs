@@ -990,7 +990,21 @@ fn task_listings_page_from_the_newest_with_a_cursor() {
         assert!(pages < 5, "the pages end");
     }
     assert_eq!(pages, 3);
-    assert_eq!(seen, ids, "every task once, in submission order");
+    // Every task once, ordered by submission time, then id (two tasks
+    // submitted in the same millisecond go by id).
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let mut got = seen.clone();
+    got.sort();
+    assert_eq!(got, sorted, "every task once");
+    let keys: Vec<(u64, String)> = seen
+        .iter()
+        .map(|id| {
+            let t = node.get(&format!("/v1/tasks/{id}"));
+            (t["submitted_at"].as_u64().unwrap(), id.clone())
+        })
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
     // The CLI prints the cursor of the next page.
     let (code, out, err) = node.cli(&["task", "list", "--limit", "2"]);
     assert_eq!(code, 0, "{err}");
