@@ -527,7 +527,10 @@ fn a_bystander_keeps_naming_an_unchanged_holder() {
         agreed_lease(&all)
     });
     let bystander = nodes.iter().find(|p| p.id != holder).unwrap();
-    // Watched over three claim lifetimes: named at every look.
+    // What is under test is a view that holds over time (it expired after
+    // the claim's lifetime): so the test looks at it every 250 ms for three
+    // lifetimes and wants the holder named at every look. The sleep below
+    // is that sampling, not a wait for an event.
     let until = std::time::Instant::now() + Duration::from_secs(15);
     while std::time::Instant::now() < until {
         let seen = bystander.get("/v1/leader");
