@@ -1,12 +1,14 @@
-//! What binding member records to their writers costs: signing a record
-//! version and checking one, with real ed25519 keys (a node's) and with the
-//! simulator's keyed hash.
+//! What binding records to their writers costs: signing a member record
+//! version and checking one, and a task's life (submitted, placed, started,
+//! finished: each step signed) and checking it whole or one step at a time,
+//! with real ed25519 keys (a node's) and with the simulator's keyed hash.
 //!
 //! `cargo run --release --example bench_sign [N]`
 
-use shoal::core::ids::NodeId;
+use shoal::core::ids::{Fence, Millis, NodeId, TaskId, Term};
 use shoal::core::member::{MemberEntry, MemberRecord, MemberStatus};
 use shoal::core::sign::Keys;
+use shoal::core::task::{TaskEntry, TaskSpec, TaskState, TaskStatus};
 use std::time::Instant;
 
 fn record(i: u64) -> MemberRecord {
@@ -56,6 +58,55 @@ fn run(what: &str, (id, keys): (NodeId, Keys), (x, x_keys): (NodeId, Keys), n: u
     );
 }
 
+/// A task's life: submitted by `s` and placed on `a` (one step, as a
+/// submitter that places at once does), started and finished by `a`. Prints
+/// the signing cost per task, and the check of a whole new task and of one
+/// new step against the entry a node already holds.
+fn tasks(what: &str, (s, sk): (NodeId, Keys), (a, ak): (NodeId, Keys), n: u64) {
+    let step = |status, seq| TaskState {
+        status,
+        node: Some(a.clone()),
+        attempt: 1,
+        fence: Fence { term: Term(1), seq },
+        updated_at: Millis(seq),
+        ..TaskState::default()
+    };
+    let t = Instant::now();
+    let mut lives = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let id = TaskId(format!("{i:022x}"));
+        let spec = TaskSpec {
+            capability: "echo".into(),
+            payload: format!("{{\"n\":{i}}}"),
+            max_attempts: 3,
+            timeout_secs: 30,
+            submitted_by: s.clone(),
+            submitted_at: Millis(i),
+            ..TaskSpec::default()
+        };
+        let mut e = TaskEntry::new(&id, spec, &sk);
+        e.transition(&id, step(TaskStatus::Assigned, 1), "submitted", &s, &sk);
+        let placed = e.clone();
+        e.transition(&id, step(TaskStatus::Running, 1), "started", &a, &ak);
+        e.transition(&id, step(TaskStatus::Succeeded, 1), "succeeded", &a, &ak);
+        lives.push((id, placed, e));
+    }
+    let sign = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let t = Instant::now();
+    for (id, placed, _) in &lives {
+        assert!(placed.check(id, &sk, None).is_ok());
+    }
+    let whole = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let t = Instant::now();
+    for (id, placed, done) in &lives {
+        assert!(done.check(id, &sk, Some(placed)).is_ok());
+    }
+    let steps = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "{what} tasks: a life of three writes signed {sign:.1} µs, a new task checked {whole:.1} µs, two new steps checked against the known entry {steps:.1} µs"
+    );
+}
+
 /// A real node: an ed25519 key and its peer id (as libp2p derives it).
 fn real(secret: [u8; 32]) -> (NodeId, Keys) {
     let public = ed25519_dalek::SigningKey::from_bytes(&secret)
@@ -82,4 +133,6 @@ fn main() {
         .unwrap_or(20_000);
     run("ed25519", real([7; 32]), real([8; 32]), n);
     run("simulator", sim("sim00001"), sim("sim00002"), n);
+    tasks("ed25519", real([7; 32]), real([8; 32]), n);
+    tasks("simulator", sim("sim00001"), sim("sim00002"), n);
 }

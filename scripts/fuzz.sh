@@ -19,7 +19,10 @@ for target in $(cargo fuzz list); do
   echo "== fuzz $target for ${secs} s"
   log="$(mktemp)"
   status=0
-  cargo fuzz run "$target" "fuzz/corpus/$target" -- \
+  # The runtime target needs the node's side of the crate (fuzz/Cargo.toml).
+  features=()
+  [ "$target" = runtime ] && features=(--features runtime)
+  cargo fuzz run "${features[@]}" "$target" "fuzz/corpus/$target" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 || status=$?
   # libFuzzer's chatter stays in the log; the figures and any failure show.
   grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done)|panicked|ERROR|SUMMARY|Test unit written|^error' "$log" || true

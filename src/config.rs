@@ -180,10 +180,15 @@ impl ConfigLayer {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        ConfigLayer::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim().to_owned(),
+            message,
         })
+    }
+
+    /// Parses a config file's text; the error is TOML's message.
+    pub fn from_toml(text: &str) -> Result<ConfigLayer, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())
     }
 
     /// This layer with `lower` filling what it leaves unset.

@@ -10,6 +10,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
 use libp2p::request_response;
 use libp2p::{Multiaddr, Swarm};
+use shoal::core::task::TaskStatus;
 use shoal::runtime::identity::ClusterSecret;
 use shoal::runtime::net::{SyncCodec, SYNC_PROTOCOL};
 use std::time::Duration;
@@ -146,9 +147,20 @@ async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothin
         });
         (p, q)
     });
+    // A task no node can run: it stays pending on p.
+    let task = tokio::task::block_in_place(|| {
+        p.post(
+            "/v1/tasks",
+            &serde_json::json!({"capability": "nobody", "payload": {"n": 1}}),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    });
     let digest = tokio::task::block_in_place(|| wait_equal_digests(&p, &q));
     let q_before = tokio::task::block_in_place(|| p.get(&format!("/v1/nodes/{}", q.id)));
     assert_eq!(q_before["status"], "alive");
+    let task_before = tokio::task::block_in_place(|| p.get(&format!("/v1/tasks/{task}")));
     let messages: Vec<Vec<u8>> = vec![
         b"not a shoal message".to_vec(),
         vec![1, 0, 0, 0],                // an old wire version
@@ -191,6 +203,12 @@ async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothin
             r.addrs = vec!["/ip4/127.0.0.1/tcp/1".into()];
             r.capabilities = vec!["shell".into()];
         }),
+        // Tasks (writer binding): p's task with its payload swapped, in
+        // p's name; a result of a task of the sender's own that names p as
+        // the node that ran it; a cancel of it written in p's name.
+        forged_task(&task, &p.id, &p.id, TaskStatus::Pending, None),
+        forged_task("f0000001", "", "", TaskStatus::Succeeded, Some(&p.id)),
+        forged_task("f0000002", "", &p.id, TaskStatus::Cancelled, None),
     ];
     let sent = messages.len() as f64;
     // One hostile identity per message: the first rejected message graylists
@@ -217,6 +235,10 @@ async fn signed_garbage_is_dropped_as_malformed_not_forwarded_and_changes_nothin
         assert_eq!(q_after["capabilities"], q_before["capabilities"]);
         assert_eq!(q_after["addrs"], q_before["addrs"]);
         assert_eq!(p.get("/v1/kv/facts/a")["value"], "before");
+        assert_eq!(p.get(&format!("/v1/tasks/{task}")), task_before);
+        for forged in ["f0000001", "f0000002"] {
+            assert_eq!(p.req("GET", &format!("/v1/tasks/{forged}"), None).0, 404);
+        }
         let log = std::fs::read_to_string(&p.stderr_path).unwrap();
         assert_eq!(
             log.matches("dropped a malformed gossip message").count(),
@@ -261,6 +283,49 @@ fn forged_member(
     let keys = shoal::core::sign::Keys::ed25519([9; 32]);
     entry.write(&victim, record, &writer, &keys);
     unsound(shoal::core::state::Delta::Member(victim, Box::new(entry)))
+}
+
+/// A gossip message carrying a task `id` with a swapped payload: submitted
+/// by `submitter`, its state written by `writer` (the hostile node itself
+/// for ""), everything signed by the hostile node.
+fn forged_task(
+    id: &str,
+    submitter: &str,
+    writer: &str,
+    status: TaskStatus,
+    node: Option<&str>,
+) -> Vec<u8> {
+    use shoal::core::ids::{Millis, NodeId, TaskId};
+    let hostile = Keypair::ed25519_from_bytes([9; 32]).unwrap();
+    let hostile = NodeId::from(hostile.public().to_peer_id().to_string());
+    let named = |s: &str| {
+        if s.is_empty() {
+            hostile.clone()
+        } else {
+            NodeId::from(s)
+        }
+    };
+    let keys = shoal::core::sign::Keys::ed25519([9; 32]);
+    let id = TaskId(id.into());
+    let spec = shoal::core::task::TaskSpec {
+        capability: "nobody".into(),
+        payload: "{\"rm\":\"-rf\"}".into(),
+        max_attempts: 1,
+        timeout_secs: 10,
+        submitted_by: named(submitter),
+        submitted_at: Millis(1),
+        ..Default::default()
+    };
+    let mut entry = shoal::core::task::TaskEntry::new(&id, spec, &keys);
+    let state = shoal::core::task::TaskState {
+        status,
+        node: node.map(NodeId::from),
+        result: (status == TaskStatus::Succeeded).then(|| "\"forged\"".into()),
+        updated_at: Millis(2),
+        ..Default::default()
+    };
+    assert!(entry.transition(&id, state, "forged", &named(writer), &keys));
+    unsound(shoal::core::state::Delta::Task(id, Box::new(entry)))
 }
 
 /// A well-formed gossip message carrying one delta.

@@ -5,13 +5,14 @@
 //! rejected (gossipsub then does not forward it and scores its sender).
 //!
 //! [`delta`] is the shape check (issue 12, point 2); [`writer`] checks who
-//! wrote it, for member records (signatures, core/sign.rs). Who may write
-//! tasks and knowledge is not checked yet.
+//! wrote it (signatures, core/sign.rs): member records and tasks. Knowledge
+//! is not bound to its writers yet (docs/security.md).
 
 use crate::core::replica::{check_name, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT_SECS, RESERVED_NS};
 use crate::core::sign::{Keys, MAX_SIG_BYTES};
-use crate::core::state::Delta;
+use crate::core::state::{Delta, ReplicatedState};
 use crate::core::swim::{alive_bytes, Packet, Probe, Update};
+use crate::core::task::MAX_HISTORY;
 
 /// Updates one failure-detection packet may carry.
 pub const MAX_PACKET_UPDATES: usize = 64;
@@ -124,6 +125,12 @@ pub fn delta(d: &Delta) -> Result<(), Refusal> {
             if let Some(node) = &st.node {
                 name("task node", node.as_str())?;
             }
+            if entry.history().len() > MAX_HISTORY {
+                return Err(format!("task {id}: over {MAX_HISTORY} history lines"));
+            }
+            if entry.longest_signature() > MAX_SIG_BYTES {
+                return Err(format!("task {id}: signature over {MAX_SIG_BYTES} bytes"));
+            }
             Ok(())
         }
         Delta::Kv { ns, key, .. } => {
@@ -139,19 +146,23 @@ pub fn delta(d: &Delta) -> Result<(), Refusal> {
 }
 
 /// Checks who wrote a delta (after [`delta`]): a member record must be
-/// signed by who may write it ([`crate::core::member::MemberEntry::check`]).
-/// Tasks and knowledge are not bound to their writers yet.
-pub fn writer(d: &Delta, keys: &Keys) -> Result<(), Refusal> {
+/// signed by who may write it ([`crate::core::member::MemberEntry::check`]),
+/// and so must every part of a task
+/// ([`crate::core::task::TaskEntry::check`]; what `known`, this node's
+/// state, already holds was checked when it came). Knowledge is not bound
+/// to its writers yet.
+pub fn writer(d: &Delta, keys: &Keys, known: &ReplicatedState) -> Result<(), Refusal> {
     match d {
         Delta::Member(id, entry) => entry.check(id, keys),
+        Delta::Task(id, entry) => entry.check(id, keys, known.tasks.get(id)),
         _ => Ok(()),
     }
 }
 
 /// [`delta`], then [`writer`].
-pub fn remote(d: &Delta, keys: &Keys) -> Result<(), Refusal> {
+pub fn remote(d: &Delta, keys: &Keys, known: &ReplicatedState) -> Result<(), Refusal> {
     delta(d)?;
-    writer(d, keys)
+    writer(d, keys, known)
 }
 
 #[cfg(test)]

@@ -171,7 +171,13 @@ impl Sealer {
                 },
             )
             .map_err(|_| ProbeError::Seal)?;
-        let envelope: Envelope = postcard::from_bytes(&plain).map_err(|_| ProbeError::Envelope)?;
+        self.open_envelope(&plain)
+    }
+
+    /// The second half of [`Sealer::open`]: the sender and packet of a
+    /// decrypted envelope, if it is sound, signed by its sender and for us.
+    pub fn open_envelope(&self, plain: &[u8]) -> Result<(PeerId, Vec<u8>), ProbeError> {
+        let envelope: Envelope = postcard::from_bytes(plain).map_err(|_| ProbeError::Envelope)?;
         if envelope.to != self.me_bytes {
             return Err(ProbeError::NotForMe);
         }

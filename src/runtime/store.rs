@@ -30,8 +30,10 @@ type Row = (Vec<u8>, Vec<u8>);
 const ENTRY_FORMAT: u8 = 1;
 /// The store's schema version. 2: member records carry their writer's
 /// signature (a store of schema 1 drops its member records on open: peers
-/// and the node itself write them again).
-const SCHEMA: u64 = 2;
+/// and the node itself write them again). 3: tasks carry their writers'
+/// signatures (a store of an older schema opens only if it holds no task:
+/// the signatures of the tasks' writers cannot be made up afterwards).
+const SCHEMA: u64 = 3;
 
 /// A store operation failed.
 #[derive(Debug, Error)]
@@ -51,6 +53,17 @@ pub enum StoreError {
     Locked {
         /// The store directory.
         path: PathBuf,
+    },
+    /// The store was written by an older Shoal and holds what this one
+    /// cannot read. Nothing was changed.
+    #[error("store {path} has schema {found} and holds {tasks} task(s) written before tasks were signed, which this Shoal cannot check or pass on. Nothing was changed: finish them with the Shoal that wrote the store, or move the store away to start this node empty")]
+    Unsigned {
+        /// The store directory.
+        path: PathBuf,
+        /// The schema found.
+        found: u64,
+        /// How many tasks it holds.
+        tasks: usize,
     },
     /// The store was written by a newer Shoal.
     #[error("store {path} has schema {found}; this Shoal understands up to {SCHEMA}")]
@@ -155,6 +168,74 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Encoding an in-memory entry to a Vec cannot fail.
     out.extend(postcard::to_stdvec(value).unwrap_or_default());
     out
+}
+
+/// The tables that hold replicated entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// Member records, keyed by node id.
+    Members,
+    /// Tasks, keyed by task id.
+    Tasks,
+    /// Namespace policies, keyed by namespace.
+    Policies,
+    /// Knowledge entries, keyed by namespace, NUL, key.
+    Kv,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Members => "members",
+            Table::Tasks => "tasks",
+            Table::Policies => "policies",
+            Table::Kv => "kv",
+        }
+    }
+}
+
+/// A stored value: the entry-format byte, then the entry's postcard.
+pub fn decode_entry<T: serde::de::DeserializeOwned>(value: &[u8]) -> Result<T, String> {
+    match value.split_first() {
+        Some((&ENTRY_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| e.to_string()),
+        Some((v, _)) => Err(format!("unknown entry format {v}")),
+        None => Err("empty value".into()),
+    }
+}
+
+/// One stored row of `table` as the delta it holds, or why it is damaged.
+/// With [`decode_entry`] this is all the decoding of what the store reads
+/// back (the fuzz target `fuzz/fuzz_targets/runtime.rs` feeds both
+/// arbitrary bytes).
+pub fn decode_row(table: Table, key: &[u8], value: &[u8]) -> Result<Delta, String> {
+    let name = table.name();
+    let text =
+        std::str::from_utf8(key).map_err(|_| format!("a key in table `{name}` is not UTF-8"))?;
+    let at = |shown: &str, e: String| format!("entry `{shown}` in table `{name}`: {e}");
+    Ok(match table {
+        Table::Members => Delta::Member(
+            NodeId::from(text),
+            decode_entry(value).map_err(|e| at(text, e))?,
+        ),
+        Table::Tasks => Delta::Task(
+            TaskId(text.to_owned()),
+            decode_entry(value).map_err(|e| at(text, e))?,
+        ),
+        Table::Policies => Delta::Policy {
+            ns: text.to_owned(),
+            policy: decode_entry(value).map_err(|e| at(text, e))?,
+        },
+        Table::Kv => {
+            let (ns, key) = text
+                .split_once('\0')
+                .ok_or_else(|| format!("knowledge key `{text}` has no namespace"))?;
+            Delta::Kv {
+                ns: ns.to_owned(),
+                key: key.to_owned(),
+                entry: decode_entry(value).map_err(|e| at(&format!("{ns}/{key}"), e))?,
+            }
+        }
+    })
 }
 
 /// Knowledge keys: namespace and key joined by a NUL byte (names may not
@@ -267,7 +348,10 @@ impl Store {
     pub fn load_control(&self) -> Result<Option<ControlDisk>, StoreError> {
         self.with(|o| match o.meta.get("control").map_err(|e| o.io(e))? {
             None => Ok(None),
-            Some(v) => o.decode("meta", "control", &v).map(Some),
+            Some(v) => decode_entry(&v).map(Some).map_err(|e| StoreError::Corrupt {
+                path: o.path.clone(),
+                reason: format!("the control plane's state: {e}"),
+            }),
         })
     }
 
@@ -452,10 +536,20 @@ impl Open {
                     });
                 }
                 if found < SCHEMA {
-                    // Schema 1 member records are unsigned.
+                    let tasks = self.rows(&self.tasks)?.len();
+                    if tasks > 0 {
+                        return Err(StoreError::Unsigned {
+                            path: self.path.clone(),
+                            found,
+                            tasks,
+                        });
+                    }
                     let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-                    for (k, _) in self.rows(&self.members)? {
-                        batch.remove(&self.members, k);
+                    if found < 2 {
+                        // Schema 1 member records are unsigned.
+                        for (k, _) in self.rows(&self.members)? {
+                            batch.remove(&self.members, k);
+                        }
                     }
                     batch.insert(&self.meta, "schema", SCHEMA.to_be_bytes().to_vec());
                     batch.commit().map_err(|e| self.write_error(e))?;
@@ -471,25 +565,6 @@ impl Open {
         }
     }
 
-    fn decode<T: serde::de::DeserializeOwned>(
-        &self,
-        table: &str,
-        key: &str,
-        bytes: &[u8],
-    ) -> Result<T, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: self.path.clone(),
-            reason: format!("entry `{key}` in table `{table}`: {reason}"),
-        };
-        match bytes.split_first() {
-            Some((&ENTRY_FORMAT, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| corrupt(e.to_string()))
-            }
-            Some((v, _)) => Err(corrupt(format!("unknown entry format {v}"))),
-            None => Err(corrupt("empty value".into())),
-        }
-    }
-
     fn rows(&self, ks: &Keyspace) -> Result<Vec<Row>, StoreError> {
         let mut out = Vec::new();
         for guard in ks.iter() {
@@ -499,42 +574,21 @@ impl Open {
         Ok(out)
     }
 
-    fn text(&self, table: &str, bytes: &[u8]) -> Result<String, StoreError> {
-        String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt {
-            path: self.path.clone(),
-            reason: format!("a key in table `{table}` is not UTF-8"),
-        })
-    }
-
     fn load(&self) -> Result<ReplicatedState, StoreError> {
         let mut state = ReplicatedState::default();
-        for (k, v) in self.rows(&self.members)? {
-            let id = self.text("members", &k)?;
-            let entry = self.decode("members", &id, &v)?;
-            state.apply(Delta::Member(NodeId::from(id), entry));
-        }
-        for (k, v) in self.rows(&self.tasks)? {
-            let id = self.text("tasks", &k)?;
-            let entry = self.decode("tasks", &id, &v)?;
-            state.apply(Delta::Task(TaskId(id), entry));
-        }
-        for (k, v) in self.rows(&self.policies)? {
-            let ns = self.text("policies", &k)?;
-            let policy = self.decode("policies", &ns, &v)?;
-            state.apply(Delta::Policy { ns, policy });
-        }
-        for (k, v) in self.rows(&self.kv)? {
-            let text = self.text("kv", &k)?;
-            let (ns, key) = text.split_once('\0').ok_or_else(|| StoreError::Corrupt {
-                path: self.path.clone(),
-                reason: format!("knowledge key `{text}` has no namespace"),
-            })?;
-            let entry = self.decode("kv", &format!("{ns}/{key}"), &v)?;
-            state.apply(Delta::Kv {
-                ns: ns.to_owned(),
-                key: key.to_owned(),
-                entry,
-            });
+        for (table, ks) in [
+            (Table::Members, &self.members),
+            (Table::Tasks, &self.tasks),
+            (Table::Policies, &self.policies),
+            (Table::Kv, &self.kv),
+        ] {
+            for (k, v) in self.rows(ks)? {
+                let delta = decode_row(table, &k, &v).map_err(|reason| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    reason,
+                })?;
+                state.apply(delta);
+            }
         }
         Ok(state)
     }
@@ -687,6 +741,72 @@ mod tests {
         let state = store.load().unwrap();
         assert!(state.members.is_empty(), "member records dropped");
         assert_eq!(state.namespaces["a"].entries.len(), 1, "knowledge kept");
+        assert_eq!(store.with(|o| o.read_u64("schema")).unwrap(), Some(SCHEMA));
+    }
+
+    #[test]
+    fn a_store_with_unsigned_tasks_is_refused_unchanged_and_one_without_upgrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let set_schema = |store: &Store, v: u64| {
+            store
+                .with(|o| {
+                    let mut b = o.db.batch().durability(Some(PersistMode::SyncAll));
+                    b.insert(&o.meta, "schema", v.to_be_bytes().to_vec());
+                    b.commit().map_err(|e| o.io(e))
+                })
+                .unwrap()
+        };
+        let n = NodeId::from("n");
+        let mut member = crate::core::member::MemberEntry::default();
+        member.write(
+            &n,
+            Default::default(),
+            &n,
+            &crate::core::sign::Keys::sim(&n),
+        );
+        let member = Delta::Member(n.clone(), Box::new(member));
+        // A schema 2 store with a task row (its bytes do not matter: they
+        // are never read).
+        let with_task = dir.path().join("with-task");
+        {
+            let store = Store::open(&with_task).unwrap();
+            store.commit([&member], &[], true).unwrap();
+            store
+                .with(|o| {
+                    let mut b = o.db.batch().durability(Some(PersistMode::SyncAll));
+                    b.insert(&o.tasks, "t1", vec![ENTRY_FORMAT, 0]);
+                    b.commit().map_err(|e| o.io(e))
+                })
+                .unwrap();
+            set_schema(&store, 2);
+        }
+        let err = Store::open(&with_task).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Unsigned {
+                    found: 2,
+                    tasks: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("Nothing was changed"), "{err}");
+        // Refused again: nothing was changed by the first try.
+        assert!(matches!(
+            Store::open(&with_task).unwrap_err(),
+            StoreError::Unsigned { .. }
+        ));
+        // Without tasks, schema 2 upgrades and keeps its (signed) members.
+        let without = dir.path().join("without");
+        {
+            let store = Store::open(&without).unwrap();
+            store.commit([&member], &[], true).unwrap();
+            set_schema(&store, 2);
+        }
+        let store = Store::open(&without).unwrap();
+        assert_eq!(store.load().unwrap().members.len(), 1);
         assert_eq!(store.with(|o| o.read_u64("schema")).unwrap(), Some(SCHEMA));
     }
 

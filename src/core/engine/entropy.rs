@@ -139,7 +139,7 @@ impl Engine {
         let mut changed = 0usize;
         let mut refused = 0u64;
         for d in deltas {
-            if validate::remote(&d, self.replica.keys()).is_err() {
+            if validate::remote(&d, self.replica.keys(), self.replica.state()).is_err() {
                 refused += 1;
                 continue;
             }

@@ -416,8 +416,11 @@ impl Engine {
             Ok(Gossip::Deltas(deltas)) => {
                 // One unsound delta and the whole message is refused: applied
                 // nowhere, forwarded nowhere.
-                let keys = self.replica.keys();
-                if let Some(why) = deltas.iter().find_map(|d| validate::remote(d, keys).err()) {
+                let (keys, known) = (self.replica.keys(), self.replica.state());
+                if let Some(why) = deltas
+                    .iter()
+                    .find_map(|d| validate::remote(d, keys, known).err())
+                {
                     self.out.push(Output::Count(Counter::DeltaRefused, 1));
                     self.out.push(Output::Verdict {
                         msg,

@@ -543,21 +543,19 @@ impl Replica {
     pub fn apply_remote(&mut self, now: Millis, delta: Delta) -> bool {
         let changed = match delta {
             Delta::Task(id, entry) => {
-                let mut merged = self
-                    .state
-                    .tasks
-                    .get(&id)
-                    .cloned()
-                    .unwrap_or_else(|| TaskEntry::new(entry.spec().clone()));
-                let before = merged.marker().clone();
-                let history = merged.history().len();
-                merged.merge(*entry);
-                if merged.marker() == &before
-                    && merged.history().len() == history
-                    && self.state.tasks.contains_key(&id)
-                {
-                    return false;
-                }
+                let merged = match self.state.tasks.get(&id) {
+                    Some(known) => {
+                        let mut merged = known.clone();
+                        merged.merge(*entry);
+                        if merged.marker() == known.marker()
+                            && merged.history().len() == known.history().len()
+                        {
+                            return false;
+                        }
+                        merged
+                    }
+                    None => *entry,
+                };
                 self.emit(Effect::Merged(Delta::Task(
                     id.clone(),
                     Box::new(merged.clone()),

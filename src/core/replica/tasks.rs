@@ -89,7 +89,7 @@ impl Replica {
             self.rng.next_u64(),
             self.next_seq() & 0xff_ffff
         ));
-        let mut entry = TaskEntry::new(spec);
+        let mut entry = TaskEntry::new(&id, spec, &self.cfg.keys);
         let placed = self.placement(&id, &entry, None);
         let me = self.cfg.node.clone();
         let state = match placed {
@@ -109,7 +109,7 @@ impl Replica {
                 ..TaskState::default()
             },
         };
-        entry.transition(state.clone(), "submitted", &me);
+        entry.transition(&id, state.clone(), "submitted", &me, &self.cfg.keys);
         self.announce_placement(&id, &state);
         self.put_task(now, id.clone(), entry, true);
         Ok((id, true))
@@ -271,7 +271,7 @@ impl Replica {
             st.started_at = Some(now);
             st.updated_at = now;
             let me = self.cfg.node.clone();
-            if !entry.transition(st.clone(), "started by handler", &me) {
+            if !entry.transition(&id, st.clone(), "started by handler", &me, &self.cfg.keys) {
                 continue;
             }
             self.local.insert(
@@ -332,7 +332,13 @@ impl Replica {
         st.started_at = Some(now);
         st.updated_at = now;
         let me = self.cfg.node.clone();
-        entry.transition(st.clone(), &format!("claimed by worker {worker}"), &me);
+        entry.transition(
+            &id,
+            st.clone(),
+            &format!("claimed by worker {worker}"),
+            &me,
+            &self.cfg.keys,
+        );
         self.local.insert(
             id.clone(),
             LocalRun {
@@ -474,7 +480,7 @@ impl Replica {
             ),
         };
         let status = state.status;
-        entry.transition(state, &note, &me);
+        entry.transition(id, state, &note, &me, &self.cfg.keys);
         if status.is_terminal() {
             self.emit(Effect::Event(Event::TaskFinished {
                 task: id.clone(),
@@ -501,7 +507,7 @@ impl Replica {
             updated_at: now,
             ..prev
         };
-        entry.transition(st, "cancelled", &me);
+        entry.transition(id, st, "cancelled", &me, &self.cfg.keys);
         self.emit(Effect::Event(Event::TaskFinished {
             task: id.clone(),
             status: TaskStatus::Cancelled,
@@ -574,7 +580,7 @@ impl Replica {
                     st.error = prev.error.clone();
                     let mut entry = entry;
                     let me = self.cfg.node.clone();
-                    entry.transition(st.clone(), "placed", &me);
+                    entry.transition(&id, st.clone(), "placed", &me, &self.cfg.keys);
                     self.announce_placement(&id, &st);
                     self.put_task(now, id, entry, true);
                 }
@@ -615,7 +621,13 @@ impl Replica {
                     ..TaskState::default()
                 },
             };
-            entry.transition(st.clone(), "handed back: node leaving", &me);
+            entry.transition(
+                &id,
+                st.clone(),
+                "handed back: node leaving",
+                &me,
+                &self.cfg.keys,
+            );
             self.announce_placement(&id, &st);
             self.put_task(now, id, entry, true);
         }
@@ -737,7 +749,7 @@ impl Replica {
                 }
             };
             let (status, to) = (st.status, st.node.clone());
-            entry.transition(st.clone(), &note, &me);
+            entry.transition(&id, st.clone(), &note, &me, &self.cfg.keys);
             match (&to, status) {
                 (Some(to), TaskStatus::Assigned) => {
                     self.emit(Effect::Event(Event::TaskMigrated {
