@@ -210,6 +210,8 @@ struct Suspicion {
     since: Mono,
     confirmers: BTreeSet<NodeId>,
     deadline: Mono,
+    /// Whether this node's own probes failed too (and it said so).
+    mine: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -611,6 +613,7 @@ impl Swim {
                 since: now,
                 confirmers,
                 deadline,
+                mine: by == &self.me,
             });
             if let Some(old) = old {
                 self.deadlines.remove(&(old.deadline, node.clone()));
@@ -621,7 +624,31 @@ impl Swim {
         } else {
             // A confirmation by another observer shortens the timeout.
             let s = self.members[node].suspicion.as_ref().expect("not fresh");
-            if by == &self.me || s.confirmers.contains(by) {
+            if by == &self.me {
+                // This node's own probe failed too, after it heard of the
+                // suspicion from another: an independent confirmation for
+                // the others (as memberlist's `suspectNode` confirms and
+                // re-broadcasts it), said once. Its own timer does not
+                // count it.
+                if s.mine {
+                    return;
+                }
+                let incarnation = s.incarnation;
+                if let Some(s) = self
+                    .members
+                    .get_mut(node)
+                    .and_then(|m| m.suspicion.as_mut())
+                {
+                    s.mine = true;
+                }
+                self.queue(Update::Suspect {
+                    node: node.clone(),
+                    incarnation,
+                    by: by.clone(),
+                });
+                return;
+            }
+            if s.confirmers.contains(by) {
                 return;
             }
             let c = s.confirmers.len() + 1;
@@ -991,6 +1018,27 @@ mod tests {
         };
         assert!(packet.updates.len() <= s.cfg.max_piggyback);
         assert!(matches!(&packet.updates[0], Update::Suspect { node, .. } if *node == target));
+    }
+
+    #[test]
+    fn a_node_whose_own_probe_fails_after_it_heard_of_the_suspicion_confirms_it_once() {
+        let mut rng = Rng::new(1);
+        let (me, other, target) = (NodeId::from("me"), NodeId::from("o"), NodeId::from("t"));
+        let mut s = Swim::new(SwimConfig::new(100, 2), me.clone(), 1, Mono(0));
+        s.watch(&target, 1, Mono(0), &mut rng);
+        s.watch(&other, 1, Mono(0), &mut rng);
+        // `other` suspects t first; then this node's own probe of t fails.
+        s.suspect(&target, 1, &other, Mono(0));
+        s.suspect(&target, 1, &me, Mono(10));
+        s.suspect(&target, 1, &me, Mono(20));
+        let mine = s
+            .broadcasts
+            .iter()
+            .filter(|b| matches!(&b.update, Update::Suspect { node, by, .. } if *node == target && *by == me))
+            .count();
+        assert_eq!(mine, 1, "its own suspicion goes out, once");
+        let confirmers = &s.members[&target].suspicion.as_ref().unwrap().confirmers;
+        assert_eq!(confirmers.len(), 1, "its own timer counts only the others");
     }
 
     #[test]
