@@ -17,6 +17,7 @@
 use crate::core::ids::NodeId;
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A signature: 64 bytes for ed25519, 32 for the simulator's keyed hash.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -26,11 +27,38 @@ pub struct Sig(pub Vec<u8>);
 /// The longest signature a peer may send (ed25519's).
 pub const MAX_SIG_BYTES: usize = 64;
 
+/// Public keys decoded from peer ids, kept so that a writer's key is
+/// decoded once (base58 and point decompression are about a fifth of a
+/// check: docs/benchmarks.md).
+/// Cleared when full: a peer sending records of ever new writers costs
+/// decoding, never memory.
+#[derive(Default)]
+pub struct KeyCache(std::sync::Mutex<BTreeMap<NodeId, VerifyingKey>>);
+
+/// Writers whose keys [`KeyCache`] keeps at most.
+const KEY_CACHE: usize = 4096;
+
+impl KeyCache {
+    fn get(&self, writer: &NodeId) -> Option<VerifyingKey> {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = known.get(writer) {
+            return Some(*key);
+        }
+        let key = public_key(writer)?;
+        if known.len() >= KEY_CACHE {
+            known.clear();
+        }
+        known.insert(writer.clone(), key);
+        Some(key)
+    }
+}
+
 /// A node's signing key, and the scheme it checks others' signatures in.
 #[derive(Clone)]
 pub enum Keys {
-    /// The node's ed25519 key (the one its peer id is derived from).
-    Ed25519(Box<SigningKey>),
+    /// The node's ed25519 key (the one its peer id is derived from), and
+    /// the public keys of writers it has checked.
+    Ed25519(Box<SigningKey>, std::sync::Arc<KeyCache>),
     /// The simulator's keyed hash, keyed by the node id.
     Sim([u8; 32]),
 }
@@ -38,7 +66,7 @@ pub enum Keys {
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Keys::Ed25519(k) => write!(f, "Keys::Ed25519({:?})", k.verifying_key()),
+            Keys::Ed25519(k, _) => write!(f, "Keys::Ed25519({:?})", k.verifying_key()),
             Keys::Sim(_) => f.write_str("Keys::Sim"),
         }
     }
@@ -47,7 +75,10 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     /// Real keys from an ed25519 secret key's 32 bytes.
     pub fn ed25519(secret: [u8; 32]) -> Keys {
-        Keys::Ed25519(Box::new(SigningKey::from_bytes(&secret)))
+        Keys::Ed25519(
+            Box::new(SigningKey::from_bytes(&secret)),
+            std::sync::Arc::default(),
+        )
     }
 
     /// The simulator's keys for `node`.
@@ -58,7 +89,7 @@ impl Keys {
     /// Signs `msg`.
     pub fn sign(&self, msg: &[u8]) -> Sig {
         match self {
-            Keys::Ed25519(k) => Sig(k.sign(msg).to_bytes().to_vec()),
+            Keys::Ed25519(k, _) => Sig(k.sign(msg).to_bytes().to_vec()),
             Keys::Sim(key) => Sig(blake3::keyed_hash(key, msg).as_bytes().to_vec()),
         }
     }
@@ -66,9 +97,9 @@ impl Keys {
     /// Whether `sig` is `writer`'s signature of `msg`, in this node's scheme.
     pub fn verify(&self, writer: &NodeId, msg: &[u8], sig: &Sig) -> bool {
         match self {
-            Keys::Ed25519(_) => {
+            Keys::Ed25519(_, known) => {
                 let (Some(key), Ok(sig)) = (
-                    public_key(writer),
+                    known.get(writer),
                     ed25519_dalek::Signature::from_slice(&sig.0),
                 ) else {
                     return false;
@@ -111,6 +142,47 @@ mod tests {
         assert!(!keys.verify(&b, b"record", &sig), "another writer");
         assert!(!keys.verify(&a, b"other record", &sig), "another message");
         assert!(!keys.verify(&a, b"record", &Sig(vec![0; 32])));
+    }
+
+    /// The peer id text of ed25519 secret `secret`, as libp2p derives it.
+    fn peer_id(secret: [u8; 32]) -> NodeId {
+        let public = SigningKey::from_bytes(&secret).verifying_key().to_bytes();
+        let mut mh = vec![0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+        mh.extend_from_slice(&public);
+        NodeId::from(bs58::encode(mh).into_string())
+    }
+
+    #[test]
+    fn writers_keys_are_kept_bounded_and_checks_hold_across_a_clear() {
+        let me = Keys::ed25519([1; 32]);
+        let Keys::Ed25519(_, known) = &me else {
+            unreachable!()
+        };
+        let writer = |i: u32| {
+            let mut secret = [0u8; 32];
+            secret[..4].copy_from_slice(&i.to_le_bytes());
+            secret[31] = 9;
+            (peer_id(secret), Keys::ed25519(secret))
+        };
+        let (first, first_keys) = writer(0);
+        let sig = first_keys.sign(b"m");
+        assert!(me.verify(&first, b"m", &sig));
+        assert!(
+            !me.verify(&first, b"other", &sig),
+            "a cached key still checks"
+        );
+        for i in 1..=KEY_CACHE as u32 {
+            let (id, keys) = writer(i);
+            assert!(me.verify(&id, b"m", &keys.sign(b"m")));
+        }
+        let size = known.0.lock().unwrap().len();
+        assert!(size <= KEY_CACHE, "{size} keys kept");
+        assert!(me.verify(&first, b"m", &sig), "after the clear");
+        let (second, _) = writer(1);
+        assert!(
+            !me.verify(&second, b"m", &sig),
+            "another writer's signature"
+        );
     }
 
     #[test]
