@@ -229,6 +229,27 @@ pub trait Roster {
     fn healthy_count(&self) -> usize;
 }
 
+/// Why a heartbeat is refused that commits past this node's log.
+const LOG_BEHIND: &str = "commit past this node's log (the leader counts entries it lost)";
+
+/// A message that contradicts this node's log in a way raft-rs does not
+/// survive (it ends the node with `fatal!`): a heartbeat committing past
+/// the last entry (`commit_to` out of range), sent by a leader that counts
+/// entries this node lost (it left the plane and came back). Refused
+/// before raft-rs sees it: the leader gets no answer and counts this node
+/// as unresponsive. (Entries that would overwrite committed ones, raft-rs's
+/// other such check, never reach it: it answers an append below its
+/// commit index with that index and goes no further.)
+fn contradicts_log(raw: &RawNode<MemStorage>, m: &eraftpb::Message) -> Result<(), &'static str> {
+    let behind = m.get_msg_type() == eraftpb::MessageType::MsgHeartbeat
+        && m.commit > raw.raft.raft_log.last_index();
+    if behind {
+        Err(LOG_BEHIND)
+    } else {
+        Ok(())
+    }
+}
+
 /// A node's Raft id: 8 bytes of a hash of its node id (never 0, Raft's
 /// "nobody").
 pub fn raft_id(node: &NodeId) -> u64 {
@@ -275,6 +296,11 @@ pub struct Control {
     reported: Option<Lease>,
     /// A learner being caught up, and since when.
     catching_up: Option<(u64, Mono)>,
+    /// When each member of the plane was last heard from (any Raft
+    /// message), and the term this node leads, since when: a leader
+    /// replaces a voter it has not heard from in a long while.
+    heard: BTreeMap<u64, Mono>,
+    leading: Option<(u64, Mono)>,
     out: Vec<ControlOut>,
     now: Mono,
 }
@@ -317,6 +343,8 @@ impl Control {
             announced: 0,
             reported: None,
             catching_up: None,
+            heard: BTreeMap::new(),
+            leading: None,
             out: Vec::new(),
             now: Mono(0),
         };
@@ -528,6 +556,7 @@ impl Control {
             return Ok(());
         }
         self.names.insert(msg.from, from.clone());
+        self.heard.insert(msg.from, now);
         for e in &msg.entries {
             if let Payload::Conf(cc) = &e.payload {
                 self.learn_names(cc);
@@ -544,6 +573,12 @@ impl Control {
             if !from_leader {
                 return Ok(());
             }
+            if pb.get_msg_type() == eraftpb::MessageType::MsgHeartbeat && pb.commit > 0 {
+                // A leader that counts entries this node does not hold (it
+                // was a member, left the plane and came back): a member
+                // newly added is sent commit 0 until it holds the log.
+                return Err(msg::MsgError::Malformed(LOG_BEHIND));
+            }
             let storage = MemStorage::new();
             storage.wl().set_hardstate(eraftpb::HardState {
                 term: self.kept_term,
@@ -552,7 +587,33 @@ impl Control {
             self.raw = self.make_raw(storage, 0);
         }
         if let Some(mut raw) = self.raw.take() {
-            if let Err(e) = raw.step(pb) {
+            if let Err(why) = contradicts_log(&raw, &pb) {
+                self.raw = Some(raw);
+                return Err(msg::MsgError::Malformed(why));
+            }
+            // raft-rs ends a node (`fatal!` panics) over a message that
+            // contradicts its log; the known ones are refused above, and
+            // any other leaves this node out of the plane rather than
+            // stopping it.
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                let r = raw.step(pb);
+                (raw, r)
+            }));
+            let Ok((mut raw, r)) = stepped else {
+                tracing::warn!(
+                    peer = %from,
+                    "a raft message made raft-rs fail: this node leaves the control plane's Raft state and waits to be added again"
+                );
+                self.out.push(ControlOut::Audit {
+                    action: "control_plane_state_dropped",
+                    subject: self.me.to_string(),
+                    detail: format!("a raft message from {from} made raft-rs fail"),
+                });
+                self.persist();
+                self.report();
+                return Err(msg::MsgError::Malformed("raft-rs failed on it"));
+            };
+            if let Err(e) = r {
                 tracing::debug!(error = %e, "raft step refused a message");
             }
             self.reseed_timeout(&mut raw, false);
@@ -561,6 +622,12 @@ impl Control {
         }
         self.report();
         Ok(())
+    }
+
+    /// Whether this node holds the control plane's Raft log.
+    #[cfg(test)]
+    fn last_index(&self) -> Option<u64> {
+        self.raw.as_ref().map(|r| r.raft.raft_log.last_index())
     }
 
     /// A lease announcement: from its holder by gossip, or `relayed` by
@@ -1115,6 +1182,32 @@ impl Control {
                 }
             }
         }
+        // A voter that answers nothing though it is alive leaves, to be
+        // added back as a learner from an empty log: it lost the log the
+        // leader counts (it left the plane and came back, and refuses the
+        // leader's heartbeats), or it cannot reach the leader.
+        let term = r.term;
+        let since = match self.leading {
+            Some((t, at)) if t == term => at,
+            _ => {
+                self.leading = Some((term, self.now));
+                self.now
+            }
+        };
+        let silent_ms = self.cfg.tick_ms * self.cfg.election_ticks as u64 * 5;
+        let silent = cs.voters.iter().filter(|v| **v != self.id).find_map(|v| {
+            let heard = self.heard.get(v).copied().unwrap_or(since).max(since);
+            let n = name(*v)?;
+            (self.now.since(heard) > silent_ms && roster.healthy(&n)).then_some(n)
+        });
+        if let Some(n) = silent {
+            tracing::info!(voter = %n, "a voter silent for {silent_ms} ms leaves the control plane");
+            let cc = ConfChange {
+                changes: vec![Change::Remove(n)],
+            };
+            let _ = raw.propose_conf_change(Vec::new(), cc.to_pb());
+            return self.after_propose();
+        }
         // Voters beyond the plane's size leave again: an unhealthy one
         // first, else the highest id (never this node).
         let size = target_voters(self.cfg.voters, usize::MAX);
@@ -1292,5 +1385,182 @@ impl slog::Drain for TracingDrain {
             _ => tracing::trace!(target: "raft", "{}", record.msg()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control(name: &str) -> Control {
+        let me = NodeId::from(name);
+        Control::new(
+            me.clone(),
+            Keys::sim(&me),
+            ControlConfig::for_probe_interval(500, 3, 1),
+            None,
+            Rng::new(raft_id(&me)),
+        )
+    }
+
+    fn heartbeat(from: &NodeId, to: &Control, plane: u64, term: u64, commit: u64) -> RaftMsg {
+        RaftMsg {
+            plane,
+            kind: msg::Kind::Heartbeat,
+            to: to.id,
+            from: raft_id(from),
+            term,
+            log_term: 0,
+            index: 0,
+            entries: Vec::new(),
+            commit,
+            commit_term: 0,
+            snapshot: None,
+            request_snapshot: 0,
+            reject: false,
+            reject_hint: 0,
+            context: Vec::new(),
+            priority: 0,
+        }
+    }
+
+    /// Measured with 100 processes starting at once: a node that had been
+    /// a member of a plane, yielded to another and came back empty got a
+    /// heartbeat committing index 4, and raft-rs's `commit_to` panicked,
+    /// stopping the node.
+    #[test]
+    fn a_heartbeat_committing_past_the_log_is_refused_not_a_crash() {
+        let leader = NodeId::from("a");
+        // A bystander (no Raft state yet).
+        let mut b = control("b");
+        let r = b.receive(Mono(10), &leader, heartbeat(&leader, &b, 7, 3, 4));
+        assert_eq!(r, Err(msg::MsgError::Malformed(LOG_BEHIND)));
+        assert!(!b.is_member(), "no Raft state made up from a bad heartbeat");
+        // A newly added member is sent commit 0 until it holds the log.
+        b.receive(Mono(11), &leader, heartbeat(&leader, &b, 7, 3, 0))
+            .expect("a new member's first heartbeat");
+        assert_eq!(b.last_index(), Some(0));
+
+        // A member holding the log up to its founding snapshot (index 1).
+        let mut c = control("c");
+        c.found(vec![leader.clone(), NodeId::from("c")]);
+        let plane = c.plane();
+        assert_eq!(c.last_index(), Some(1));
+        let r = c.receive(Mono(10), &leader, heartbeat(&leader, &c, plane, 5, 9));
+        assert_eq!(r, Err(msg::MsgError::Malformed(LOG_BEHIND)));
+        assert!(c.is_member(), "still a member");
+        c.receive(Mono(11), &leader, heartbeat(&leader, &c, plane, 5, 1))
+            .expect("a heartbeat within the log");
+        let answered = c.take_outputs().into_iter().any(|o| {
+            matches!(o, ControlOut::Send { ref to, ref msg } if *to == leader && msg.kind == msg::Kind::HeartbeatResponse)
+        });
+        assert!(answered, "a sound heartbeat is answered");
+    }
+
+    struct AllHealthy(Vec<NodeId>);
+
+    impl Roster for AllHealthy {
+        fn healthy(&self, id: &NodeId) -> bool {
+            self.0.contains(id)
+        }
+        fn gone(&self, id: &NodeId) -> bool {
+            !self.0.contains(id)
+        }
+        fn lowest_healthy(&self, n: usize) -> Vec<NodeId> {
+            let mut v = self.0.clone();
+            v.sort();
+            v.truncate(n);
+            v
+        }
+        fn healthy_count(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    /// Delivers every message the controls want sent, until none is left.
+    fn pump(nodes: &mut [Control], now: Mono) {
+        loop {
+            let mut sent = Vec::new();
+            for c in nodes.iter_mut() {
+                for o in c.take_outputs() {
+                    if let ControlOut::Send { to, msg } = o {
+                        sent.push((c.me.clone(), to, msg));
+                    }
+                }
+            }
+            if sent.is_empty() {
+                return;
+            }
+            for (from, to, msg) in sent {
+                if let Some(c) = nodes.iter_mut().find(|c| c.me == to) {
+                    let _ = c.receive(now, &from, msg);
+                }
+            }
+        }
+    }
+
+    /// A voter that lost the plane's log (it refuses the leader's
+    /// heartbeats) is removed by the leader's autopilot, then added back
+    /// from an empty log and caught up.
+    #[test]
+    fn a_voter_that_lost_the_log_is_replaced_and_caught_up_again() {
+        let names: Vec<NodeId> = ["a", "b", "c"].iter().map(|n| NodeId::from(*n)).collect();
+        let roster = AllHealthy(names.clone());
+        let mut nodes: Vec<Control> = ["a", "b", "c"].iter().map(|n| control(n)).collect();
+        for c in nodes.iter_mut() {
+            c.found(names.clone());
+        }
+        let plane = nodes[0].plane();
+        let tick = nodes[0].cfg.tick_ms;
+        let mut now = Mono(0);
+        let run = |nodes: &mut Vec<Control>, ms: u64, now: &mut Mono| {
+            for _ in 0..ms / tick {
+                *now = now.plus(tick);
+                for c in nodes.iter_mut() {
+                    c.tick(*now, &roster);
+                }
+                pump(nodes, *now);
+            }
+        };
+        run(&mut nodes, 5_000, &mut now);
+        let leader = nodes
+            .iter()
+            .position(|c| c.holds_lease())
+            .expect("a leader");
+        // A follower loses its Raft state and hears of the plane again.
+        let lost = (leader + 1) % 3;
+        let name = nodes[lost].me.clone();
+        nodes[lost] = control(name.as_str());
+        nodes[lost].plane = plane;
+        run(&mut nodes, 3_000, &mut now);
+        assert!(!nodes[lost].is_member(), "its heartbeats are refused");
+        run(&mut nodes, 30_000, &mut now);
+        let l = &nodes[leader];
+        assert!(l.holds_lease(), "the leader kept the lease");
+        assert!(
+            nodes[lost].is_member(),
+            "added back and given the log: {:?}",
+            nodes[lost]
+        );
+        let voters = l.voters();
+        assert!(voters.contains(&name), "a voter again: {voters:?}");
+        assert_eq!(
+            nodes[lost].last_index(),
+            l.last_index(),
+            "caught up with the leader"
+        );
+    }
+
+    #[test]
+    fn entries_whose_indices_overflow_are_malformed() {
+        let mut m = heartbeat(&NodeId::from("a"), &control("b"), 7, 3, 0);
+        m.kind = msg::Kind::Append;
+        m.index = u64::MAX;
+        m.entries = vec![Entry {
+            index: 0,
+            term: 1,
+            payload: Payload::Empty,
+        }];
+        assert_eq!(m.to_pb().err(), Some(msg::MsgError::Malformed("entries")));
     }
 }

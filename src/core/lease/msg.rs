@@ -406,7 +406,7 @@ impl RaftMsg {
         // Entries must follow each other from `index + 1`, as raft-rs
         // assumes (it asserts on the storage it appends them to).
         for (i, e) in self.entries.iter().enumerate() {
-            if e.index != self.index + 1 + i as u64 || e.term > self.term {
+            if self.index.checked_add(1 + i as u64) != Some(e.index) || e.term > self.term {
                 return Err(MsgError::Malformed("entries"));
             }
         }
