@@ -52,6 +52,10 @@ pub struct Report {
     pub false_suspicions: u64,
     /// Death verdicts about nodes that were running.
     pub false_deaths: u64,
+    /// From the last of the first nodes' start until every running node
+    /// listed every other one alive, ms, to 100 ms (null: not within two
+    /// minutes).
+    pub join_ms: Option<u64>,
     /// From the heal to every node agreeing, ms (null: never).
     pub liveness_ms: Option<u64>,
     /// Acknowledged knowledge writes.
@@ -126,6 +130,7 @@ impl Report {
             detection_dead_ms: Spread::of(&w.check.dead_ms),
             false_suspicions: w.check.false_suspects,
             false_deaths: w.check.false_deads,
+            join_ms: w.joined_in.map(|us| us / 1_000),
             liveness_ms: match (w.liveness_at, w.converged_at) {
                 (Some(l), Some(c)) => Some((c - l) / 1_000),
                 _ => None,
@@ -186,6 +191,12 @@ impl Report {
             "traffic per node: {:.1} msg/s (gossip {:.1}, control {:.1}, sync {:.1}, probe {:.1}), {:.0} B/s\n",
             m.total, m.gossip, m.control, m.sync, m.probe, b.total
         );
+        s += &match self.join_ms {
+            Some(ms) => format!(
+                "join: every node lists every other alive {ms} ms after the last one started\n"
+            ),
+            None => "join: not every node listed every other alive within two minutes\n".into(),
+        };
         let c = &self.convergence_ms;
         s += &format!(
             "writes to every node: p50 {} ms, p99 {} ms, max {} ms ({} writes, {} never)\n",

@@ -91,6 +91,8 @@ pub(super) enum SimEvent {
         life: u32,
     },
     Workload,
+    /// Whether every running node lists every other one alive yet.
+    JoinCheck,
     Fault(usize),
     Heal(usize),
     Restart(usize),
@@ -234,6 +236,11 @@ pub(super) struct World {
     writes: u64,
     pub(super) liveness_at: Option<u64>,
     pub(super) converged_at: Option<u64>,
+    /// When the last of the first nodes boots, µs.
+    pub(super) last_boot: u64,
+    /// From the last first node's boot until every running node listed
+    /// every other one alive, µs (checked every 100 ms).
+    pub(super) joined_in: Option<u64>,
     pub(super) done: bool,
     pub(super) events: u64,
     fault_nodes: Vec<Vec<usize>>,
@@ -268,6 +275,8 @@ impl World {
             writes: 0,
             liveness_at: None,
             converged_at: None,
+            last_boot: 0,
+            joined_in: None,
             done: false,
             events: 0,
             fault_nodes: vec![Vec::new(); scenario.faults.len()],
@@ -280,8 +289,12 @@ impl World {
         for i in 0..n {
             w.add_node();
             let at = w.rng_fault.next_u64() % (w.scenario.startup_ms.max(1) * 1_000);
-            w.schedule(if i == 0 { 0 } else { at }, SimEvent::Boot(i));
+            let at = if i == 0 { 0 } else { at };
+            w.last_boot = w.last_boot.max(at);
+            w.schedule(at, SimEvent::Boot(i));
         }
+        let last = w.last_boot;
+        w.schedule(last, SimEvent::JoinCheck);
         let starts: Vec<u64> = w.scenario.faults.iter().map(|f| f.at_ms * 1_000).collect();
         for (i, at) in starts.into_iter().enumerate() {
             w.schedule(at, SimEvent::Fault(i));
@@ -445,6 +458,27 @@ impl World {
             }
             SimEvent::Liveness => self.liveness(),
             SimEvent::Check => self.check_convergence(),
+            SimEvent::JoinCheck => self.check_join(),
+        }
+    }
+
+    /// The join is over when every running node lists every other
+    /// running node alive; checked every 100 ms for two minutes at most.
+    fn check_join(&mut self) {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].running())
+            .collect();
+        let all = running.iter().all(|&i| {
+            let e = self.nodes[i].engine.as_ref().expect("running");
+            running
+                .iter()
+                .all(|&j| i == j || e.replica().member_status(&self.nodes[j].id) == "alive")
+        });
+        if all {
+            self.joined_in = Some(self.now - self.last_boot);
+        } else if self.now < self.last_boot + 120_000_000 {
+            let at = self.now + 100_000;
+            self.schedule(at, SimEvent::JoinCheck);
         }
     }
 

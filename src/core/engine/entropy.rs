@@ -81,6 +81,15 @@ impl Engine {
                 return self.end_session(&peer);
             }
         }
+        if catching_up && !self.catching_up.contains(&from) && !self.announced {
+            // The first catch-up after starting is over: by now the peer's
+            // gossip subscription has arrived too, so this node's record
+            // goes out again. The one it published on starting found
+            // nobody subscribed, and only its peers' anti-entropy would
+            // pass it on (a round every few seconds, one peer at a time).
+            self.announced = true;
+            self.replica.announce();
+        }
         if catching_up
             && !self.catching_up.contains(&from)
             && self.lease().is_some_and(|l| l.holder == from)

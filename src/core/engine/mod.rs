@@ -106,6 +106,9 @@ pub struct Engine {
     /// Peers we are catching up with after connecting (what they send is
     /// not divergence).
     catching_up: BTreeSet<NodeId>,
+    /// Whether this node's record went out again after its first catch-up
+    /// (see `on_sync_response`).
+    announced: bool,
     /// Peers this node dialed itself (kept when connections are trimmed).
     dialed: BTreeSet<NodeId>,
     /// Peers to ask for a summary again as soon as a diff is answered,
@@ -159,6 +162,7 @@ impl Engine {
             clock: Now::default(),
             peers: BTreeSet::new(),
             catching_up: BTreeSet::new(),
+            announced: false,
             dialed: BTreeSet::new(),
             resync: BTreeSet::new(),
             stalled: Default::default(),

@@ -181,14 +181,17 @@ fn gossip_from_one_engine_converges_another_and_garbage_is_rejected() {
 }
 
 /// Carries sync messages between two engines until neither sends more.
-fn exchange(a: &mut Engine, b: &mut Engine, at: u64) {
+/// Runs anti-entropy between two engines until neither sends anything;
+/// returns the other outputs, each with whether `a` made it.
+fn exchange(a: &mut Engine, b: &mut Engine, at: u64) -> Vec<(bool, Output)> {
     let (an, bn) = (a.node().clone(), b.node().clone());
     let mut queue: Vec<(bool, Output)> = Vec::new();
+    let mut rest = Vec::new();
     for _ in 0..100 {
         queue.extend(settle(a, at).into_iter().map(|o| (true, o)));
         queue.extend(settle(b, at).into_iter().map(|o| (false, o)));
         if queue.is_empty() {
-            return;
+            return rest;
         }
         for (from_a, o) in std::mem::take(&mut queue) {
             let (src, dst) = if from_a {
@@ -212,11 +215,47 @@ fn exchange(a: &mut Engine, b: &mut Engine, at: u64) {
                         bytes,
                     },
                 ),
-                _ => {}
+                o => rest.push((from_a, o)),
             }
         }
     }
     panic!("the exchange did not end");
+}
+
+/// Whether `out` publishes `node`'s member record.
+fn publishes_record_of(out: &[(bool, Output)], from_a: bool, node: &str) -> bool {
+    out.iter().any(|(a, o)| {
+        *a == from_a
+            && matches!(o, Output::Publish(bytes) if matches!(
+                wire::decode::<Gossip>(bytes, wire::MAX_GOSSIP_BYTES),
+                Ok(Gossip::Deltas(ds)) if ds.iter().any(|d| matches!(d, Delta::Member(id, _) if id.as_str() == node))
+            ))
+    })
+}
+
+/// A node's record, published on starting, finds nobody subscribed; it
+/// goes out again once, after the first catch-up with a peer.
+#[test]
+fn a_node_publishes_its_record_again_after_its_first_catch_up_only() {
+    let mut a = engine("a");
+    let mut b = engine("b");
+    settle(&mut a, 1);
+    settle(&mut b, 1);
+    a.handle(Now::at(20), Input::PeerUp(NodeId::from("b")));
+    b.handle(Now::at(20), Input::PeerUp(NodeId::from("a")));
+    let out = exchange(&mut a, &mut b, 20);
+    assert!(
+        publishes_record_of(&out, true, "a"),
+        "a announces itself after catching up"
+    );
+    assert!(publishes_record_of(&out, false, "b"), "b too");
+    // A later connection's catch-up does not announce again.
+    a.handle(Now::at(30), Input::PeerDown(NodeId::from("b")));
+    b.handle(Now::at(30), Input::PeerDown(NodeId::from("a")));
+    a.handle(Now::at(40), Input::PeerUp(NodeId::from("b")));
+    b.handle(Now::at(40), Input::PeerUp(NodeId::from("a")));
+    let out = exchange(&mut a, &mut b, 40);
+    assert!(!publishes_record_of(&out, true, "a"), "once only");
 }
 
 #[test]

@@ -537,6 +537,14 @@ impl Replica {
         self.emit(Effect::Gossip(Delta::Member(me, Box::new(entry))));
     }
 
+    /// Gossips this node's member record as it is (nothing rewritten).
+    pub fn announce(&mut self) {
+        let me = self.cfg.node.clone();
+        if let Some(entry) = self.state.members.get(&me).cloned() {
+            self.emit(Effect::Gossip(Delta::Member(me, Box::new(entry))));
+        }
+    }
+
     /// Merges a delta that came from another node (by gossip or sync).
     /// Returns true when it changed this replica (a delta already seen
     /// changes nothing and produces no output).
