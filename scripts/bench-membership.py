@@ -9,10 +9,12 @@ through each node's /v1/events stream. Prints:
   write      one knowledge write until every other node merged it (x20)
   detection  kill -9 of one node until every survivor saw it suspect / dead
 
-Usage: scripts/bench-membership.py [N] [--profile fast|lan] [--hog] [--quiet SECS]
-(--hog runs a CPU hog on both cores from the idle phase on; --quiet watches
-for false suspicions over SECS more seconds before the write and detection
-phases; KEEP_LOGS=1 keeps the nodes' logs and data dirs).
+Usage: scripts/bench-membership.py [N] [--profile fast|lan] [--hog] [--quiet SECS] [--timeline]
+(--timeline prints, each second of the join, the fewest and the mean members
+the nodes list alive and the suspicions raised; --hog runs a CPU hog on both
+cores from the idle phase on; --quiet watches for false suspicions over SECS
+more seconds before the write and detection phases; KEEP_LOGS=1 keeps the nodes' logs and data dirs; SHOAL_BIN=PATH runs
+that executable instead of building target/release/shoal, for A/B runs).
 Bounded in time; every process it started is killed by its pid at the end.
 Results go to docs/benchmarks.md by hand.
 """
@@ -30,7 +32,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "shoal")
+BIN = os.environ.get("SHOAL_BIN") or os.path.join(ROOT, "target", "release", "shoal")
 DEADLINE = 1200  # seconds, for the whole run
 
 
@@ -40,7 +42,9 @@ def main():
     profile = args[args.index("--profile") + 1] if "--profile" in args else "fast"
     hog = "--hog" in args
     quiet = int(args[args.index("--quiet") + 1]) if "--quiet" in args else 0
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "shoal"], cwd=ROOT, check=True)
+    timeline = "--timeline" in args
+    if not os.environ.get("SHOAL_BIN"):
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "shoal"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="shoal-bench-")
     env = dict(os.environ, SHOAL_SECRET=os.urandom(32).hex(), RUST_LOG="warn")
     procs, hogs = [], []
@@ -82,7 +86,16 @@ def main():
         ids = [w.me for w in watchers]
         # Join: every node lists n alive.
         end = time.monotonic() + 120
+        next_line, last_verdicts = time.monotonic(), 0
         while time.monotonic() < end and not all(w.alive_count() >= n for w in watchers):
+            if timeline and time.monotonic() >= next_line:
+                alive = [w.alive_count() for w in watchers]
+                known = [w.known_count() for w in watchers]
+                verdicts = sum(w.false_verdicts(set()) for w in watchers)
+                print(f"  t={time.monotonic() - t_first:5.1f} s  alive min {min(alive)} "
+                      f"mean {statistics.mean(alive):.1f}  alive or suspect min {min(known)}  "
+                      f"suspicions this second {verdicts - last_verdicts}", flush=True)
+                next_line, last_verdicts = next_line + 1, verdicts
             time.sleep(0.05)
         joined = [w.all_alive_at(n) for w in watchers]
         if None in joined:
@@ -303,6 +316,10 @@ class Watcher:
     def alive_count(self):
         with self.lock:
             return sum(1 for s in self.status.values() if s == "alive")
+
+    def known_count(self):
+        with self.lock:
+            return sum(1 for s in self.status.values() if s in ("alive", "suspect"))
 
     def all_alive_at(self, n):
         with self.lock:
