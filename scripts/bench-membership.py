@@ -335,4 +335,6 @@ class Watcher:
 if __name__ == "__main__":
     signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(SystemExit("over time")))
     signal.alarm(DEADLINE)
+    # A `timeout` or Ctrl-C around the script still kills every node it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     main()

@@ -37,8 +37,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-/// The gossip topic carrying state deltas.
-pub const STATE_TOPIC: &str = "shoal/state/1";
+/// The gossip topic carrying state deltas. Version 2: messages carry no
+/// gossipsub signature (version 1 did); nodes of the two versions do not
+/// gossip to each other, but still repair each other by anti-entropy.
+pub const STATE_TOPIC: &str = "shoal/state/2";
 /// The anti-entropy protocol.
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/sync/1");
 /// Failure detection: one SWIM packet per request, answered with nothing
@@ -761,8 +763,17 @@ fn behaviour(
     metrics: &Metrics,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer = key.public().to_peer_id();
+    // Anonymous: gossipsub neither signs a message nor checks a signature
+    // on it. What a message carries is signed by its writers and checked
+    // before it is applied or forwarded (docs/security.md); gossipsub's own
+    // signature was checked again on every copy received, before its
+    // duplicate filter, which at 100 nodes cost about six signature checks
+    // per message per node and tipped the start into a storm of false
+    // suspicions that never ended (docs/benchmarks.md, session 14).
+    // Which peer relayed a message (`propagation_source`) is still known
+    // from the connection, and is what scoring and rate limits use.
     let gossip_cfg = gossipsub::ConfigBuilder::default()
-        .validation_mode(ValidationMode::Strict)
+        .validation_mode(ValidationMode::Anonymous)
         .message_id_fn(|m: &gossipsub::Message| {
             gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
         })
@@ -772,12 +783,12 @@ fn behaviour(
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| e.to_string())?;
-    // Messages gossipsub rejects itself (bad or missing signature, malformed
-    // protobuf) reach no event; its metrics count them
+    // Messages gossipsub rejects itself (carrying a source, sequence number
+    // or signature, malformed protobuf) reach no event; its metrics count them
     // (`shoal_gossipsub_invalid_messages_per_topic_total`), and it logs each
     // with its reason.
     let mut gossipsub = metrics.register_library("gossipsub", |registry| {
-        gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_cfg)
+        gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossip_cfg)
             .map(|b| b.with_metrics(registry, gossipsub::MetricsConfig::default()))
     })?;
     gossipsub.with_peer_score(
