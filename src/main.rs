@@ -3,7 +3,8 @@
 use clap::Parser;
 
 fn main() {
-    // Before anything allocates: see the function's docs for why.
+    // Before the node allocates (Rust's runtime already has, which is why
+    // mimalloc is also built with `no_thp`): see the function's docs.
     shoal::runtime::memory::disable_transparent_huge_pages();
     let cli = shoal::cli::Cli::parse();
     std::process::exit(shoal::cli::run(cli));
