@@ -3,7 +3,8 @@
 loopback (fast profile by default, node 0 as every node's bootstrap), watched
 through each node's /v1/events stream. Prints:
 
-  join       first joiner spawned until every node lists N alive
+  join       first joiner spawned until every node lists N alive; the CPU
+             all nodes spent until then; refutations (incarnations above 1)
   idle       CPU of all nodes over 10 s, RSS per node
   false      suspect/dead events about live nodes (join and idle)
   write      one knowledge write until every other node merged it (x20)
@@ -82,7 +83,8 @@ def main():
             apis.append(api)
             watchers.append(Watcher(api))
         print(f"spawn: every node ready (API answering) {time.monotonic() - t_first:.2f} s "
-              f"after the first joiner was spawned")
+              f"after the first joiner was spawned"
+              + (f"; answers retried, by status: {RETRIED}" if RETRIED else ""))
         ids = [w.me for w in watchers]
         # Join: every node lists n alive.
         end = time.monotonic() + 120
@@ -107,8 +109,16 @@ def main():
             t = [j - t_first for j in joined]
             print(f"join: {max(t):.2f} s until every node listed {n} alive "
                   f"(per node p50 {statistics.median(t):.2f} s)")
+        join_cpu = sum(cpu(p.pid) for p in procs)
         false_join = sum(w.false_verdicts(set()) for w in watchers)
         print(f"false suspicions during the join: {false_join}")
+        # A fresh node starts at incarnation 1; each refutation (of a
+        # suspicion or a verdict about itself) writes its record again, one
+        # incarnation higher, and gossips it to every node.
+        incs = [m["incarnation"] for m in get_retrying(api0, "/v1/nodes")["nodes"]]
+        print(f"join CPU: {join_cpu:.1f} CPU-s for {n} nodes ({join_cpu / n * 1000:.0f} ms per node) "
+              f"in {time.monotonic() - t_first:.1f} s; refutations (records written again): "
+              f"{sum(i - 1 for i in incs)}, by {sum(i > 1 for i in incs)} nodes, max {max(incs) - 1}")
         time.sleep(5)
         if hog:
             hogs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(2)]
@@ -196,15 +206,19 @@ def get(api, path):
         return json.load(r)
 
 
+RETRIED = {}  # HTTP status -> answers retried by get_retrying
+
+
 def get_retrying(api, path, tries=20):
     """`get`, retried for a few seconds on an error answer (a node that just
     started, on a loaded machine, may answer 503 for a moment)."""
     for i in range(tries):
         try:
             return get(api, path)
-        except urllib.error.HTTPError:
+        except urllib.error.HTTPError as e:
             if i == tries - 1:
                 raise
+            RETRIED[e.code] = RETRIED.get(e.code, 0) + 1
             time.sleep(0.25)
 
 

@@ -3,8 +3,8 @@
 use clap::Parser;
 
 fn main() {
-    // Before the node allocates (Rust's runtime already has, which is why
-    // mimalloc is also built with `no_thp`): see the function's docs.
+    // Before the node allocates (Rust's runtime already has): see the
+    // function's docs for why.
     shoal::runtime::memory::disable_transparent_huge_pages();
     let cli = shoal::cli::Cli::parse();
     std::process::exit(shoal::cli::run(cli));

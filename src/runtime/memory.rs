@@ -15,12 +15,11 @@
 /// docs/benchmarks.md). Call it first thing in `main`, before the runtime
 /// starts and the node allocates.
 ///
-/// It cannot come first of all: Rust's runtime allocates before `main` (the
-/// main thread's name), and mimalloc then reserves its first arena,
-/// madvises it for huge pages and faults them in. So the crate also builds
-/// mimalloc with its `no_thp` feature (no madvise at all): that took the
-/// last 4 MiB of huge pages out of every node (docs/benchmarks.md, session
-/// 16).
+/// Rust's runtime has allocated before `main` (the main thread's name), so
+/// mimalloc's first arena is already madvised and keeps 4 MiB of huge pages.
+/// Building mimalloc with `no_thp` removes them (3 MiB less per node) but
+/// was left out: 100-process starts fell into the suspicion storm far more
+/// often with it (docs/benchmarks.md, session 16).
 pub fn disable_transparent_huge_pages() -> bool {
     #[cfg(target_os = "linux")]
     {
