@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{poll_until, start_env, Proc};
+use common::{poll_until, poll_until_or, start_env, Proc};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
@@ -339,10 +339,30 @@ fn unsound(d: shoal::core::state::Delta) -> Vec<u8> {
 }
 
 fn wait_equal_digests(p: &Proc, q: &Proc) -> String {
-    poll_until(Duration::from_secs(30), "equal digests", || {
-        let d = p.digest();
-        (d == q.digest()).then_some(d)
-    })
+    poll_until_or(
+        Duration::from_secs(30),
+        "equal digests",
+        || {
+            let d = p.digest();
+            (d == q.digest()).then_some(d)
+        },
+        || {
+            let show = |n: &Proc| {
+                let log = std::fs::read_to_string(&n.stderr_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                format!(
+                    "{}: metrics {}\nstats {}\nnodes {}\ntasks {}\nlog (last lines, newest first):\n{}",
+                    n.id,
+                    common::metric_lines(n, &["sync", "refused", "divergence", "drop", "peers", "malformed"]),
+                    n.get("/v1/cluster/stats"),
+                    n.get("/v1/nodes"),
+                    n.get("/v1/tasks"),
+                    tail.join("\n")
+                )
+            };
+            format!("{}\n\n{}", show(p), show(q))
+        },
+    )
 }
 
 /// A bare client of Shoal's anti-entropy protocol on its own transport.

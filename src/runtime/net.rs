@@ -328,7 +328,10 @@ impl Net {
         while self.swarm.listeners().count() < self.listen_count {
             match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
                 Ok(event) => {
-                    // Early events (before the owner runs) matter only for listening.
+                    // Early events (before the owner runs) matter here only
+                    // for listening; a connection made meanwhile (the
+                    // bootstrap's) is handed to the engine from `peers()`
+                    // when it starts.
                     let _ = self.handle(event);
                 }
                 Err(_) => break,

@@ -238,7 +238,7 @@ impl Node {
             leaving_until: None,
             read_only: None,
         };
-        owner.input(Input::Start);
+        owner.start_engine();
         owner.settle().await?;
         handle.ready.store(true, Ordering::Relaxed);
         let task = tokio::spawn(owner.run(rx, exec_rx, probe_rx).instrument(span));
@@ -334,6 +334,19 @@ impl Owner {
     /// The instant of a monotonic engine time.
     fn instant(&self, at: Mono) -> tokio::time::Instant {
         self.origin + Duration::from_millis(at.0)
+    }
+
+    /// Starts the engine and tells it of every peer already connected: a
+    /// connection made before the engine existed (the bootstrap, dialed
+    /// while the swarm was coming up) or before it was rebuilt would
+    /// otherwise never be a peer to it, and it would never pull from that
+    /// peer (anti-entropy asks only the engine's peers).
+    fn start_engine(&mut self) {
+        self.input(Input::Start);
+        for peer in self.net.peers() {
+            let node = self.node_id(peer);
+            self.input(Input::PeerUp(node));
+        }
     }
 
     fn input(&mut self, input: Input) {
@@ -907,11 +920,7 @@ impl Owner {
                 self.engine =
                     Engine::new(self.engine_cfg.clone(), state, seed).with_control(control);
                 if self.read_only.is_none() {
-                    self.input(Input::Start);
-                    for peer in self.net.peers() {
-                        let node = self.node_id(peer);
-                        self.input(Input::PeerUp(node));
-                    }
+                    self.start_engine();
                 }
                 info!(seed, "engine rebuilt from the store");
             }
