@@ -89,6 +89,12 @@ impl Engine {
             // pass it on (a round every few seconds, one peer at a time).
             self.announced = true;
             self.replica.announce();
+            // The members it learned are dialed now, not at the next
+            // redial tick (up to 2 s away): until a joiner has peers of
+            // its own, its bootstrap is its only way in and out, and one
+            // bootstrap that a hundred joiners dial at once is slow to
+            // answer each.
+            self.top_up(false);
         }
         if catching_up
             && !self.catching_up.contains(&from)

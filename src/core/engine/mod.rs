@@ -581,6 +581,18 @@ impl Engine {
             self.out.push(Output::DialBootstrap);
         }
         self.trim_connections();
+        self.top_up(true);
+        self.redial_backoff = if alone {
+            (self.redial_backoff * 2).min(self.cfg.redial_backoff_max.max(1))
+        } else {
+            1
+        };
+        self.redial_skip = self.redial_backoff - 1;
+    }
+
+    /// Dials members in service chosen at random, up to `max_peers`
+    /// connections, and (with `dead_too`) one member declared dead.
+    pub(super) fn top_up(&mut self, dead_too: bool) {
         let me = self.replica.node().clone();
         let (mut candidates, mut dead): (Vec<&NodeId>, Vec<&NodeId>) = (Vec::new(), Vec::new());
         for (id, m) in &self.replica.state().members {
@@ -601,7 +613,7 @@ impl Engine {
             let i = self.rng.below(candidates.len());
             chosen.push(candidates.swap_remove(i).clone());
         }
-        if !dead.is_empty() {
+        if dead_too && !dead.is_empty() {
             let i = self.rng.below(dead.len());
             chosen.push(dead[i].clone());
         }
@@ -610,12 +622,6 @@ impl Engine {
             self.dialed.insert(id.clone());
             self.out.push(Output::Dial { node: id, addrs });
         }
-        self.redial_backoff = if alone {
-            (self.redial_backoff * 2).min(self.cfg.redial_backoff_max.max(1))
-        } else {
-            1
-        };
-        self.redial_skip = self.redial_backoff - 1;
     }
 
     /// Closes connections beyond `max_connections`, drawn at random among

@@ -258,6 +258,44 @@ fn a_node_publishes_its_record_again_after_its_first_catch_up_only() {
     assert!(!publishes_record_of(&out, true, "a"), "once only");
 }
 
+/// A joiner dials the members it learned from its bootstrap as soon as its
+/// first catch-up ends, not at the next redial tick.
+#[test]
+fn a_joiner_dials_the_members_it_learned_when_its_first_catch_up_ends() {
+    let mut a = engine("a");
+    let mut b = engine("b");
+    let mut c = engine("c");
+    settle(&mut a, 1);
+    settle(&mut b, 1);
+    settle(&mut c, 1);
+    // b (the bootstrap) already holds c's record.
+    b.handle(Now::at(2), Input::PeerUp(NodeId::from("c")));
+    c.handle(Now::at(2), Input::PeerUp(NodeId::from("b")));
+    exchange(&mut b, &mut c, 2);
+    assert!(b.replica().state().members.contains_key(c.node()));
+    // a joins through b; no timer fires.
+    a.handle(Now::at(20), Input::PeerUp(NodeId::from("b")));
+    b.handle(Now::at(20), Input::PeerUp(NodeId::from("a")));
+    let out = exchange(&mut a, &mut b, 20);
+    assert!(
+        out.iter()
+            .any(|(from_a, o)| *from_a
+                && matches!(o, Output::Dial { node, .. } if node.as_str() == "c")),
+        "a dials c when its catch-up with b ends"
+    );
+    // A later catch-up (b reconnecting) does not dial again by itself.
+    a.handle(Now::at(30), Input::PeerDown(NodeId::from("b")));
+    b.handle(Now::at(30), Input::PeerDown(NodeId::from("a")));
+    a.handle(Now::at(40), Input::PeerUp(NodeId::from("b")));
+    b.handle(Now::at(40), Input::PeerUp(NodeId::from("a")));
+    let out = exchange(&mut a, &mut b, 40);
+    assert!(
+        !out.iter()
+            .any(|(from_a, o)| *from_a && matches!(o, Output::Dial { .. })),
+        "only the first catch-up dials; the redial tick does the rest"
+    );
+}
+
 #[test]
 fn a_connect_catches_up_by_anti_entropy_until_digests_agree() {
     let mut a = engine("a");
