@@ -88,6 +88,11 @@ impl Engine {
             // nobody subscribed, and only its peers' anti-entropy would
             // pass it on (a round every few seconds, one peer at a time).
             self.announced = true;
+            tracing::info!(
+                peer = %from,
+                members = self.replica.state().members.len(),
+                "first catch-up over: announcing this node, dialing members"
+            );
             self.replica.announce();
             // The members it learned are dialed now, not at the next
             // redial tick (up to 2 s away): until a joiner has peers of
