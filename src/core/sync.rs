@@ -68,7 +68,8 @@ type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
 pub const BUCKETS: usize = 256;
 /// Leaves per bucket.
 pub const LEAVES: usize = 256;
-/// Most buckets whose leaves are asked for in one request.
+/// Most buckets whose leaves a periodic anti-entropy round asks for (a
+/// catch-up after a connect asks for every bucket that differs).
 pub const MAX_PULL: usize = 64;
 /// Most (id, digest) pairs sent in one diff request (about 20 bytes each
 /// encoded, so a request stays well under the sync message limit).
@@ -396,14 +397,15 @@ impl SyncIndex {
         h.finalize()
     }
 
-    /// The leaf digests of each of `buckets` (at most [`MAX_PULL`] of
-    /// them; bucket numbers out of range are skipped).
+    /// The leaf digests of each of `buckets` (at most [`BUCKETS`] of them;
+    /// numbers out of range are skipped). All [`BUCKETS`] encode to 512 KiB before
+    /// compression, well under the sync message limit.
     pub fn leaves(&mut self, state: &ReplicatedState, buckets: &[u16]) -> Vec<(u16, Vec<[u8; 8]>)> {
         self.refresh(state);
         buckets
             .iter()
             .filter(|b| (**b as usize) < BUCKETS)
-            .take(MAX_PULL)
+            .take(BUCKETS)
             .map(|&b| {
                 let mut acc = vec![0u128; LEAVES];
                 for (id, slot) in &self.slots[b as usize] {
@@ -513,18 +515,21 @@ impl SyncIndex {
     }
 }
 
-/// The buckets where `theirs` differs from `ours` (at most [`MAX_PULL`]).
-/// A summary of the wrong length is treated as differing everywhere.
-pub fn differing(ours: &[[u8; 8]], theirs: &[[u8; 8]]) -> Vec<u16> {
+/// The buckets where `theirs` differs from `ours`, at most `cap` of them
+/// (a catch-up after a connect asks for every bucket at once, a periodic
+/// round for at most [`MAX_PULL`]). A summary of the wrong length is
+/// treated as differing everywhere.
+pub fn differing(ours: &[[u8; 8]], theirs: &[[u8; 8]], cap: usize) -> Vec<u16> {
+    let cap = cap.min(BUCKETS);
     if theirs.len() != ours.len() {
-        return (0..BUCKETS.min(MAX_PULL) as u16).collect();
+        return (0..cap as u16).collect();
     }
     ours.iter()
         .zip(theirs)
         .enumerate()
         .filter(|(_, (a, b))| a != b)
         .map(|(i, _)| i as u16)
-        .take(MAX_PULL)
+        .take(cap)
         .collect()
 }
 
@@ -559,7 +564,7 @@ mod tests {
     /// One round of repair: `to` pulls what differs from `from`.
     fn pull(to: &mut ReplicatedState, ti: &mut SyncIndex, from: &ReplicatedState) -> usize {
         let mut fi = SyncIndex::new(from);
-        let diff = differing(&ti.summary(to), &fi.summary(from));
+        let diff = differing(&ti.summary(to), &fi.summary(from), BUCKETS);
         let cells = ti.differing_cells(to, &fi.leaves(from, &diff));
         assert!(cells.len() <= 2, "{cells:?}");
         let (cells, have) = ti.have(to, &cells, MAX_HAVE);
@@ -589,7 +594,7 @@ mod tests {
         assert_eq!(pull(&mut a, &mut ai, &b), 1, "a lacks b's write to k7");
         assert_eq!(ai.digest(&a), bi.digest(&b));
         assert_eq!(ai.digest(&a), a.digest(), "incremental equals from scratch");
-        assert!(differing(&ai.summary(&a), &bi.summary(&b)).is_empty());
+        assert!(differing(&ai.summary(&a), &bi.summary(&b), BUCKETS).is_empty());
         assert_eq!(pull(&mut b, &mut bi, &a), 0);
     }
 

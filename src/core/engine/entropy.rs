@@ -120,16 +120,22 @@ impl Engine {
     }
 
     fn on_summary(&mut self, peer: NodeId, theirs: &[[u8; 8]]) {
-        let diff = sync::differing(&self.replica.sync_summary(), theirs);
+        // Catching up after connecting, every bucket that differs is pulled
+        // in one round: a fresh joiner differs almost everywhere, and its
+        // bootstrap, which every joiner asks at once, answers three
+        // requests sooner than six. A periodic round takes at most
+        // `MAX_PULL` and leaves the rest to the next round (under load every
+        // bucket differs for a moment, and rounds must not run back to
+        // back).
+        let cap = if self.catching_up.contains(&peer) {
+            sync::BUCKETS
+        } else {
+            sync::MAX_PULL
+        };
+        let diff = sync::differing(&self.replica.sync_summary(), theirs, cap);
         if diff.is_empty() {
             self.catching_up.remove(&peer);
             return;
-        }
-        // Catching up after connecting, go on until nothing differs;
-        // otherwise the next round takes the rest (under load every bucket
-        // differs for a moment, and rounds must not run back to back).
-        if diff.len() == sync::MAX_PULL && self.catching_up.contains(&peer) {
-            self.resync.insert(peer.clone());
         }
         self.send(peer, &SyncRequest::Leaves(diff));
     }

@@ -4,6 +4,8 @@ use super::*;
 use crate::core::ids::Now;
 use crate::core::member::MemberRecord;
 use crate::core::replica::ReplicaConfig;
+use crate::core::sync;
+use crate::core::wire::SyncRequest;
 
 fn engine(node: &str) -> Engine {
     let cfg = EngineConfig {
@@ -184,14 +186,25 @@ fn gossip_from_one_engine_converges_another_and_garbage_is_rejected() {
 /// Runs anti-entropy between two engines until neither sends anything;
 /// returns the other outputs, each with whether `a` made it.
 fn exchange(a: &mut Engine, b: &mut Engine, at: u64) -> Vec<(bool, Output)> {
+    exchange_counting(a, b, at).0
+}
+
+/// [`exchange`], also returning every sync request sent, each with whether
+/// `a` sent it.
+fn exchange_counting(
+    a: &mut Engine,
+    b: &mut Engine,
+    at: u64,
+) -> (Vec<(bool, Output)>, Vec<(bool, SyncRequest)>) {
     let (an, bn) = (a.node().clone(), b.node().clone());
     let mut queue: Vec<(bool, Output)> = Vec::new();
     let mut rest = Vec::new();
+    let mut requests = Vec::new();
     for _ in 0..100 {
         queue.extend(settle(a, at).into_iter().map(|o| (true, o)));
         queue.extend(settle(b, at).into_iter().map(|o| (false, o)));
         if queue.is_empty() {
-            return rest;
+            return (rest, requests);
         }
         for (from_a, o) in std::mem::take(&mut queue) {
             let (src, dst) = if from_a {
@@ -200,14 +213,19 @@ fn exchange(a: &mut Engine, b: &mut Engine, at: u64) -> Vec<(bool, Output)> {
                 (&bn, &mut *a)
             };
             match o {
-                Output::Send { bytes, .. } => dst.handle(
-                    Now::at(at),
-                    Input::SyncRequest {
-                        from: src.clone(),
-                        id: SyncRef(0),
-                        bytes,
-                    },
-                ),
+                Output::Send { bytes, .. } => {
+                    let req = wire::decode::<SyncRequest>(&bytes, wire::MAX_SYNC_BYTES)
+                        .expect("an engine sends sound requests");
+                    requests.push((from_a, req));
+                    dst.handle(
+                        Now::at(at),
+                        Input::SyncRequest {
+                            from: src.clone(),
+                            id: SyncRef(0),
+                            bytes,
+                        },
+                    )
+                }
                 Output::Respond { bytes, .. } => dst.handle(
                     Now::at(at),
                     Input::SyncResponse {
@@ -314,6 +332,41 @@ fn a_connect_catches_up_by_anti_entropy_until_digests_agree() {
     exchange(&mut a, &mut b, 20);
     assert_eq!(a.replica().digest(), b.replica().digest());
     assert!(b.replica().kv_get("n", "k49").is_ok());
+}
+
+/// A joiner that differs from its bootstrap in every bucket pulls them
+/// all in one round (summary, leaves, diff), not `MAX_PULL` buckets a round.
+#[test]
+fn a_fresh_joiner_catches_up_in_one_round() {
+    let mut a = engine("a");
+    let mut b = engine("b");
+    for i in 0..3_000 {
+        a.handle(
+            Now::at(10),
+            Input::Command(ReqId(i), put("n", &format!("k{i}"), 1)),
+        );
+    }
+    settle(&mut a, 10);
+    settle(&mut b, 10);
+    let (ours, theirs) = (b.replica().sync_summary(), a.replica().sync_summary());
+    let differ = sync::differing(&ours, &theirs, sync::BUCKETS).len();
+    assert!(differ > 4 * sync::MAX_PULL - 8, "{differ} buckets differ");
+    a.handle(Now::at(20), Input::PeerUp(NodeId::from("b")));
+    b.handle(Now::at(20), Input::PeerUp(NodeId::from("a")));
+    let (_, requests) = exchange_counting(&mut a, &mut b, 20);
+    assert_eq!(a.replica().digest(), b.replica().digest());
+    let leaves_by_b: Vec<usize> = requests
+        .iter()
+        .filter_map(|(from_a, r)| match r {
+            SyncRequest::Leaves(buckets) if !from_a => Some(buckets.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        leaves_by_b,
+        vec![differ],
+        "one leaves request for every bucket"
+    );
 }
 
 #[test]
