@@ -11,10 +11,14 @@ through each node's /v1/events stream. Prints:
   detection  kill -9 of one node until every survivor saw it suspect / dead
 
 Usage: scripts/bench-membership.py [N] [--profile fast|lan] [--hog] [--quiet SECS] [--timeline]
+                                   [--writes K] [--perf FILE [--perf-phase join|write]]
 (--timeline prints, each second of the join, the fewest and the mean members
 the nodes list alive and the suspicions raised; --hog runs a CPU hog on both
 cores from the idle phase on; --quiet watches for false suspicions over SECS
-more seconds before the write and detection phases; KEEP_LOGS=1 keeps the nodes' logs and data dirs; SHOAL_BIN=PATH runs
+more seconds before the write and detection phases; --writes sets how many
+writes the write phase makes (20); --perf records a system-wide `perf`
+profile of the write phase (or of the join, with --perf-phase join) into FILE (PERF_ARGS adds perf options, such as
+"--call-graph dwarf"); KEEP_LOGS=1 keeps the nodes' logs and data dirs; SHOAL_BIN=PATH runs
 that executable instead of building target/release/shoal, for A/B runs).
 Bounded in time; every process it started is killed by its pid at the end.
 Results go to docs/benchmarks.md by hand.
@@ -45,6 +49,23 @@ def main():
     hog = "--hog" in args
     quiet = int(args[args.index("--quiet") + 1]) if "--quiet" in args else 0
     timeline = "--timeline" in args
+    writes = int(args[args.index("--writes") + 1]) if "--writes" in args else 20
+    perf_out = args[args.index("--perf") + 1] if "--perf" in args else None
+    perf_phase = args[args.index("--perf-phase") + 1] if "--perf-phase" in args else "write"
+
+    def perf_start(phase):
+        if not perf_out or phase != perf_phase:
+            return None
+        extra = os.environ.get("PERF_ARGS", "").split()  # e.g. "--call-graph dwarf"
+        p = subprocess.Popen(["perf", "record", "-a", "-F", "999", "-o", perf_out, "--quiet"] + extra,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        return p
+
+    def perf_stop(p):
+        if p:
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=60)
     if not os.environ.get("SHOAL_BIN"):
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "shoal"], cwd=ROOT, check=True)
     tmp = tempfile.mkdtemp(prefix="shoal-bench-")
@@ -76,6 +97,7 @@ def main():
         api0, p2p0 = ready(0)
         apis = [api0]
         watchers = [Watcher(api0)]
+        perf = perf_start("join")
         t_first = time.monotonic()
         for i in range(1, n):
             spawn(i, p2p0)
@@ -112,6 +134,7 @@ def main():
                       f"suspicions this second {verdicts - last_verdicts}", flush=True)
                 next_line, last_verdicts = next_line + 1, verdicts
             time.sleep(0.05)
+        perf_stop(perf)
         joined = [w.all_alive_at(n) for w in watchers]
         if None in joined:
             short = [(i, w.alive_count(), w.broken) for i, w in enumerate(watchers)
@@ -154,9 +177,14 @@ def main():
             false = sum(w.false_verdicts(set()) for w in watchers)
             print(f"false suspicions in {quiet} s more of quiet: {false - before}"
                   + (" (with a CPU hog on both cores)" if hog else ""))
-        # Write propagation.
+        # Write propagation, and what it costs: the CPU all nodes (and this
+        # script, whose watchers parse every node's events) spend in the
+        # write phase above their idle rate, per write.
+        idle_rate = (after - before) / 10
+        perf = perf_start("write")
+        w_cpu0, w_self0, w_t0 = sum(cpu(p.pid) for p in procs), self_cpu(), time.monotonic()
         lat, spread = [], []
-        for k in range(20):
+        for k in range(writes):
             src = random.randrange(n)
             key = f"k{k}-{random.getrandbits(32)}"
             t0 = time.monotonic()
@@ -169,15 +197,22 @@ def main():
                     spread.append(sorted(x - t0 for x in seen))
                     break
                 time.sleep(0.002)
+        w_wall = time.monotonic() - w_t0
+        perf_stop(perf)
+        w_cpu = sum(cpu(p.pid) for p in procs) - w_cpu0 - idle_rate * w_wall
+        w_self = self_cpu() - w_self0
         lat.sort()
         if lat:
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
             print(f"write: to every node p50 {statistics.median(lat) * 1000:.1f} ms, "
-                  f"p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms ({len(lat)}/20 writes)")
+                  f"p99 {p99 * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms ({len(lat)}/{writes} writes)")
             worst = max(spread, key=lambda s: s[-1])
             q = lambda f: worst[min(len(worst) - 1, int(len(worst) * f))] * 1000
             print(f"  slowest write, by node: first {q(0):.1f} ms, p50 {q(0.5):.1f} ms, "
                   f"p90 {q(0.9):.1f} ms, last {q(1):.1f} ms")
+            print(f"  CPU per write above idle: nodes {w_cpu / writes * 1000:.0f} ms "
+                  f"({w_cpu / writes / n * 1000:.2f} ms per node), this script {w_self / writes * 1000:.0f} ms; "
+                  f"write phase {w_wall:.1f} s")
         # Detection.
         victim = random.randrange(1, n)
         vid = ids[victim]
@@ -246,6 +281,12 @@ def cpu(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def self_cpu():
+    """CPU-s this script has spent (all its threads)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def rss_mib(pid):
