@@ -171,6 +171,11 @@ def main():
               + (" (with a CPU hog on both cores)" if hog else ""))
         false = sum(w.false_verdicts(set()) for w in watchers)
         print(f"false suspicions after the join (15 s): {false - false_join}")
+        # A node outside every gossip mesh gets each write only by gossip's
+        # lazy push (IHAVE at a heartbeat): hundreds of ms late.
+        meshes = [mesh_size(a) for a in apis]
+        print(f"gossip mesh per node: min {min(meshes)}, p50 {sorted(meshes)[n // 2]}, "
+              f"max {max(meshes)}; nodes in no mesh: {sum(m == 0 for m in meshes)}")
         if quiet:
             before = false
             time.sleep(quiet)
@@ -184,6 +189,7 @@ def main():
         perf = perf_start("write")
         w_cpu0, w_self0, w_t0 = sum(cpu(p.pid) for p in procs), self_cpu(), time.monotonic()
         lat, spread = [], []
+        lagging = {j: 0 for j in range(n)}
         for k in range(writes):
             src = random.randrange(n)
             key = f"k{k}-{random.getrandbits(32)}"
@@ -195,6 +201,12 @@ def main():
                 if all(seen):
                     lat.append(max(seen) - t0)
                     spread.append(sorted(x - t0 for x in seen))
+                    last = max(range(len(seen)), key=lambda j: seen[j])
+                    lag = seen[last] - sorted(seen)[len(seen) // 2]
+                    if lag > 0.1:
+                        # Reached 100 ms after the median node: by gossip's
+                        # lazy push (IHAVE at a heartbeat), not by the mesh.
+                        lagging[[j for j in range(n) if j != src][last]] += 1
                     break
                 time.sleep(0.002)
         w_wall = time.monotonic() - w_t0
@@ -210,6 +222,10 @@ def main():
             q = lambda f: worst[min(len(worst) - 1, int(len(worst) * f))] * 1000
             print(f"  slowest write, by node: first {q(0):.1f} ms, p50 {q(0.5):.1f} ms, "
                   f"p90 {q(0.9):.1f} ms, last {q(1):.1f} ms")
+            for j, count in sorted(lagging.items(), key=lambda x: -x[1])[:3]:
+                if count:
+                    print(f"  node {j} reached over 100 ms after the median node in {count} "
+                          f"writes; {mesh_line(apis[j])}")
             print(f"  CPU per write above idle: nodes {w_cpu / writes * 1000:.0f} ms "
                   f"({w_cpu / writes / n * 1000:.2f} ms per node), this script {w_self / writes * 1000:.0f} ms; "
                   f"write phase {w_wall:.1f} s")
@@ -247,6 +263,34 @@ def main():
 
 def wall_to_mono(wall):
     return wall - time.time() + time.monotonic()
+
+
+def mesh_line(api):
+    """A node's gossipsub mesh and connections, from its metrics."""
+    try:
+        with urllib.request.urlopen(f"{api}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except Exception as e:
+        return f"metrics unreadable ({e})"
+    keep = [line for line in text.splitlines()
+            if not line.startswith("#") and ("mesh_peer_counts" in line
+                                             or "peers_per_protocol" in line
+                                             or "mesh_peer_churn" in line
+                                             or "mesh_peer_inclusion" in line
+                                             or "shoal_connections" in line
+                                             or "shoal_peers" in line)]
+    return "; ".join(keep) or "no mesh metrics"
+
+
+def mesh_size(api):
+    """A node's gossipsub mesh size for Shoal's topic (-1 if unreadable)."""
+    try:
+        with urllib.request.urlopen(f"{api}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except Exception:
+        return -1
+    return sum(int(float(line.split()[-1])) for line in text.splitlines()
+               if line.startswith("shoal_gossipsub_mesh_peer_counts{"))
 
 
 def get(api, path):

@@ -48,6 +48,10 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/sync/1");
 const IDENTIFY_PROTOCOL: &str = "/shoal/id/1";
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/kad/1");
 
+/// How long a node pruned from a peer's gossip mesh waits before grafting
+/// that peer again (gossipsub's default is 60 s).
+const PRUNE_BACKOFF: Duration = Duration::from_secs(10);
+
 /// Gossip messages one peer may relay per second, and in a burst: far above
 /// what a federation of a thousand writing nodes sends through one mesh
 /// peer (changes go out in batches of a 5 ms window), far below a flood.
@@ -784,6 +788,14 @@ fn behaviour(
         // Forward a message only once the owner has decoded it.
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(700))
+        // A node pruned from a peer's mesh may not graft that peer again
+        // for this long. Gossipsub's default (60 s) let a node that joined
+        // late, pruned by every peer whose mesh had overflowed, sit outside
+        // every mesh for a minute, getting each write only by gossip's lazy
+        // push at a heartbeat, hundreds of ms late (docs/benchmarks.md,
+        // session 19).
+        .prune_backoff(PRUNE_BACKOFF)
+        .graft_flood_threshold(PRUNE_BACKOFF / 2)
         .build()
         .map_err(|e| e.to_string())?;
     // Messages gossipsub rejects itself (carrying a source, sequence number
