@@ -16,7 +16,7 @@ use shoal::core::member::MemberRecord;
 use shoal::core::replica::SubmitRequest;
 use shoal::core::replica::{Replica as Engine, ReplicaConfig as EngineConfig};
 use shoal::core::state::{Delta, ReplicatedState};
-use shoal::core::sync::{differing, SyncIndex};
+use shoal::core::sync::{differing, SyncIndex, BUCKETS};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -130,7 +130,7 @@ fn run(history: &[Op]) -> Vec<ReplicatedState> {
             }
             Op::Repair { from, to } => {
                 let theirs = engines[*from].sync_summary();
-                let diff = differing(&engines[*to].sync_summary(), &theirs);
+                let diff = differing(&engines[*to].sync_summary(), &theirs, BUCKETS);
                 let leaves = engines[*from].sync_leaves(&diff);
                 let cells = engines[*to].sync_differing_cells(&leaves);
                 let (taken, have) = engines[*to].sync_have(&cells);

@@ -189,13 +189,16 @@ fn exchange(a: &mut Engine, b: &mut Engine, at: u64) -> Vec<(bool, Output)> {
     exchange_counting(a, b, at).0
 }
 
+/// Outputs or sync requests, each with whether `a` made it.
+type FromA<T> = Vec<(bool, T)>;
+
 /// [`exchange`], also returning every sync request sent, each with whether
 /// `a` sent it.
 fn exchange_counting(
     a: &mut Engine,
     b: &mut Engine,
     at: u64,
-) -> (Vec<(bool, Output)>, Vec<(bool, SyncRequest)>) {
+) -> (FromA<Output>, FromA<SyncRequest>) {
     let (an, bn) = (a.node().clone(), b.node().clone());
     let mut queue: Vec<(bool, Output)> = Vec::new();
     let mut rest = Vec::new();
