@@ -317,11 +317,11 @@ fn a_joiner_dials_the_members_it_learned_when_its_first_catch_up_ends() {
     );
 }
 
-#[test]
-fn a_connect_catches_up_by_anti_entropy_until_digests_agree() {
+/// Two settled engines, `a` holding `keys` knowledge entries that `b` lacks.
+fn apart(keys: u64) -> (Engine, Engine) {
     let mut a = engine("a");
     let mut b = engine("b");
-    for i in 0..50 {
+    for i in 0..keys {
         a.handle(
             Now::at(10),
             Input::Command(ReqId(i), put("n", &format!("k{i}"), 1)),
@@ -329,6 +329,12 @@ fn a_connect_catches_up_by_anti_entropy_until_digests_agree() {
     }
     settle(&mut a, 10);
     settle(&mut b, 10);
+    (a, b)
+}
+
+#[test]
+fn a_connect_catches_up_by_anti_entropy_until_digests_agree() {
+    let (mut a, mut b) = apart(50);
     assert_ne!(a.replica().digest(), b.replica().digest());
     a.handle(Now::at(20), Input::PeerUp(NodeId::from("b")));
     b.handle(Now::at(20), Input::PeerUp(NodeId::from("a")));
@@ -341,16 +347,7 @@ fn a_connect_catches_up_by_anti_entropy_until_digests_agree() {
 /// all in one round (summary, leaves, diff), not `MAX_PULL` buckets a round.
 #[test]
 fn a_fresh_joiner_catches_up_in_one_round() {
-    let mut a = engine("a");
-    let mut b = engine("b");
-    for i in 0..3_000 {
-        a.handle(
-            Now::at(10),
-            Input::Command(ReqId(i), put("n", &format!("k{i}"), 1)),
-        );
-    }
-    settle(&mut a, 10);
-    settle(&mut b, 10);
+    let (mut a, mut b) = apart(3_000);
     let (ours, theirs) = (b.replica().sync_summary(), a.replica().sync_summary());
     let differ = sync::differing(&ours, &theirs, sync::BUCKETS).len();
     assert!(differ > 4 * sync::MAX_PULL - 8, "{differ} buckets differ");
